@@ -1,0 +1,43 @@
+"""Settings shared by the API server and the runner."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_max_concurrent_jobs() -> int:
+    # A training container typically wants a core and a few GiB; keep the machine responsive.
+    cores = os.cpu_count() or 1
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = 4.0
+    return max(1, min(cores * 2, int(mem_gib // 2)))
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: Path(".smlocal"))
+    db: str | None = None
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    # When both are set, every request must be SigV4-signed with them.
+    access_key: str | None = None
+    secret_key: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    # The S3 address as seen from inside training containers (defaults to s3_endpoint rewritten
+    # to the Docker bridge gateway when it points at loopback).
+    container_s3_endpoint: str | None = None
+    max_concurrent_jobs: int = field(default_factory=default_max_concurrent_jobs)
+    stop_grace_seconds: float = 120.0
+    run_jobs: bool = True
+
+    @property
+    def db_path(self) -> str:
+        return self.db or str(Path(self.data_dir) / "smlocal.db")

@@ -1,0 +1,160 @@
+"""The SageMaker operations smlocal serves: each takes validated input and returns the output dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import ApiError
+from server.lifecycle import Lifecycle, training_job_arn, training_seconds
+from server.listing import list_training_jobs
+from server.store import JobRecord, Store
+from server.tagging import Tags
+
+# The seed's required set for container jobs: recent models relaxed these for serverless jobs.
+CREATE_REQUIRED = ("AlgorithmSpecification", "ResourceConfig", "StoppingCondition")
+MAX_RUNTIME_LIMIT = 28 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    region: str
+    account_id: str
+
+
+class Operations:
+    def __init__(self, store: Store, lifecycle: Lifecycle, on_change: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        self.tags = Tags(store)
+        # Lets the runner react at once to a new job or a stop instead of at its next poll.
+        self.on_change = on_change
+
+    def handlers(self) -> dict[str, Callable[[RequestContext, dict[str, Any]], dict[str, Any]]]:
+        return {
+            "CreateTrainingJob": self.create_training_job,
+            "DescribeTrainingJob": self.describe_training_job,
+            "ListTrainingJobs": self.list_training_jobs,
+            "StopTrainingJob": self.stop_training_job,
+            "DeleteTrainingJob": self.delete_training_job,
+            "AddTags": self.add_tags,
+            "ListTags": self.list_tags,
+            "DeleteTags": self.delete_tags,
+        }
+
+    # ---- training jobs --------------------------------------------------------------------
+
+    def create_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        check_create_rules(params)
+        request = {k: v for k, v in params.items() if k != "Tags"}
+        job = self.lifecycle.create(
+            account_id=ctx.account_id, region=ctx.region, name=params["TrainingJobName"],
+            request=request, tags=params.get("Tags", []),
+        )
+        self.on_change()
+        return {"TrainingJobArn": job.arn}
+
+    def describe_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        return describe(self.lifecycle.get(self._arn(ctx, params)))
+
+    def list_training_jobs(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        return list_training_jobs(self.store, ctx.account_id, ctx.region, params)
+
+    def stop_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        self.lifecycle.request_stop(self._arn(ctx, params))
+        self.on_change()
+        return {}
+
+    def delete_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        self.lifecycle.delete(self._arn(ctx, params))
+        return {}
+
+    @staticmethod
+    def _arn(ctx: RequestContext, params: dict[str, Any]) -> str:
+        return training_job_arn(ctx.region, ctx.account_id, params["TrainingJobName"])
+
+    # ---- tags -----------------------------------------------------------------------------
+
+    def add_tags(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        return {"Tags": self.tags.add(params["ResourceArn"], params["Tags"])}
+
+    def list_tags(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        return self.tags.list(params["ResourceArn"], params.get("MaxResults"), params.get("NextToken"))
+
+    def delete_tags(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        self.tags.delete(params["ResourceArn"], params["TagKeys"])
+        return {}
+
+
+def check_create_rules(params: dict[str, Any]) -> None:
+    """The cross-field rules of CreateTrainingJob that the model cannot express."""
+    algo = params["AlgorithmSpecification"]
+    if ("TrainingImage" in algo) == ("AlgorithmName" in algo):
+        raise ApiError("ValidationException",
+                       "Exactly one of TrainingImage or AlgorithmName must be specified in AlgorithmSpecification.")
+    if "AlgorithmName" in algo:
+        # Marketplace and built-in algorithms need AWS's registry; there is no image to run locally.
+        raise ApiError("ValidationException",
+                       f"Algorithm {algo['AlgorithmName']} does not exist or is not available in smlocal: "
+                       "specify a TrainingImage instead.")
+    stopping = params["StoppingCondition"]
+    max_runtime = stopping.get("MaxRuntimeInSeconds", 86400)
+    if max_runtime > MAX_RUNTIME_LIMIT:
+        raise ApiError("ValidationException",
+                       f"MaxRuntimeInSeconds must be less than or equal to {MAX_RUNTIME_LIMIT}.")
+    max_wait = stopping.get("MaxWaitTimeInSeconds")
+    if params.get("EnableManagedSpotTraining"):
+        if max_wait is None or max_wait < max_runtime:
+            raise ApiError("ValidationException", "Invalid MaxWaitTimeInSeconds. It must be present and be "
+                           "greater than or equal to MaxRuntimeInSeconds")
+    elif max_wait is not None:
+        raise ApiError("ValidationException",
+                       "MaxWaitTimeInSeconds can only be specified when EnableManagedSpotTraining is true.")
+    channels = [c["ChannelName"] for c in params.get("InputDataConfig", [])]
+    duplicates = sorted({c for c in channels if channels.count(c) > 1})
+    if duplicates:
+        raise ApiError("ValidationException", f"Channel names must be unique. Duplicate: {', '.join(duplicates)}")
+
+
+def model_artifacts_uri(request: dict[str, Any], job_name: str) -> str:
+    output = request["OutputDataConfig"]
+    base = output["S3OutputPath"].rstrip("/")
+    if output.get("CompressionType") == "NONE":
+        return f"{base}/{job_name}/output/model/"
+    return f"{base}/{job_name}/output/model.tar.gz"
+
+
+def describe(job: JobRecord) -> dict[str, Any]:
+    """DescribeTrainingJob's answer: the echoed request plus everything the job has become."""
+    out: dict[str, Any] = {
+        "EnableNetworkIsolation": False,
+        "EnableInterContainerTrafficEncryption": False,
+        "EnableManagedSpotTraining": False,
+        **job.request,
+        "TrainingJobName": job.name,
+        "TrainingJobArn": job.arn,
+        "ModelArtifacts": {"S3ModelArtifacts": model_artifacts_uri(job.request, job.name)},
+        "TrainingJobStatus": job.status,
+        "SecondaryStatus": job.secondary_status,
+        "CreationTime": job.creation_time,
+        "LastModifiedTime": job.last_modified_time,
+        "SecondaryStatusTransitions": [
+            {"Status": t.status, "StartTime": t.start_time, "StatusMessage": t.message}
+            | ({"EndTime": t.end_time} if t.end_time is not None else {})
+            for t in job.transitions
+        ],
+    }
+    if job.failure_reason:
+        out["FailureReason"] = job.failure_reason
+    if job.training_start_time is not None:
+        out["TrainingStartTime"] = job.training_start_time
+    if job.training_end_time is not None:
+        out["TrainingEndTime"] = job.training_end_time
+    seconds = training_seconds(job)
+    if seconds is not None:
+        out["TrainingTimeInSeconds"] = seconds
+        out["BillableTimeInSeconds"] = seconds
+    if job.final_metrics:
+        out["FinalMetricDataList"] = job.final_metrics
+    return out

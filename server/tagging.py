@@ -1,0 +1,63 @@
+"""Tags on training-job ARNs (AddTags / ListTags / DeleteTags)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from server.errors import ApiError
+from server.pagination import decode_token, encode_token
+from server.store import JobRow, Store, TagRow
+
+MAX_TAGS_PER_RESOURCE = 50
+
+
+class Tags:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    def _require_job(s, arn: str) -> None:  # noqa: ANN001 - a SQLAlchemy session
+        if s.scalars(select(JobRow.id).where(JobRow.arn == arn)).first() is None:
+            raise ApiError("ValidationException", f"Resource {arn} not found.")
+
+    def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
+        with self.store.transaction() as s:
+            self._require_job(s, arn)
+            existing = {t.key: t for t in s.scalars(select(TagRow).where(TagRow.resource_arn == arn))}
+            for tag in tags:
+                if tag["Key"].lower().startswith("aws:"):
+                    raise ApiError("ValidationException", "Tag keys starting with 'aws:' are reserved for "
+                                   "system use.")
+            new_keys = {t["Key"] for t in tags} - set(existing)
+            if len(existing) + len(new_keys) > MAX_TAGS_PER_RESOURCE:
+                raise ApiError("ResourceLimitExceeded", f"The resource {arn} can have at most "
+                               f"{MAX_TAGS_PER_RESOURCE} tags.")
+            for tag in tags:
+                row = existing.get(tag["Key"])
+                if row is None:
+                    row = TagRow(resource_arn=arn, key=tag["Key"], value=tag.get("Value", ""))
+                    s.add(row)
+                    existing[tag["Key"]] = row
+                else:
+                    row.value = tag.get("Value", "")
+        return tags
+
+    def list(self, arn: str, max_results: int | None, next_token: str | None) -> dict[str, object]:
+        query = {"arn": arn}
+        offset = decode_token(next_token, query)
+        limit = max_results or 50
+        with self.store.transaction() as s:
+            self._require_job(s, arn)
+            rows = s.scalars(
+                select(TagRow).where(TagRow.resource_arn == arn).order_by(TagRow.id).offset(offset).limit(limit)
+            ).all()
+            total = s.scalar(select(func.count()).select_from(TagRow).where(TagRow.resource_arn == arn))
+        result: dict[str, object] = {"Tags": [{"Key": r.key, "Value": r.value} for r in rows]}
+        if offset + len(rows) < (total or 0):
+            result["NextToken"] = encode_token(offset + len(rows), query)
+        return result
+
+    def delete(self, arn: str, keys: list[str]) -> None:
+        with self.store.transaction() as s:
+            self._require_job(s, arn)
+            s.query(TagRow).filter(TagRow.resource_arn == arn, TagRow.key.in_(keys)).delete()
