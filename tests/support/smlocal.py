@@ -1,0 +1,96 @@
+"""Start the real `smlocal serve` in a subprocess on a free port, for tests that talk HTTP to it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class SmlocalServer:
+    """One `smlocal serve` process; `restart()` keeps the port, data dir and database."""
+
+    def __init__(self, data_dir: Path, s3_endpoint: str, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.s3_endpoint = s3_endpoint
+        self.args = list(args or [])
+        self.env = dict(env or {})
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> SmlocalServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "SMLOCAL_LOG_LEVEL": "info", **self.env}
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), "--s3-endpoint", self.s3_endpoint, *self.args]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"smlocal exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                urllib.request.urlopen(urllib.request.Request(self.endpoint + "/", data=b"{}"), timeout=1)
+            except urllib.error.HTTPError:
+                return self  # an AWS error body means the app is up
+            except OSError:
+                time.sleep(0.1)
+                continue
+            return self
+        raise RuntimeError(f"smlocal did not answer within {timeout}s:\n{self.log()}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, kill: bool = False) -> SmlocalServer:
+        self.stop(kill=kill)
+        return self.start()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def client(self, service: str = "sagemaker", region: str = "us-east-1",
+               access_key: str = "test", secret_key: str = "test", **config: Any) -> Any:
+        endpoint = self.endpoint if service == "sagemaker" else self.s3_endpoint
+        return boto3.client(
+            service, endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=Config(retries={"max_attempts": 1}, **config),
+        )
+
+    def cli_env(self, region: str = "us-east-1") -> dict[str, str]:
+        """Environment for the aws CLI pointed at this server."""
+        return {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": region, "AWS_PAGER": "", "AWS_ENDPOINT_URL_S3": self.s3_endpoint}
