@@ -21,7 +21,7 @@ images: docker
 	bash scripts/build-images.sh
 
 service-image: images install
-	bash scripts/build-service-image.sh
+	PYTHON=$(PY) bash scripts/build-service-image.sh
 
 # The service on 127.0.0.1:8080; with no SMLOCAL_S3_ENDPOINT it embeds an in-memory S3 on :9000.
 run: install
@@ -32,7 +32,7 @@ test: install images
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check server runner tests bench examples
+	$(VENV)/bin/ruff check server runner tests bench examples examples/sklearn/train
 
 bench: install images
 	$(PY) -m bench.run
