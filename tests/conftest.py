@@ -70,3 +70,13 @@ def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}-{base}-{next(counter)}-{os.getpid() % 1000}"[:63].rstrip("-")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def test_images():  # noqa: ANN201 - a docker client
+    """A running engine with the test and example images built (cached by tag)."""
+    from tests.support.docker_env import docker_client, ensure_test_images
+
+    client = docker_client()
+    ensure_test_images(client)
+    return client
