@@ -1,0 +1,163 @@
+"""`make bench`: smlocal's overheads as ratios against baselines measured in the same run.
+
+1. Job overhead: CreateTrainingJob -> Completed for a no-op container, against a bare
+   `docker run --rm <image> true` of the same image.
+2. File-mode staging: 1 000 small objects, and 1 GiB in a few large objects, against a raw parallel
+   GET of the same objects from the same S3 server (the runner's parallelism, the minio client).
+
+It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
+Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from minio import Minio
+
+from runner.channels import DOWNLOAD_WORKERS
+from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
+from tests.support.jobs import job_request
+from tests.support.s3server import start_s3_server
+from tests.support.smlocal import SmlocalServer
+
+BUCKET = "smlocal-bench"
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+SMALL_COUNT = 1000
+SMALL_SIZE = 4 * 1024
+LARGE_COUNT = 4
+LARGE_SIZE = 256 * 1024 * 1024
+
+
+def wait_done(sm: Any, name: str, poll: float = 0.02) -> dict[str, Any]:
+    while True:
+        job = sm.describe_training_job(TrainingJobName=name)
+        if job["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+            if job["TrainingJobStatus"] != "Completed":
+                raise RuntimeError(f"{name}: {job['TrainingJobStatus']}: {job.get('FailureReason')}")
+            return job
+        time.sleep(poll)
+
+
+def phase_seconds(job: dict[str, Any], status: str) -> float:
+    for t in job["SecondaryStatusTransitions"]:
+        if t["Status"] == status:
+            return (t["EndTime"] - t["StartTime"]).total_seconds()
+    raise KeyError(status)
+
+
+def bare_docker_run() -> float:
+    start = time.perf_counter()
+    subprocess.run(["docker", "run", "--rm", BUSYBOX_IMAGE, "true"], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def noop_job(sm: Any, name: str, channels: list[dict[str, Any]] | None = None,
+             poll: float = 0.02) -> tuple[float, dict[str, Any]]:
+    request = job_request(name, OutputDataConfig={"S3OutputPath": f"s3://{BUCKET}/out"})
+    request["AlgorithmSpecification"]["ContainerEntrypoint"] = ["true"]
+    if channels:
+        request["InputDataConfig"] = channels
+    start = time.perf_counter()
+    sm.create_training_job(**request)
+    job = wait_done(sm, name, poll)
+    return time.perf_counter() - start, job
+
+
+def channel(prefix: str) -> list[dict[str, Any]]:
+    return [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/{prefix}/"}}}]
+
+
+def raw_parallel_get(client: Minio, prefix: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        keys = [o.object_name for o in client.list_objects(BUCKET, prefix=f"{prefix}/", recursive=True)]
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
+            list(pool.map(lambda k: client.fget_object(BUCKET, k, os.path.join(tmp, k)), keys))
+        return time.perf_counter() - start
+
+
+def upload_dataset(client: Minio, prefix: str, count: int, size: int) -> None:
+    import io
+
+    payload = os.urandom(min(size, 1024 * 1024))
+
+    def put(i: int) -> None:
+        data = (payload * (size // len(payload) + 1))[:size]
+        client.put_object(BUCKET, f"{prefix}/part-{i:05d}", io.BytesIO(data), len(data))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(put, range(count)))
+
+
+def main() -> None:
+    docker = docker_client()
+    ensure_test_images(docker)
+    gateway = host_address_for_containers(docker)
+    rows: list[tuple[str, str, str, str]] = []
+    with start_s3_server(host=gateway) as s3, tempfile.TemporaryDirectory() as data_dir:
+        server = SmlocalServer(Path(data_dir), s3.endpoint, ["--log-level", "warning"]).start()
+        try:
+            sm = server.client()
+            endpoint = urlparse(s3.endpoint)
+            client = Minio(endpoint.netloc, access_key="test", secret_key="test", secure=False)
+            client.make_bucket(BUCKET)
+
+            noop_job(sm, "warm-up")
+            bare = [bare_docker_run() for _ in range(RUNS)]
+            jobs = [noop_job(sm, f"noop-{i}") for i in range(RUNS)]
+            smlocal = [seconds for seconds, _ in jobs]
+            container_start = statistics.median(phase_seconds(job, "Downloading") for _, job in jobs)
+            b, s = statistics.median(bare), statistics.median(smlocal)
+            rows.append(("Job overhead (no-op container)", f"{s:.2f} s create->Completed",
+                         f"{b:.2f} s bare docker run", f"+{s - b:.2f} s ({s / b:.2f}x)"))
+
+            for label, prefix, count, size in (
+                (f"Staging {SMALL_COUNT} x {SMALL_SIZE // 1024} KiB", "small", SMALL_COUNT, SMALL_SIZE),
+                (f"Staging {LARGE_COUNT} x {LARGE_SIZE // 2**20} MiB", "large", LARGE_COUNT, LARGE_SIZE),
+            ):
+                upload_dataset(client, prefix, count, size)
+                raw = statistics.median(raw_parallel_get(client, prefix) for _ in range(3))
+                staged = []
+                for i in range(3):
+                    # Staging is timed from the job's own transitions, so polling slowly costs no
+                    # accuracy and leaves the CPU to the download (2 cores, one GIL per process).
+                    _, job = noop_job(sm, f"stage-{prefix}-{i}", channel(prefix), poll=0.5)
+                    # The Downloading phase also creates and starts the container; the no-op jobs
+                    # measured that alone, so it is taken out.
+                    staged.append(phase_seconds(job, "Downloading") - container_start)
+                st = statistics.median(staged)
+                rows.append((label, f"{st:.2f} s", f"{raw:.2f} s raw parallel GET",
+                             f"{raw / st * 100:.0f} % of raw speed"))
+        finally:
+            server.stop()
+
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        f"Machine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} "
+        f"GiB, Linux {platform.release()}, Docker {docker.version()['Version']}, S3: moto server; "
+        f"median of {RUNS} (overhead) / 3 (staging) runs.",
+        "",
+        "| measurement | smlocal | baseline (same run) | result |",
+        "| --- | --- | --- | --- |",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+    ]
+    report = "\n".join(lines)
+    print(report)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
