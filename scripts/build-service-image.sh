@@ -18,6 +18,7 @@ BASE_IMAGE="smlocal/python-base:1"
 TAG="${SMLOCAL_SERVICE_TAG:-smlocal/service:dev}"
 PYTHON="${PYTHON:-python3}"
 WHEELHOUSE="${REPO_ROOT}/.wheelhouse"
+LOCK_FILE="/tmp/smlocal-build-service-image.lock"
 
 log() { printf '[build-service-image] %s\n' "$*" >&2; }
 die() { printf '[build-service-image] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -39,6 +40,11 @@ image_py="$(docker run --rm --network none "${BASE_IMAGE}" \
     python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 [[ "${host_py}" == "${image_py}" ]] \
     || die "${PYTHON} is Python ${host_py} but ${BASE_IMAGE} has ${image_py}; set PYTHON to a ${image_py} interpreter"
+
+# Concurrent callers (parallel test sessions, several checkouts sharing the tag) would swap
+# .wheelhouse under each other's docker build; one build at a time.
+exec 9>"${LOCK_FILE}"
+flock 9
 
 start=${SECONDS}
 log "building wheels into ${WHEELHOUSE}"
@@ -62,9 +68,18 @@ mv "${tmp_dir}/wheels" "${WHEELHOUSE}"
 log "wheels: $(find "${WHEELHOUSE}" -name '*.whl' | wc -l) in $((SECONDS - start))s"
 
 build_start=${SECONDS}
+previous_id="$(docker image inspect --format '{{.Id}}' "${TAG}" 2>/dev/null || true)"
 # Classic builder: resolves FROM against local images without pulling, and
 # --network none proves the install needs nothing but the wheelhouse.
 DOCKER_BUILDKIT=0 docker build --network none \
     --build-arg "BASE_IMAGE=${BASE_IMAGE}" \
     -t "${TAG}" "${REPO_ROOT}"
 log "${TAG}: built in $((SECONDS - build_start))s (total $((SECONDS - start))s)"
+
+# Every rebuild retags; the previous image (a few hundred MB of venv) would stay behind untagged.
+# Not forced: one still used by a container stays.
+if [[ -n "${previous_id}" ]] \
+    && [[ "${previous_id}" != "$(docker image inspect --format '{{.Id}}' "${TAG}")" ]] \
+    && [[ -z "$(docker image inspect --format '{{join .RepoTags ""}}' "${previous_id}" 2>/dev/null)" ]]; then
+    docker image rm "${previous_id}" >/dev/null 2>&1 || log "kept the previous ${TAG} image (still in use)"
+fi
