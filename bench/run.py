@@ -143,8 +143,9 @@ def main() -> None:
             server.stop()
 
     cpu = platform.processor() or platform.machine()
+    memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     lines = [
-        f"Machine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} "
+        f"Machine: {os.cpu_count()} cores ({cpu}), {memory_gib:.0f} "
         f"GiB, Linux {platform.release()}, Docker {docker.version()['Version']}, S3: moto server; "
         f"median of {RUNS} (overhead) / 3 (staging) runs.",
         "",
