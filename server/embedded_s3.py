@@ -13,13 +13,12 @@ def docker_bridge_gateway() -> str | None:
     try:
         import docker
 
-        client = docker.from_env(timeout=3)
-        for config in client.networks.get("bridge").attrs.get("IPAM", {}).get("Config") or []:
-            if config.get("Gateway"):
-                return str(config["Gateway"])
+        from runner.host_address import host_address_for_containers
+
+        return host_address_for_containers(docker.from_env(timeout=3))
     except Exception as exc:  # noqa: BLE001 - no engine just means no container will need it
         log.debug("no docker bridge gateway: %s", exc)
-    return None
+        return None
 
 
 def _port_free(host: str, port: int) -> bool:

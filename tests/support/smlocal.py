@@ -25,7 +25,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class SmlocalServer:
     """One `smlocal serve` process; `restart()` keeps the port, data dir and database."""
 
-    def __init__(self, data_dir: Path, s3_endpoint: str, args: list[str] | None = None,
+    def __init__(self, data_dir: Path, s3_endpoint: str | None, args: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.s3_endpoint = s3_endpoint
@@ -39,8 +39,10 @@ class SmlocalServer:
     def start(self, timeout: float = 30.0) -> SmlocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "SMLOCAL_LOG_LEVEL": "info", **self.env}
+        # Without an S3 endpoint the server starts its embedded in-memory store.
+        s3 = ["--s3-endpoint", self.s3_endpoint] if self.s3_endpoint else []
         cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--s3-endpoint", self.s3_endpoint, *self.args]
+               "--data-dir", str(self.data_dir), *s3, *self.args]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             stdin=subprocess.DEVNULL)

@@ -1,0 +1,229 @@
+"""Staging input channels into /opt/ml/input/data/<channel>/ before the container starts.
+
+File mode only for now: Pipe and FastFile channels are staged the same way (a later issue gives them
+FIFOs and lazy reads), which is what the algorithm sees at the same paths in FastFile mode anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from minio import Minio
+from minio.error import S3Error
+
+from runner.layout import HostLayout
+from runner.s3 import S3Location, parse_s3_uri
+
+DOWNLOAD_WORKERS = 8
+
+
+class DataDownloadError(Exception):
+    """The channel cannot be staged; `reason` is the job's FailureReason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DownloadCancelled(Exception):
+    """The job was stopped (or the server is shutting down) while data was downloading."""
+
+
+@dataclass(frozen=True)
+class _Transfer:
+    bucket: str
+    key: str
+    dest: Path
+
+
+def safe_relative_path(relative: str) -> PurePosixPath:
+    """A key's path below the channel folder; never absolute, never climbing out with `..`."""
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise ValueError(relative)
+    return PurePosixPath(*parts)
+
+
+def relative_key(prefix: str, key: str) -> str:
+    """Where an object listed under an S3 prefix lands, relative to the channel folder.
+
+    `prefix/` matches `prefix/a/b.csv` -> `a/b.csv` (as the SageMaker SDK's local mode does). A prefix
+    naming an object, or matching keys that merely start with it (`data/train` matches
+    `data/train.csv`), keeps the key's path from the prefix's last `/` on.
+    """
+    rest = key[len(prefix):]
+    if prefix and not prefix.endswith("/") and not rest.startswith("/"):
+        return key[prefix.rfind("/") + 1:]
+    return rest
+
+
+def _dest(channel_dir: Path, relative: str, source: str) -> Path:
+    try:
+        rel = safe_relative_path(relative)
+    except ValueError:
+        raise DataDownloadError(
+            f"ClientError: Data download failed: the object {source} maps to the path {relative!r}, "
+            "which is not inside the channel folder."
+        ) from None
+    dest = channel_dir.joinpath(*rel.parts)
+    if not dest.resolve().is_relative_to(channel_dir.resolve()):
+        raise DataDownloadError(f"ClientError: Data download failed: {source} escapes the channel folder.")
+    return dest
+
+
+def _no_objects(uri: str, bucket: str, region: str, role: str) -> DataDownloadError:
+    # The message SageMaker gives for a missing bucket or an empty prefix alike.
+    return DataDownloadError(
+        f'ClientError: Data download failed: No S3 objects found under S3 URL "{uri}" given in input data '
+        f"source. Please ensure that the bucket exists in the selected region ({region}), that objects "
+        f'exist under that S3 prefix, and that the role "{role}" has "s3:ListBucket" permissions on '
+        f'bucket "{bucket}".'
+    )
+
+
+def _list_prefix(client: Minio, uri: str, loc: S3Location, channel_dir: Path, region: str,
+                 role: str) -> list[_Transfer]:
+    transfers = []
+    try:
+        for obj in client.list_objects(loc.bucket, prefix=loc.key, recursive=True):
+            if obj.is_dir or obj.object_name.endswith("/"):
+                continue  # zero-byte "folder" markers
+            rel = relative_key(loc.key, obj.object_name)
+            transfers.append(_Transfer(loc.bucket, obj.object_name,
+                                       _dest(channel_dir, rel, f"s3://{loc.bucket}/{obj.object_name}")))
+    except S3Error as e:
+        if e.code in ("NoSuchBucket", "AccessDenied", "NoSuchKey"):
+            raise _no_objects(uri, loc.bucket, region, role) from None
+        raise DataDownloadError(f"ClientError: Data download failed: {e.code}: {e.message} ({uri})") from None
+    if not transfers:
+        raise _no_objects(uri, loc.bucket, region, role)
+    return transfers
+
+
+def _list_manifest(client: Minio, uri: str, loc: S3Location, channel_dir: Path, region: str,
+                   role: str) -> list[_Transfer]:
+    try:
+        response = client.get_object(loc.bucket, loc.key)
+        try:
+            manifest = json.loads(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+    except S3Error as e:
+        raise DataDownloadError(
+            f'ClientError: Data download failed: could not read the manifest file "{uri}": '
+            f"{e.code}: {e.message}"
+        ) from None
+    except ValueError as e:
+        raise DataDownloadError(
+            f'ClientError: Data download failed: manifest "{uri}" is not JSON: {e}'
+        ) from None
+    if (not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict)
+            or not isinstance(manifest[0].get("prefix"), str)
+            or not all(isinstance(k, str) for k in manifest[1:])):
+        raise DataDownloadError(
+            f'ClientError: Data download failed: manifest "{uri}" must be a JSON list whose first element is '
+            '{"prefix": "s3://..."} followed by relative keys.'
+        )
+    try:
+        base = parse_s3_uri(manifest[0]["prefix"])
+    except ValueError:
+        raise DataDownloadError(
+            f'ClientError: Data download failed: manifest "{uri}" has an invalid prefix '
+            f'{manifest[0]["prefix"]!r}.'
+        ) from None
+    if len(manifest) == 1:
+        raise _no_objects(manifest[0]["prefix"], base.bucket, region, role)
+    return [
+        _Transfer(base.bucket, base.key + rel, _dest(channel_dir, rel, f"s3://{base.bucket}/{base.key}{rel}"))
+        for rel in manifest[1:]
+    ]
+
+
+def _copy_local(uri: str, channel_dir: Path) -> None:
+    source = Path(unquote(urlsplit(uri).path))
+    if source.is_dir():
+        shutil.copytree(source, channel_dir, dirs_exist_ok=True, symlinks=False)
+    elif source.is_file():
+        shutil.copy2(source, channel_dir / source.name)
+    else:
+        raise DataDownloadError(f'ClientError: Data download failed: local path "{source}" does not exist.')
+
+
+def _download_all(client: Minio, transfers: list[_Transfer], should_stop: Callable[[], bool]) -> None:
+    def fetch(t: _Transfer) -> None:
+        if should_stop():
+            raise DownloadCancelled()
+        t.dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            client.fget_object(t.bucket, t.key, str(t.dest))
+        except S3Error as e:
+            raise DataDownloadError(
+                f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {e.code}: {e.message}"
+            ) from None
+        except OSError as e:
+            raise DataDownloadError(
+                f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {e}"
+            ) from None
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS, thread_name_prefix="smlocal-download") as pool:
+        futures = [pool.submit(fetch, t) for t in transfers]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            for f in futures:
+                f.cancel()
+            raise failed.exception()  # type: ignore[misc]
+
+
+def _make_tree_readable(root: Path) -> None:
+    # Objects land 0600 from minio's temp files; the algorithm may run as any uid.
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666)
+
+
+def stage_channels(request: dict[str, Any], layout: HostLayout, client_factory: Callable[[], Minio],
+                   region: str, should_stop: Callable[[], bool]) -> None:
+    """Download every channel's data; raises DataDownloadError with the job's FailureReason."""
+    role = request.get("RoleArn", "")
+    client: Minio | None = None
+    for channel in request.get("InputDataConfig") or []:
+        name = channel["ChannelName"]
+        channel_dir = layout.channel_dir(name)
+        source = channel.get("DataSource") or {}
+        s3 = source.get("S3DataSource")
+        if s3 is None:
+            kind = next(iter(source), "unknown")
+            raise DataDownloadError(f"ClientError: channel {name!r}: {kind} is not supported by smlocal.")
+        uri, data_type = s3["S3Uri"], s3.get("S3DataType", "S3Prefix")
+        if uri.startswith("file://"):
+            _copy_local(uri, channel_dir)
+            _make_tree_readable(channel_dir)
+            continue
+        if data_type == "AugmentedManifestFile":
+            raise DataDownloadError(
+                f"ClientError: channel {name!r}: AugmentedManifestFile is not supported by smlocal yet."
+            )
+        try:
+            loc = parse_s3_uri(uri)
+        except ValueError as e:
+            raise DataDownloadError(f"ClientError: Data download failed: {e}") from None
+        if client is None:
+            client = client_factory()
+        if data_type == "ManifestFile":
+            transfers = _list_manifest(client, uri, loc, channel_dir, region, role)
+        else:
+            transfers = _list_prefix(client, uri, loc, channel_dir, region, role)
+        _download_all(client, transfers, should_stop)
+        _make_tree_readable(channel_dir)

@@ -1,0 +1,52 @@
+"""The environment variables a training container gets."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit, urlunsplit
+
+from server.config import Settings
+from server.store import JobRecord
+
+# Resolves to the host from inside any container (docker's host-gateway); see docker_backend.
+HOST_ALIAS = "host.docker.internal"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def container_s3_endpoint(settings: Settings) -> str | None:
+    """The S3 endpoint as reachable from inside a container (127.0.0.1 there is the container itself)."""
+    if settings.container_s3_endpoint:
+        return settings.container_s3_endpoint
+    if not settings.s3_endpoint:
+        return None
+    endpoint = settings.s3_endpoint if "://" in settings.s3_endpoint else f"http://{settings.s3_endpoint}"
+    parts = urlsplit(endpoint)
+    if not parts.hostname or not _is_loopback(parts.hostname):
+        return endpoint
+    netloc = HOST_ALIAS if parts.port is None else f"{HOST_ALIAS}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def container_environment(job: JobRecord, settings: Settings) -> dict[str, str]:
+    env: dict[str, str] = {"AWS_REGION": job.region, "AWS_DEFAULT_REGION": job.region}
+    endpoint = container_s3_endpoint(settings)
+    if endpoint:
+        env.update({
+            # boto3 >= 1.28 honours AWS_ENDPOINT_URL_S3; the training toolkit reads S3_ENDPOINT_URL.
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "S3_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
+        })
+    # The user may point their code elsewhere, but the job's identity is the platform's to set.
+    env.update({str(k): str(v) for k, v in (job.request.get("Environment") or {}).items()})
+    env.update({"TRAINING_JOB_NAME": job.name, "TRAINING_JOB_ARN": job.arn})
+    return env

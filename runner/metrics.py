@@ -1,0 +1,42 @@
+"""FinalMetricDataList: the last value each MetricDefinitions regex found in the training log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+log = logging.getLogger("smlocal.runner")
+
+
+class MetricCollector:
+    """Fed every log line; keeps the latest value per metric, as SageMaker reports final metrics."""
+
+    def __init__(self, definitions: list[dict[str, Any]] | None) -> None:
+        self._patterns: list[tuple[str, re.Pattern[str]]] = []
+        for d in definitions or []:
+            try:
+                self._patterns.append((d["Name"], re.compile(d["Regex"])))
+            except (KeyError, re.error) as e:
+                log.warning("ignoring metric definition %r: %s", d, e)
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def feed(self, timestamp_ms: int, line: str) -> None:
+        for name, pattern in self._patterns:
+            m = pattern.search(line)
+            if not m:
+                continue
+            # SageMaker takes the first capture group (the whole match when there is none).
+            raw = m.group(1) if pattern.groups else m.group(0)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                continue
+            with self._lock:
+                self._latest[name] = {"MetricName": name, "Value": value, "Timestamp": timestamp_ms / 1000}
+
+    def final(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._latest[name] for name, _ in self._patterns if name in self._latest]

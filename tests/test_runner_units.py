@@ -1,0 +1,252 @@
+"""The runner's pure pieces: path mapping, invocation, config files, endpoints, log parsing, reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.channels import relative_key, safe_relative_path
+from runner.docker_backend import container_command
+from runner.environment import container_environment, container_s3_endpoint
+from runner.failure import algorithm_error, failure_reason
+from runner.layout import HostLayout, input_data_config, prepare, resource_config
+from runner.logs import DockerLogAssembler, LogStreamWriter, list_streams, read_events, split_docker_timestamp
+from runner.metrics import MetricCollector
+from runner.s3 import parse_s3_uri
+from server.config import Settings
+from server.store import JobRecord
+
+# ---- S3 keys -> channel paths ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "..", "a/..", "/", "", "./."])
+def test_keys_that_would_escape_the_channel_are_rejected(key: str) -> None:
+    with pytest.raises(ValueError):
+        safe_relative_path(key)
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("/etc/passwd", "etc/passwd"),  # a leading slash is made relative, never absolute
+    ("a//b/./c.csv", "a/b/c.csv"),
+    ("a/b..c", "a/b..c"),  # dots inside a name are harmless
+])
+def test_keys_are_sanitized_below_the_channel(key: str, expected: str) -> None:
+    assert safe_relative_path(key).as_posix() == expected
+
+
+@pytest.mark.parametrize(("prefix", "key", "expected"), [
+    ("data/train/", "data/train/a/b.csv", "a/b.csv"),
+    ("data/train", "data/train/a.csv", "/a.csv"),  # leading slash dropped by safe_relative_path
+    ("data/train", "data/train.csv", "train.csv"),
+    ("data/train", "data/training/x.csv", "training/x.csv"),
+    ("data/file.csv", "data/file.csv", "file.csv"),
+    ("", "top.csv", "top.csv"),
+])
+def test_prefix_listing_maps_keys_like_sagemaker(prefix: str, key: str, expected: str) -> None:
+    assert relative_key(prefix, key) == expected
+
+
+def test_s3_uris_parse_in_all_model_forms() -> None:
+    assert parse_s3_uri("s3://b/p/q") == parse_s3_uri("https://b.s3.us-west-2.amazonaws.com/p/q")
+    assert parse_s3_uri("https://s3.amazonaws.com/b/p/q").bucket == "b"
+    assert str(parse_s3_uri("s3://b").child("job", "output")) == "s3://b/job/output"
+    assert str(parse_s3_uri("s3://b/out/").child("job", "output")) == "s3://b/out/job/output"
+
+
+# ---- invocation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spec", "entrypoint", "command"), [
+    ({}, None, ["train"]),
+    ({"ContainerArguments": ["a", "b"]}, None, ["a", "b"]),
+    ({"ContainerEntrypoint": ["python", "x.py"]}, ["python", "x.py"], None),
+    ({"ContainerEntrypoint": ["python"], "ContainerArguments": ["x.py", "1"]}, ["python"], ["x.py", "1"]),
+])
+def test_invocation_follows_sagemaker(spec: dict, entrypoint: list | None, command: list | None) -> None:
+    assert container_command(spec) == (entrypoint, command)
+
+
+# ---- config files ----------------------------------------------------------------------------
+
+REQUEST = {
+    "AlgorithmSpecification": {"TrainingImage": "x", "TrainingInputMode": "File"},
+    "HyperParameters": {"epochs": "3", "lr": "0.1"},
+    "InputDataConfig": [
+        {"ChannelName": "train", "ContentType": "text/csv",
+         "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/train/",
+                                         "S3DataDistributionType": "ShardedByS3Key"}}},
+        {"ChannelName": "eval", "InputMode": "Pipe", "RecordWrapperType": "RecordIO",
+         "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/eval/"}}},
+    ],
+    "ResourceConfig": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 3, "VolumeSizeInGB": 5},
+    "CheckpointConfig": {"S3Uri": "s3://b/ckpt"},
+}
+
+
+def test_inputdataconfig_has_per_channel_mode_and_defaults() -> None:
+    assert input_data_config(REQUEST) == {
+        "train": {"ContentType": "text/csv", "TrainingInputMode": "File",
+                  "S3DistributionType": "ShardedByS3Key", "RecordWrapperType": "None"},
+        "eval": {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
+                 "RecordWrapperType": "RecordIO"},
+    }
+
+
+def test_resourceconfig_lists_every_host_of_the_cluster() -> None:
+    assert resource_config(REQUEST, "algo-1") == {
+        "current_host": "algo-1", "current_instance_type": "ml.c5.xlarge",
+        "current_group_name": "homogeneousCluster", "hosts": ["algo-1", "algo-2", "algo-3"],
+        "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": "ml.c5.xlarge",
+                             "hosts": ["algo-1", "algo-2", "algo-3"]}],
+        "network_interface_name": "eth0",
+    }
+
+
+def test_resourceconfig_of_heterogeneous_cluster_names_the_hosts_group() -> None:
+    request = {"ResourceConfig": {"InstanceGroups": [
+        {"InstanceGroupName": "cpu", "InstanceType": "ml.c5.xlarge", "InstanceCount": 1},
+        {"InstanceGroupName": "gpu", "InstanceType": "ml.p3.2xlarge", "InstanceCount": 2},
+    ]}}
+    config = resource_config(request, "algo-2")
+    assert config["current_group_name"] == "gpu"
+    assert config["current_instance_type"] == "ml.p3.2xlarge"
+    assert config["hosts"] == ["algo-1", "algo-2", "algo-3"]
+    assert [g["hosts"] for g in config["instance_groups"]] == [["algo-1"], ["algo-2", "algo-3"]]
+
+
+def test_prepare_writes_the_tree_writable_by_any_uid(tmp_path: Path) -> None:
+    layout = HostLayout(tmp_path / "jobs" / "j")
+    prepare(layout, REQUEST)
+    config = layout.config_dir
+    assert json.loads((config / "hyperparameters.json").read_text()) == {"epochs": "3", "lr": "0.1"}
+    assert json.loads((config / "checkpointconfig.json").read_text()) == {
+        "LocalPath": "/opt/ml/checkpoints", "S3Uri": "s3://b/ckpt"}
+    for d in (layout.channel_dir("train"), layout.channel_dir("eval"), layout.model_dir,
+              layout.output_data_dir, layout.checkpoints_dir):
+        assert d.is_dir() and d.stat().st_mode & 0o777 == 0o777
+
+
+def test_prepare_without_hyperparameters_or_checkpoints(tmp_path: Path) -> None:
+    layout = HostLayout(tmp_path / "j")
+    prepare(layout, {"ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1}})
+    assert json.loads((layout.config_dir / "hyperparameters.json").read_text()) == {}
+    assert json.loads((layout.config_dir / "inputdataconfig.json").read_text()) == {}
+    assert not (layout.config_dir / "checkpointconfig.json").exists()
+
+
+# ---- environment -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("endpoint", "expected"), [
+    ("http://127.0.0.1:9000", "http://host.docker.internal:9000"),
+    ("http://localhost:9000", "http://host.docker.internal:9000"),
+    ("http://[::1]:9000", "http://host.docker.internal:9000"),
+    ("https://127.0.0.5", "https://host.docker.internal"),
+    ("http://172.17.0.1:9000", "http://172.17.0.1:9000"),
+    ("http://minio.internal:9000", "http://minio.internal:9000"),
+])
+def test_loopback_s3_endpoint_is_rewritten_for_containers(endpoint: str, expected: str) -> None:
+    assert container_s3_endpoint(Settings(s3_endpoint=endpoint)) == expected
+
+
+def test_explicit_container_endpoint_wins() -> None:
+    settings = Settings(s3_endpoint="http://127.0.0.1:9000", container_s3_endpoint="http://10.0.0.2:9000")
+    assert container_s3_endpoint(settings) == "http://10.0.0.2:9000"
+
+
+def _job(request: dict) -> JobRecord:
+    return JobRecord(name="j", arn="arn:aws:sagemaker:eu-west-1:123456789012:training-job/j",
+                     account_id="123456789012", region="eu-west-1", request=request, status="InProgress",
+                     secondary_status="Starting", failure_reason=None, creation_time=0.0,
+                     last_modified_time=0.0, training_start_time=None, training_end_time=None,
+                     runner_state="claimed")
+
+
+def test_environment_carries_identity_region_s3_and_the_users_variables() -> None:
+    settings = Settings(s3_endpoint="http://localhost:9000", s3_access_key="ak", s3_secret_key="sk")
+    env = container_environment(_job({"Environment": {"MY_VAR": "1", "TRAINING_JOB_NAME": "spoofed"}}),
+                                settings)
+    assert env == {
+        "TRAINING_JOB_NAME": "j",
+        "TRAINING_JOB_ARN": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/j",
+        "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-west-1", "MY_VAR": "1",
+        "AWS_ENDPOINT_URL_S3": "http://host.docker.internal:9000",
+        "S3_ENDPOINT_URL": "http://host.docker.internal:9000",
+        "AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk",
+    }
+
+
+# ---- logs ------------------------------------------------------------------------------------
+
+
+def test_docker_timestamps_become_epoch_milliseconds() -> None:
+    ts, payload = split_docker_timestamp(b"2024-03-01T12:00:00.123456789Z hello\n")
+    assert ts == 1709294400123
+    assert payload == b"hello\n"
+
+
+def test_partial_frames_of_a_long_line_are_joined() -> None:
+    asm = DockerLogAssembler()
+    assert asm.feed(b"2024-03-01T12:00:00.100000000Z " + b"a" * 10, 0) == []
+    assert asm.feed(b"2024-03-01T12:00:00.200000000Z " + b"b" * 10 + b"\n", 0) == [
+        (1709294400100, "a" * 10 + "b" * 10)]
+    assert asm.feed(b"2024-03-01T12:00:01.000000000Z \xff bad utf8\r\n", 0) == [
+        (1709294401000, "\ufffd bad utf8")]
+    assert asm.feed(b"2024-03-01T12:00:02.000000000Z no newline", 0) == []
+    assert asm.flush() == [(1709294402000, "no newline")]
+
+
+def test_stream_files_round_trip(tmp_path: Path) -> None:
+    writer = LogStreamWriter(tmp_path / "logs" / "job-a" / "algo-1-1700000000")
+    writer.write(1700000000123, 'line "one"')
+    writer.write(1700000000456, "ünïcode")
+    writer.close()
+    (tmp_path / "logs" / "job-a" / "not-a-stream").write_text("x")
+    [stream] = list_streams(tmp_path, "job-a")
+    assert stream.log_stream_name == "job-a/algo-1-1700000000"
+    assert stream.creation_time_ms == 1700000000000
+    assert list(read_events(stream.path)) == [
+        {"timestamp": 1700000000123, "message": 'line "one"'},
+        {"timestamp": 1700000000456, "message": "ünïcode"},
+    ]
+    with open(stream.path, "a") as f:
+        f.write('{"timestamp": 1, "mess')  # a writer mid-line: not an event yet
+    assert len(list(read_events(stream.path))) == 2
+
+
+def test_final_metrics_keep_the_last_value_of_each_definition() -> None:
+    metrics = MetricCollector([{"Name": "loss", "Regex": r"loss=([0-9.]+)"},
+                               {"Name": "acc", "Regex": r"acc: (\S+)"},
+                               {"Name": "broken", "Regex": "("}])
+    for i, line in enumerate(["loss=0.9", "acc: 0.5", "loss=0.3 acc: nan-ish?", "acc: oops"]):
+        metrics.feed(1000 * (i + 1), line)
+    assert metrics.final() == [{"MetricName": "loss", "Value": 0.3, "Timestamp": 3.0},
+                               {"MetricName": "acc", "Value": 0.5, "Timestamp": 2.0}]
+
+
+# ---- failure reasons -------------------------------------------------------------------------
+
+
+def test_failure_file_wins_and_is_cut_at_1024(tmp_path: Path) -> None:
+    layout = HostLayout(tmp_path / "j")
+    prepare(layout, {})
+    layout.failure_file.write_text("E" * 3000)
+    assert failure_reason(layout, 1, ["ignored"]) == "E" * 1024
+
+
+def test_failure_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    layout = HostLayout(tmp_path / "j")
+    prepare(layout, {})
+    secret = tmp_path / "host-secret"
+    secret.write_text("do not leak")
+    layout.failure_file.symlink_to(secret)
+    assert "do not leak" not in failure_reason(layout, 2, [])
+
+
+def test_algorithm_error_names_exit_code_and_log_tail_within_1024() -> None:
+    reason = algorithm_error(137, [f"line {i} " + "x" * 200 for i in range(50)])
+    assert reason.startswith("AlgorithmError:") and "exit code: 137" in reason
+    assert "line 49" in reason and "line 0 " not in reason
+    assert len(reason) <= 1024
