@@ -26,11 +26,12 @@ def quickstart_script() -> str:
 @pytest.mark.usefixtures("test_images")
 def test_readme_quickstart_trains_a_model(smlocal_factory, tmp_path):
     server = smlocal_factory("--stop-grace-seconds", "5")
+    # /tmp/ first: the interpreter's own path may lie under /tmp.
     script = (quickstart_script()
+              .replace("/tmp/", f"{tmp_path}/")
               .replace("http://localhost:8080", server.endpoint)
               .replace("http://localhost:9000", server.s3_endpoint)
-              .replace(".venv/bin/python", sys.executable)
-              .replace("/tmp/", f"{tmp_path}/"))
+              .replace(".venv/bin/python", sys.executable))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "AWS_PAGER": ""}
     for var in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         env.pop(var, None)

@@ -3,6 +3,7 @@
 
 Format matches what `train` expects: no header, numeric columns, the last
 column is the 0/1 label. The same arguments always give the same file.
+Standard library only, so a workshop attendee needs nothing beyond Python.
 
     python3 make_data.py data/train.csv --rows 500 --features 4 --seed 0
 """
@@ -10,27 +11,29 @@ column is the 0/1 label. The same arguments always give the same file.
 from __future__ import annotations
 
 import argparse
+import random
 from pathlib import Path
 
-import numpy as np
+
+def make_dataset(rows: int, features: int, seed: int) -> list[tuple[list[float], int]]:
+    """Return (features, label) rows."""
+    rng = random.Random(seed)
+    weights = [rng.gauss(0, 1) for _ in range(features)]
+    data = []
+    for _ in range(rows):
+        x = [rng.gauss(0, 1) for _ in range(features)]
+        # Noise keeps the problem from being perfectly separable, so accuracy is
+        # high but below 1.0 and regularisation changes have a visible effect.
+        logit = sum(w * v for w, v in zip(weights, x, strict=True)) + rng.gauss(0, 0.5)
+        data.append((x, int(logit > 0)))
+    return data
 
 
-def make_dataset(rows: int, features: int, seed: int) -> np.ndarray:
-    """Return a (rows, features + 1) array; the last column is the label."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, features))
-    weights = rng.normal(size=features)
-    # Noise keeps the problem from being perfectly separable, so accuracy is
-    # high but below 1.0 and regularisation changes have a visible effect.
-    logits = x @ weights + rng.normal(scale=0.5, size=rows)
-    y = (logits > 0).astype(float)
-    return np.column_stack([x, y])
-
-
-def write_csv(path: Path, data: np.ndarray) -> None:
+def write_csv(path: Path, data: list[tuple[list[float], int]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    n_features = data.shape[1] - 1
-    np.savetxt(path, data, delimiter=",", fmt=["%.6f"] * n_features + ["%d"])
+    with path.open("w") as out:
+        for x, label in data:
+            out.write(",".join(f"{v:.6f}" for v in x) + f",{label}\n")
 
 
 def main(argv: list[str] | None = None) -> None:
