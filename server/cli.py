@@ -96,7 +96,7 @@ def _banner(settings: Settings, embedded_s3: bool) -> None:
             else "not run (--no-run-jobs)")
     console.print(Panel.fit(
         f"SageMaker API  {api}\nS3 store       {s3_line}\n"
-        f"data dir       {settings.data_dir.resolve()}\ndatabase       {settings.db_path}\n"
+        f"data dir       {settings.data_dir.resolve()}\ndatabase       {Path(settings.db_path).resolve()}\n"
         f"auth           {auth}\njobs           {jobs}",
         title="smlocal",
     ))
