@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
         runner = Runner(settings, lifecycle)
     operations = Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None)
     handlers = operations.handlers()
+    served = set(handlers)
     model = load_service_model()
     verifier = (
         SigV4Verifier(settings.access_key, settings.secret_key)
@@ -61,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.lifecycle = lifecycle
 
     def handle(target: str | None, body: bytes, ctx: RequestContext) -> dict[str, Any]:
-        op = protocol.operation_from_target(target, set(handlers))
+        op = protocol.operation_from_target(target, served)
         operation_model = model.operation_model(op)
         params = protocol.parse_body(body)
         extra = CREATE_REQUIRED if op == "CreateTrainingJob" else ()

@@ -142,7 +142,6 @@ class Lifecycle:
                 )
                 _record_transition(row, "Starting", None, now)
                 s.add(row)
-                s.query(TagRow).filter(TagRow.resource_arn == arn).delete()
                 for tag in tags:
                     s.add(TagRow(resource_arn=arn, key=tag["Key"], value=tag.get("Value", "")))
                 s.flush()

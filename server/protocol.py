@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from typing import Any
 
@@ -66,8 +65,6 @@ def shape_output(shape: Shape | None, value: Any) -> Any:
         return [shape_output(shape.member, item) for item in value]
     if kind == "map":
         return {k: shape_output(shape.value, v) for k, v in value.items()}
-    if kind in ("integer", "long") and isinstance(value, float):
-        return math.ceil(value)
     return value
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from server.errors import ApiError
 from server.pagination import decode_token, encode_token
@@ -16,7 +17,7 @@ class Tags:
         self.store = store
 
     @staticmethod
-    def _require_job(s, arn: str) -> None:  # noqa: ANN001 - a SQLAlchemy session
+    def _require_job(s: Session, arn: str) -> None:
         if s.scalars(select(JobRow.id).where(JobRow.arn == arn)).first() is None:
             raise ApiError("ValidationException", f"Resource {arn} not found.")
 
