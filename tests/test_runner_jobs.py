@@ -207,8 +207,21 @@ def test_training_reads_hyperparameters_and_channel_and_uploads_model(
     job = run_job(sm, request)
 
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
-    assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == [
-        "Starting", "Downloading", "Training", "Uploading", "Completed"]
+    transitions = job["SecondaryStatusTransitions"]
+    assert [(t["Status"], t["StatusMessage"]) for t in transitions] == [
+        ("Starting", "Preparing the instances for training"),
+        ("Downloading", "Downloading input data"),
+        ("Training", "Training image download completed. Training in progress."),
+        ("Uploading", "Uploading generated training model"),
+        ("Completed", "Training job completed"),
+    ]
+    # Each phase ends where the next begins.
+    for before, after in zip(transitions, transitions[1:], strict=False):
+        assert before["EndTime"] == after["StartTime"]
+    assert job["SecondaryStatus"] == "Completed"
+    assert job["CreationTime"] <= job["TrainingStartTime"] < job["TrainingEndTime"] <= job["LastModifiedTime"]
+    assert job["TrainingStartTime"] == transitions[1]["StartTime"]
+    assert job["TrainingTimeInSeconds"] == job["BillableTimeInSeconds"] >= 1
     assert job["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{OUTPUT_BUCKET}/models/{name}/output/model.tar.gz"
     assert model_files(s3, name) == {
         "model.txt": b"epochs=5 total=6 files=input/data/train/part-1.csv input/data/train/sub/part-2.csv \n",
