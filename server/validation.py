@@ -21,6 +21,12 @@ from server.errors import ApiError
 _MAX_ERRORS_SHOWN = 10
 _CONTAINERS = ("structure", "list", "map")
 
+# Values smlocal accepts beyond the model, keyed by (structure shape, member): a training channel may
+# name a folder on this machine (`file:///data/train`), which the runner copies in.
+LOCAL_EXTENSIONS: dict[tuple[str, str], regex.Pattern[str]] = {
+    ("S3DataSource", "S3Uri"): regex.compile(r"file:///.*"),
+}
+
 
 @functools.lru_cache(maxsize=1024)
 def _compiled(pattern: str) -> regex.Pattern[str] | None:
@@ -131,6 +137,10 @@ class _Walk:
             if member_value is None:
                 if name in required:
                     self.fail(None, sub, "Member must not be null")
+                continue
+            extension = LOCAL_EXTENSIONS.get((shape.name, name))
+            if extension is not None and isinstance(member_value, str) and extension.fullmatch(member_value):
+                cleaned[name] = member_value
                 continue
             cleaned[name] = self.value(member, member_value, sub)
         return cleaned

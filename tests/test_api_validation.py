@@ -210,3 +210,18 @@ def test_failed_create_stores_nothing(sm, unique_name):
     with pytest.raises(ClientError) as info:
         sm.describe_training_job(TrainingJobName=name)
     assert info.value.response["Error"]["Message"] == "Requested resource not found."
+
+
+def test_local_folder_channel_is_accepted_only_for_channels(sm, unique_name):
+    channel = [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": "file:///srv/data/train"}}}]
+    name = unique_name()
+    assert sm.create_training_job(**job_request(name, InputDataConfig=channel))["TrainingJobArn"]
+    assert sm.describe_training_job(TrainingJobName=name)["InputDataConfig"] == channel
+    # Outputs still go to S3: the extension is for input channels alone.
+    code, message = rejected(sm, **job_request(unique_name(), OutputDataConfig={"S3OutputPath": "file:///srv/out"}))
+    assert "at 'outputDataConfig.s3OutputPath' failed to satisfy constraint" in message
+    relative = [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": "file://relative/path"}}}]
+    code, message = rejected(sm, **job_request(unique_name(), InputDataConfig=relative))
+    assert "at 'inputDataConfig.1.member.dataSource.s3DataSource.s3Uri' failed to satisfy constraint" in message
