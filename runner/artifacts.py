@@ -2,13 +2,17 @@
 
 The container owns the /opt/ml tree, so nothing here follows a symlink found in it: a link is packed
 as a link or skipped, never resolved on the host.
+
+Several hosts: their folders are merged into one model.tar.gz (one output.tar.gz, one prefix with
+CompressionType NONE, one checkpoint URI). Of two hosts' entries with the same path the lower-numbered
+host's wins (algo-1 over algo-2); folders of the same path merge.
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +50,42 @@ def _regular_files(root: Path, opt_ml: Path) -> Iterator[tuple[Path, str]]:
         dirnames.sort()
 
 
-def _has_content(root: Path, opt_ml: Path) -> bool:
-    return is_real_dir(root, opt_ml) and any(root.iterdir())
+def _merged_files(folders: list[tuple[Path, Path]]) -> Iterator[tuple[Path, str]]:
+    """`_regular_files` of several hosts' (folder, opt_ml); a path already given by an earlier host is skipped."""
+    seen: set[str] = set()
+    for root, opt_ml in folders:
+        for path, rel in _regular_files(root, opt_ml):
+            if rel not in seen:
+                seen.add(rel)
+                yield path, rel
 
 
-def _tar(root: Path, opt_ml: Path, dest: Path) -> None:
+def _has_content(folders: list[tuple[Path, Path]]) -> bool:
+    return any(is_real_dir(root, opt_ml) and any(root.iterdir()) for root, opt_ml in folders)
+
+
+def _add(tar: tarfile.TarFile, path: Path, arcname: str, added: dict[str, bool]) -> None:
+    """tar.add(recursive=True), except that a name already in the tar is skipped (folders merge)."""
+    is_dir = path.is_dir() and not path.is_symlink()
+    if arcname not in added:
+        tar.add(path, arcname=arcname, recursive=False)
+        added[arcname] = is_dir
+    elif not (is_dir and added[arcname]):
+        return
+    if is_dir:
+        for child in sorted(os.listdir(path)):
+            _add(tar, path / child, f"{arcname}/{child}", added)
+
+
+def _tar(folders: list[tuple[Path, Path]], dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
+    added: dict[str, bool] = {}  # name in the tar -> is a folder
     with tarfile.open(dest, "w:gz") as tar:
-        if is_real_dir(root, opt_ml):
-            for child in sorted(root.iterdir()):
-                # Members sit at the top level, as in SageMaker's model.tar.gz.
-                tar.add(child, arcname=child.name, recursive=True)
+        for root, opt_ml in folders:
+            if is_real_dir(root, opt_ml):
+                for child in sorted(root.iterdir()):
+                    # Members sit at the top level, as in SageMaker's model.tar.gz.
+                    _add(tar, child, child.name, added)
 
 
 def _put(client: Minio, loc: S3Location, path: Path) -> None:
@@ -66,27 +95,28 @@ def _put(client: Minio, loc: S3Location, path: Path) -> None:
         raise UploadError(f"ClientError: Artifact upload to {loc} failed: {e.code}: {e.message}") from None
 
 
-def upload_outputs(client: Minio, request: dict[str, Any], job_name: str, layout: HostLayout, *,
-                   always_model: bool) -> None:
-    """Upload /opt/ml/model and /opt/ml/output/data.
+def upload_outputs(client: Minio, request: dict[str, Any], job_name: str,
+                   layouts: Sequence[HostLayout], *, always_model: bool) -> None:
+    """Upload /opt/ml/model and /opt/ml/output/data (of every host, merged).
 
     `always_model` uploads model.tar.gz even when the folder is empty (a Completed job always has
     ModelArtifacts); otherwise only folders with content are uploaded (what a failed job left).
     """
+    hosts = list(layouts)
     out = output_location(request, job_name)
     compressed = (request.get("OutputDataConfig") or {}).get("CompressionType", "GZIP") != "NONE"
-    for folder, name, always in ((layout.model_dir, "model", always_model),
-                                 (layout.output_data_dir, "output", False)):
-        if not (always or _has_content(folder, layout.opt_ml)):
+    for folders, name, always in (([(h.model_dir, h.opt_ml) for h in hosts], "model", always_model),
+                                  ([(h.output_data_dir, h.opt_ml) for h in hosts], "output", False)):
+        if not (always or _has_content(folders)):
             continue
         if compressed:
-            tarball = layout.staging_dir / f"{name}.tar.gz"
-            _tar(folder, layout.opt_ml, tarball)
+            tarball = hosts[0].staging_dir / f"{name}.tar.gz"
+            _tar(folders, tarball)
             _put(client, out.child(f"{name}.tar.gz"), tarball)
             tarball.unlink()
         else:
             prefix = out.child("model" if name == "model" else "data")
-            for path, rel in _regular_files(folder, layout.opt_ml):
+            for path, rel in _merged_files(folders):
                 _put(client, prefix.child(rel), path)
 
 
@@ -120,10 +150,10 @@ def download_checkpoints(client: Minio, request: dict[str, Any], layout: HostLay
         ) from None
 
 
-def upload_checkpoints(client: Minio, request: dict[str, Any], layout: HostLayout) -> None:
+def upload_checkpoints(client: Minio, request: dict[str, Any], layouts: Sequence[HostLayout]) -> None:
     cc = request.get("CheckpointConfig")
     if not cc:
         return
     loc = parse_s3_uri(cc["S3Uri"])
-    for path, rel in _regular_files(layout.checkpoints_dir, layout.opt_ml):
+    for path, rel in _merged_files([(h.checkpoints_dir, h.opt_ml) for h in list(layouts)]):
         _put(client, loc.child(rel), path)

@@ -2,6 +2,10 @@
 
 File mode only for now: Pipe and FastFile channels are staged the same way (a later issue gives them
 FIFOs and lazy reads), which is what the algorithm sees at the same paths in FastFile mode anyway.
+
+Several hosts: a channel is listed once; each object is downloaded once and copied to every other host
+that gets it. FullyReplicated gives every host every object; ShardedByS3Key gives host i (of n) the
+objects i, i+n, i+2n, ... of the key-sorted list, whole objects.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,11 +41,21 @@ class DownloadCancelled(Exception):
     """The job was stopped (or the server is shutting down) while data was downloading."""
 
 
+SHARDED = "ShardedByS3Key"
+
+
+@dataclass(frozen=True)
+class _Object:
+    bucket: str
+    key: str
+    relative: str  # its path below the channel folder
+
+
 @dataclass(frozen=True)
 class _Transfer:
     bucket: str
     key: str
-    dest: Path
+    dests: tuple[Path, ...]  # downloaded to the first, copied to the others
 
 
 def safe_relative_path(relative: str) -> PurePosixPath:
@@ -89,27 +103,23 @@ def _no_objects(uri: str, bucket: str, region: str, role: str) -> DataDownloadEr
     )
 
 
-def _list_prefix(client: Minio, uri: str, loc: S3Location, channel_dir: Path, region: str,
-                 role: str) -> list[_Transfer]:
-    transfers = []
+def _list_prefix(client: Minio, uri: str, loc: S3Location, region: str, role: str) -> list[_Object]:
+    objects = []
     try:
         for obj in client.list_objects(loc.bucket, prefix=loc.key, recursive=True):
             if obj.is_dir or obj.object_name.endswith("/"):
                 continue  # zero-byte "folder" markers
-            rel = relative_key(loc.key, obj.object_name)
-            transfers.append(_Transfer(loc.bucket, obj.object_name,
-                                       _dest(channel_dir, rel, f"s3://{loc.bucket}/{obj.object_name}")))
+            objects.append(_Object(loc.bucket, obj.object_name, relative_key(loc.key, obj.object_name)))
     except S3Error as e:
         if e.code in ("NoSuchBucket", "AccessDenied", "NoSuchKey"):
             raise _no_objects(uri, loc.bucket, region, role) from None
         raise DataDownloadError(f"ClientError: Data download failed: {e.code}: {e.message} ({uri})") from None
-    if not transfers:
+    if not objects:
         raise _no_objects(uri, loc.bucket, region, role)
-    return transfers
+    return objects
 
 
-def _list_manifest(client: Minio, uri: str, loc: S3Location, channel_dir: Path, region: str,
-                   role: str) -> list[_Transfer]:
+def _list_manifest(client: Minio, uri: str, loc: S3Location, region: str, role: str) -> list[_Object]:
     try:
         response = client.get_object(loc.bucket, loc.key)
         try:
@@ -142,18 +152,36 @@ def _list_manifest(client: Minio, uri: str, loc: S3Location, channel_dir: Path, 
         ) from None
     if len(manifest) == 1:
         raise _no_objects(manifest[0]["prefix"], base.bucket, region, role)
-    return [
-        _Transfer(base.bucket, base.key + rel, _dest(channel_dir, rel, f"s3://{base.bucket}/{base.key}{rel}"))
-        for rel in manifest[1:]
-    ]
+    return [_Object(base.bucket, base.key + rel, rel) for rel in manifest[1:]]
 
 
-def _copy_local(uri: str, channel_dir: Path) -> None:
+def _plan(objects: list[_Object], channel_dirs: list[Path], sharded: bool) -> list[_Transfer]:
+    """Where each object goes: every host's channel folder, or (sharded) round-robin over the key-sorted list."""
+    if sharded:
+        objects = sorted(objects, key=lambda o: (o.bucket, o.key))
+    transfers = []
+    for index, obj in enumerate(objects):
+        source = f"s3://{obj.bucket}/{obj.key}"
+        dirs = [channel_dirs[index % len(channel_dirs)]] if sharded else channel_dirs
+        transfers.append(_Transfer(obj.bucket, obj.key, tuple(_dest(d, obj.relative, source) for d in dirs)))
+    return transfers
+
+
+def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool) -> None:
     source = Path(unquote(urlsplit(uri).path))
-    if source.is_dir():
-        shutil.copytree(source, channel_dir, dirs_exist_ok=True, symlinks=False)
+    if source.is_dir() and sharded and len(channel_dirs) > 1:
+        files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+        for index, rel in enumerate(files):
+            dest = channel_dirs[index % len(channel_dirs)] / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, dest)
+    elif source.is_dir():
+        for channel_dir in channel_dirs:
+            shutil.copytree(source, channel_dir, dirs_exist_ok=True, symlinks=False)
     elif source.is_file():
-        shutil.copy2(source, channel_dir / source.name)
+        # A single file cannot be split: with ShardedByS3Key the first host gets it.
+        for channel_dir in channel_dirs[:1] if sharded else channel_dirs:
+            shutil.copy2(source, channel_dir / source.name)
     else:
         raise DataDownloadError(f'ClientError: Data download failed: local path "{source}" does not exist.')
 
@@ -162,9 +190,13 @@ def _download_all(client: Minio, transfers: list[_Transfer], should_stop: Callab
     def fetch(t: _Transfer) -> None:
         if should_stop():
             raise DownloadCancelled()
-        t.dest.parent.mkdir(parents=True, exist_ok=True)
+        first = t.dests[0]
+        first.parent.mkdir(parents=True, exist_ok=True)
         try:
-            client.fget_object(t.bucket, t.key, str(t.dest))
+            client.fget_object(t.bucket, t.key, str(first))
+            for dest in t.dests[1:]:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(first, dest)
         except S3Error as e:
             raise DataDownloadError(
                 f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {e.code}: {e.message}"
@@ -193,23 +225,26 @@ def _make_tree_readable(root: Path) -> None:
             os.chmod(os.path.join(dirpath, f), 0o666)
 
 
-def stage_channels(request: dict[str, Any], layout: HostLayout, client_factory: Callable[[], Minio],
-                   region: str, should_stop: Callable[[], bool]) -> None:
-    """Download every channel's data; raises DataDownloadError with the job's FailureReason."""
+def stage_channels(request: dict[str, Any], layouts: Sequence[HostLayout],
+                   client_factory: Callable[[], Minio], region: str, should_stop: Callable[[], bool]) -> None:
+    """Download every channel's data into each host's tree; raises DataDownloadError with the FailureReason."""
+    hosts = list(layouts)
     role = request.get("RoleArn", "")
     client: Minio | None = None
     for channel in request.get("InputDataConfig") or []:
         name = channel["ChannelName"]
-        channel_dir = layout.channel_dir(name)
+        channel_dirs = [layout.channel_dir(name) for layout in hosts]
         source = channel.get("DataSource") or {}
         s3 = source.get("S3DataSource")
         if s3 is None:
             kind = next(iter(source), "unknown")
             raise DataDownloadError(f"ClientError: channel {name!r}: {kind} is not supported by smlocal.")
         uri, data_type = s3["S3Uri"], s3.get("S3DataType", "S3Prefix")
+        sharded = s3.get("S3DataDistributionType") == SHARDED
         if uri.startswith("file://"):
-            _copy_local(uri, channel_dir)
-            _make_tree_readable(channel_dir)
+            _copy_local(uri, channel_dirs, sharded)
+            for channel_dir in channel_dirs:
+                _make_tree_readable(channel_dir)
             continue
         if data_type == "AugmentedManifestFile":
             raise DataDownloadError(
@@ -222,8 +257,9 @@ def stage_channels(request: dict[str, Any], layout: HostLayout, client_factory: 
         if client is None:
             client = client_factory()
         if data_type == "ManifestFile":
-            transfers = _list_manifest(client, uri, loc, channel_dir, region, role)
+            objects = _list_manifest(client, uri, loc, region, role)
         else:
-            transfers = _list_prefix(client, uri, loc, channel_dir, region, role)
-        _download_all(client, transfers, should_stop)
-        _make_tree_readable(channel_dir)
+            objects = _list_prefix(client, uri, loc, region, role)
+        _download_all(client, _plan(objects, channel_dirs, sharded), should_stop)
+        for channel_dir in channel_dirs:
+            _make_tree_readable(channel_dir)

@@ -61,9 +61,12 @@ class ContainerSpec:
     mounts: dict[str, str] = field(default_factory=dict)
 
 
-def job_labels(job_name: str, job_arn: str, host: str, data_dir: str) -> dict[str, str]:
-    return {LABEL_JOB_NAME: job_name, LABEL_JOB_ARN: job_arn, LABEL_MANAGED: "true",
-            LABEL_HOST: host, LABEL_DATA_DIR: data_dir}
+def job_labels(job_name: str, job_arn: str, host: str | None, data_dir: str) -> dict[str, str]:
+    """A container's labels (with its host), or the job network's (host None)."""
+    labels = {LABEL_JOB_NAME: job_name, LABEL_JOB_ARN: job_arn, LABEL_MANAGED: "true", LABEL_DATA_DIR: data_dir}
+    if host is not None:
+        labels[LABEL_HOST] = host
+    return labels
 
 
 def resource_name(job_name: str) -> str:
@@ -98,7 +101,7 @@ class DockerBackend:
         # Created on first use so the API server starts even while Docker is down.
         with self._lock:
             if self._client is None:
-                # Each running job holds two long-lived connections (its log stream and its wait).
+                # Each running host of a job holds two long-lived connections (its log stream and its wait).
                 self._client = docker.from_env(max_pool_size=self._max_pool_size)
             return self._client
 

@@ -1,4 +1,9 @@
-"""Drives one claimed job from Starting to a terminal status, or adopts one a previous process started."""
+"""Drives one claimed job from Starting to a terminal status, or adopts one a previous process started.
+
+A job runs one container per host (`algo-1` .. `algo-N`) on a network of its own; the job-level flow
+works on the list of `_Host`s: every host's data is staged before any container starts, the job
+completes only when every host exits 0, and the first host to fail (or a stop) stops the others.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +33,18 @@ from runner.docker_backend import (
 )
 from runner.environment import container_environment
 from runner.failure import failure_reason
-from runner.layout import CONTAINER_ROOT, DEFAULT_CHECKPOINT_PATH, HostLayout, checkpoint_config, job_root
+from runner.layout import (
+    CONTAINER_ROOT,
+    DEFAULT_CHECKPOINT_PATH,
+    HostLayout,
+    all_hosts,
+    checkpoint_config,
+    job_root,
+)
 from runner.layout import prepare as prepare_layout
 from runner.log_follower import LogFollower
 from runner.logs import LogStreamWriter, list_streams, logs_dir, stream_name
-from runner.metrics import MetricCollector
+from runner.metrics import MetricCollector, final_of_all
 from runner.s3 import make_client
 from server.config import Settings
 from server.lifecycle import STOPPING, TERMINAL_STATUSES, IllegalTransition, Lifecycle
@@ -40,22 +52,68 @@ from server.store import JobRecord
 
 log = logging.getLogger("smlocal.runner")
 
-HOST = "algo-1"
 POLL_SECONDS = 0.5
 DEFAULT_MAX_RUNTIME = 86400
 RESTART_FAILURE = "InternalServerError: the training job was interrupted when smlocal restarted"
 
 
 class _Shutdown(Exception):
-    """The server is going down: leave the container running and the job claimed for the next process."""
+    """The server is going down: leave the containers running and the job claimed for the next process."""
 
 
 class _StopRequested(Exception):
-    """StopTrainingJob arrived before the container started."""
+    """StopTrainingJob arrived before the containers started."""
 
 
 def data_dir_label(settings: Settings) -> str:
     return str(Path(settings.data_dir).resolve())
+
+
+class _Host:
+    """One instance of the job: its /opt/ml tree, its container, the follower of its log and how it ended."""
+
+    def __init__(self, layout: HostLayout, labels: dict[str, str]) -> None:
+        self.layout = layout
+        self.labels = labels
+        self.container: Container | None = None
+        self.follower: LogFollower | None = None
+        self.metrics = MetricCollector(None)
+        self.exit_code: int | None = None
+        self.error: Exception | None = None  # waiting failed: the container was removed, or Docker went away
+        self.exited = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return self.layout.host
+
+    @property
+    def failed(self) -> bool:
+        return self.exited.is_set() and (self.error is not None or self.exit_code != 0)
+
+    def follow(self, stream: Path, definitions: list[dict[str, Any]], *, resume: bool = False) -> None:
+        assert self.container is not None
+        self.metrics = MetricCollector(definitions)
+        self.follower = LogFollower(self.container, LogStreamWriter(stream), self.metrics)
+        if resume:
+            self.follower.resume_from_file()
+
+    def watch(self, exits: list[_Host], exit_seen: threading.Event) -> None:
+        """Follow the log and wait for the exit in the background; on exit, join `exits` and set `exit_seen`."""
+        assert self.container is not None and self.follower is not None
+        self.follower.start()
+        container = self.container
+
+        def wait_for_exit() -> None:
+            try:
+                self.exit_code = int(container.wait()["StatusCode"])
+            except Exception as e:  # the container was removed under us or Docker went away
+                self.error = e
+            finally:
+                exits.append(self)  # before `exited`: whoever sees this host exited finds it in the list
+                self.exited.set()
+                exit_seen.set()
+
+        threading.Thread(target=wait_for_exit, name=f"smlocal-wait-{container.name}", daemon=True).start()
 
 
 class JobExecution:
@@ -68,11 +126,14 @@ class JobExecution:
         self.backend = backend
         self._shutdown = shutdown
         self.data_dir = Path(settings.data_dir).resolve()
-        self.layout = HostLayout(job_root(self.data_dir, job.name, job.region, job.account_id), HOST)
-        self.labels = job_labels(job.name, job.arn, HOST, data_dir_label(settings))
+        self.root = job_root(self.data_dir, job.name, job.region, job.account_id)
+        self.labels = job_labels(job.name, job.arn, None, data_dir_label(settings))
+        self.hosts = [_Host(HostLayout(self.root, host), job_labels(job.name, job.arn, host, data_dir_label(settings)))
+                      for host in all_hosts(job.request)]
         self._s3: Minio | None = None
-        self._follower: LogFollower | None = None
-        self._follower_metrics = MetricCollector(None)
+        # Set whenever a host's container exits; the exits in the order they happened.
+        self._exit_seen = threading.Event()
+        self._exits: list[_Host] = []
         self._stop_cache: tuple[float, bool] = (0.0, False)
         self._cleaned = False
 
@@ -81,8 +142,13 @@ class JobExecution:
     def run_new(self) -> None:
         self._run(self._start_new)
 
-    def run_adopted(self, container: Container) -> None:
-        self._run(lambda: self._adopt(container))
+    @property
+    def host_names(self) -> list[str]:
+        return [h.name for h in self.hosts]
+
+    def run_adopted(self, containers: dict[str, Container]) -> None:
+        """Continue a job whose containers (host name -> container, one per host) a previous process started."""
+        self._run(lambda: self._adopt(containers))
 
     def abandon(self) -> None:
         """A previous process claimed the job and left nothing to adopt: end it and clean up."""
@@ -118,7 +184,12 @@ class JobExecution:
     def _start_new(self) -> None:
         request = self.job.request
         algorithm = request.get("AlgorithmSpecification") or {}
-        prepare_layout(self.layout, request)
+        if not self.hosts:
+            self._end("Failed", failure_reason="ClientError: the training job needs at least one instance "
+                      "(ResourceConfig.InstanceCount).")
+            return
+        for host in self.hosts:
+            prepare_layout(host.layout, request)
         self._check_stop()
         image = algorithm.get("TrainingImage")
         if not image:
@@ -133,13 +204,14 @@ class JobExecution:
         self._check_stop()
         # Created before staging: Docker syncs the page cache when it creates a container, and after
         # a large download that costs ~0.4 s per GiB of freshly written data.
-        container = self._create_container(image, algorithm)
+        self._create_containers(image, algorithm)
 
         self._advance("Downloading")
         try:
-            stage_channels(request, self.layout, self._s3_client, self.job.region, self._stop_or_shutdown)
+            stage_channels(request, self._layouts(), self._s3_client, self.job.region, self._stop_or_shutdown)
             if request.get("CheckpointConfig"):
-                artifacts.download_checkpoints(self._s3_client(), request, self.layout)
+                for host in self.hosts:  # all hosts share one checkpoint URI
+                    artifacts.download_checkpoints(self._s3_client(), request, host.layout)
         except DownloadCancelled:
             self._check_stop()
             raise
@@ -148,55 +220,59 @@ class JobExecution:
             return
         self._check_stop()
 
-        container.start()
-        # Training means the algorithm runs (a stop from here on goes through SIGTERM and the grace).
+        # Every host's data is in place before any algorithm starts.
+        for host in self.hosts:
+            assert host.container is not None
+            host.container.start()
+        # Training means the algorithms run (a stop from here on goes through SIGTERM and the grace).
         try:
             self._advance("Training")
         except _StopRequested:
-            pass  # the watch below sees Stopping and stops the algorithm gracefully
-        container.reload()
-        start = started_at(container) or time.time()
-        writer = LogStreamWriter(logs_dir(self.data_dir, self.job.name) / stream_name(HOST, start))
-        self._follower = LogFollower(container, writer, self._metrics())
-        self._watch_and_finish(container, start)
+            pass  # the watch below sees Stopping and stops the algorithms gracefully
+        starts = []
+        for host in self.hosts:
+            assert host.container is not None
+            host.container.reload()
+            start = started_at(host.container) or time.time()
+            starts.append(start)
+            host.follow(logs_dir(self.data_dir, self.job.name) / stream_name(host.name, start),
+                        self._metric_definitions())
+        self._watch_and_finish(min(starts))
 
-    def _adopt(self, container: Container) -> None:
-        start = started_at(container)
-        if start is None:
-            self._end("Failed", failure_reason=RESTART_FAILURE)
-            return
-        log.info("adopting training job %s (container %s)", self.job.name, container.name)
-        streams = [s for s in list_streams(self.data_dir, self.job.name)
-                   if s.name.startswith(HOST + "-")]
-        # Keep appending to the stream the previous process opened.
-        if streams:
-            path = streams[-1].path
-        else:
-            path = logs_dir(self.data_dir, self.job.name) / stream_name(HOST, start)
-        self._follower = LogFollower(container, LogStreamWriter(path), self._metrics())
-        self._follower.resume_from_file()
-        self._watch_and_finish(container, start)
+    def _adopt(self, containers: dict[str, Container]) -> None:
+        starts = []
+        for host in self.hosts:
+            host.container = containers.get(host.name)
+            start = started_at(host.container) if host.container is not None else None
+            if start is None:
+                self._end("Failed", failure_reason=RESTART_FAILURE)
+                return
+            starts.append(start)
+        log.info("adopting training job %s (containers %s)", self.job.name,
+                 ", ".join(h.container.name for h in self.hosts if h.container is not None))
+        streams = list_streams(self.data_dir, self.job.name)
+        for host, start in zip(self.hosts, starts, strict=True):
+            mine = [s for s in streams if s.name.startswith(host.name + "-")]
+            # Keep appending to the stream the previous process opened.
+            path = mine[-1].path if mine else logs_dir(self.data_dir, self.job.name) / stream_name(host.name, start)
+            host.follow(path, self._metric_definitions(), resume=True)
+        self._watch_and_finish(min(starts))
 
-    def _watch_and_finish(self, container: Container, start: float) -> None:
-        assert self._follower is not None
-        self._follower.start()
+    def _watch_and_finish(self, start: float) -> None:
+        for host in self.hosts:
+            host.watch(self._exits, self._exit_seen)
         stopping = self.job.request.get("StoppingCondition") or {}
         deadline = start + float(stopping.get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME)
-        exit_info: dict[str, Any] = {}
-        exited = threading.Event()
-
-        def wait_for_exit() -> None:
-            try:
-                exit_info["code"] = int(container.wait()["StatusCode"])
-            except Exception as e:  # the container was removed under us or Docker went away
-                exit_info["error"] = e
-            finally:
-                exited.set()
-
-        threading.Thread(target=wait_for_exit, name=f"smlocal-wait-{container.name}", daemon=True).start()
 
         stop_as: str | None = None
-        while not exited.wait(POLL_SECONDS):
+        while not self._all_exited():
+            if self._first_failed() is not None:
+                # One host failed: the job fails, and the others are stopped as for a stop request.
+                self._terminate()
+                break
+            if self._exit_seen.wait(POLL_SECONDS):
+                self._exit_seen.clear()
+                continue
             self._check_shutdown()
             stop_as = self._stop_kind(deadline)
             if stop_as is None and time.time() >= deadline:
@@ -206,25 +282,36 @@ class JobExecution:
                     pass  # a stop request won the race; the job is Stopping either way
                 stop_as = "MaxRuntimeExceeded"
             if stop_as is not None:
-                self._terminate(container, exited)
+                self._terminate()
                 break
 
-        self._follower.join(timeout=10)
-        if "error" in exit_info:
-            raise exit_info["error"]
-        exit_code = exit_info["code"]
+        for host in self.hosts:
+            assert host.follower is not None
+            host.follower.join(timeout=10)
+        failed = self._first_failed()
+        if failed is not None and failed.error is not None:
+            raise failed.error
         if self._metric_definitions():
-            self.lifecycle.set_final_metrics(self.arn, self._follower_metrics.final())
+            self.lifecycle.set_final_metrics(self.arn, final_of_all([h.metrics for h in self.hosts]))
         stop_as = stop_as or self._stop_kind(deadline)
 
         if stop_as is not None:
             self._finish_stopped(stop_as)
-        elif exit_code == 0:
+        elif failed is None:
             self._finish_completed()
         else:
-            reason = failure_reason(self.layout, exit_code, list(self._follower.last_lines))
+            assert failed.follower is not None and failed.exit_code is not None
+            reason = failure_reason(failed.layout, failed.exit_code, list(failed.follower.last_lines),
+                                    name_host=len(self.hosts) > 1)
             self._upload_quietly(always_model=False)
             self._end("Failed", failure_reason=reason)
+
+    def _all_exited(self) -> bool:
+        return all(h.exited.is_set() for h in self.hosts)
+
+    def _first_failed(self) -> _Host | None:
+        """The host that failed first (the others may fail only because it went away)."""
+        return next((h for h in list(self._exits) if h.failed), None)
 
     def _finish_completed(self) -> None:
         try:
@@ -233,8 +320,8 @@ class JobExecution:
             pass  # stopped as it finished: still upload what it made
         try:
             client = self._s3_client()
-            artifacts.upload_outputs(client, self.job.request, self.job.name, self.layout, always_model=True)
-            artifacts.upload_checkpoints(client, self.job.request, self.layout)
+            artifacts.upload_outputs(client, self.job.request, self.job.name, self._layouts(), always_model=True)
+            artifacts.upload_checkpoints(client, self.job.request, self._layouts())
         except artifacts.UploadError as e:
             self._end("Failed", failure_reason=e.reason)
             return
@@ -252,42 +339,55 @@ class JobExecution:
         # A failed or stopped job keeps its status even when saving its leftovers fails.
         try:
             client = self._s3_client()
-            artifacts.upload_outputs(client, self.job.request, self.job.name, self.layout,
+            artifacts.upload_outputs(client, self.job.request, self.job.name, self._layouts(),
                                      always_model=always_model)
-            artifacts.upload_checkpoints(client, self.job.request, self.layout)
+            artifacts.upload_checkpoints(client, self.job.request, self._layouts())
         except Exception as e:
             log.warning("could not upload artifacts of %s: %s", self.job.name, e)
 
-    def _terminate(self, container: Container, exited: threading.Event) -> None:
-        """SIGTERM, then SIGKILL once the grace period (time to save the model) is over."""
-        self.backend.signal(container, "SIGTERM")
+    def _terminate(self) -> None:
+        """SIGTERM to every running host, then SIGKILL once the grace period (time to save the model) is over."""
+        running = [h for h in self.hosts if not h.exited.is_set()]
+        for host in running:
+            assert host.container is not None
+            self.backend.signal(host.container, "SIGTERM")
         grace_end = time.monotonic() + self.settings.stop_grace_seconds
-        while not exited.wait(min(POLL_SECONDS, max(0.0, grace_end - time.monotonic()))):
+        while not all(h.exited.is_set() for h in running):
+            if self._exit_seen.wait(min(POLL_SECONDS, max(0.0, grace_end - time.monotonic()))):
+                self._exit_seen.clear()
+                continue
             self._check_shutdown()
             if time.monotonic() >= grace_end:
-                self.backend.signal(container, "SIGKILL")
-                exited.wait(30)
+                for host in running:
+                    if not host.exited.is_set():
+                        assert host.container is not None
+                        self.backend.signal(host.container, "SIGKILL")
+                killed_by = time.monotonic() + 30
+                for host in running:
+                    host.exited.wait(max(0.0, killed_by - time.monotonic()))
                 return
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    def _create_container(self, image: str, algorithm: dict[str, Any]) -> Container:
+    def _create_containers(self, image: str, algorithm: dict[str, Any]) -> None:
+        """One container per host on the job's network; each resolves the others by host name (its alias)."""
         name = resource_name(self.job.name)
         network = self.backend.create_network(name, self.labels)
         entrypoint, command = container_command(algorithm)
-        mounts = {str(self.layout.opt_ml): CONTAINER_ROOT}
+        environment = container_environment(self.job, self.settings)
         checkpoints = checkpoint_config(self.job.request)
-        if checkpoints and checkpoints["LocalPath"].rstrip("/") != DEFAULT_CHECKPOINT_PATH:
-            mounts[str(self.layout.checkpoints_dir)] = checkpoints["LocalPath"]
-        return self.backend.create_container(ContainerSpec(
-            image=image, name=f"{name}-{HOST}", network=network.name, host=HOST, labels=self.labels,
-            environment=container_environment(self.job, self.settings), entrypoint=entrypoint,
-            command=command, mounts=mounts,
-        ))
+        for host in self.hosts:
+            mounts = {str(host.layout.opt_ml): CONTAINER_ROOT}
+            if checkpoints and checkpoints["LocalPath"].rstrip("/") != DEFAULT_CHECKPOINT_PATH:
+                mounts[str(host.layout.checkpoints_dir)] = checkpoints["LocalPath"]
+            host.container = self.backend.create_container(ContainerSpec(
+                image=image, name=f"{name}-{host.name}", network=network.name, host=host.name,
+                labels=host.labels, environment=dict(environment), entrypoint=entrypoint, command=command,
+                mounts=mounts,
+            ))
 
-    def _metrics(self) -> MetricCollector:
-        self._follower_metrics = MetricCollector(self._metric_definitions())
-        return self._follower_metrics
+    def _layouts(self) -> list[HostLayout]:
+        return [h.layout for h in self.hosts]
 
     def _metric_definitions(self) -> list[dict[str, Any]]:
         return (self.job.request.get("AlgorithmSpecification") or {}).get("MetricDefinitions") or []
@@ -320,8 +420,7 @@ class JobExecution:
 
     def _check_shutdown(self) -> None:
         if self._shutdown.is_set():
-            if self._follower is not None:
-                self._follower.stop()
+            self._stop_followers()
             raise _Shutdown()
 
     def _check_stop(self) -> None:
@@ -352,11 +451,15 @@ class JobExecution:
         if self._cleaned:
             return
         self._cleaned = True
-        if self._follower is not None:
-            self._follower.stop()
+        self._stop_followers()
         try:
             self.backend.remove_job_resources({LABEL_JOB_ARN: self.arn,
                                                 LABEL_DATA_DIR: self.labels[LABEL_DATA_DIR]})
         except Exception as e:
             log.warning("could not remove the containers of %s: %s", self.job.name, e)
-        shutil.rmtree(self.layout.job_root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _stop_followers(self) -> None:
+        for host in self.hosts:
+            if host.follower is not None:
+                host.follower.stop()

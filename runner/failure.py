@@ -24,9 +24,10 @@ def read_failure_file(layout: HostLayout) -> str | None:
     return text[:MAX_REASON] or None
 
 
-def algorithm_error(exit_code: int, last_lines: Sequence[str]) -> str:
+def algorithm_error(exit_code: int, last_lines: Sequence[str], host: str | None = None) -> str:
     """`AlgorithmError: ..., exit code: N` with the log's tail, the shape SageMaker reports."""
-    head = f"AlgorithmError: the training container exited with a non-zero status, exit code: {exit_code}"
+    container = f"the training container on {host}" if host else "the training container"
+    head = f"AlgorithmError: {container} exited with a non-zero status, exit code: {exit_code}"
     tail: list[str] = []
     room = MAX_REASON - len(head) - len("\nLast log lines:\n")
     for line in reversed(last_lines):
@@ -40,5 +41,9 @@ def algorithm_error(exit_code: int, last_lines: Sequence[str]) -> str:
     return (head + "\nLast log lines:\n" + "\n".join(tail))[:MAX_REASON]
 
 
-def failure_reason(layout: HostLayout, exit_code: int, last_lines: Sequence[str]) -> str:
-    return read_failure_file(layout) or algorithm_error(exit_code, last_lines)
+def failure_reason(layout: HostLayout, exit_code: int, last_lines: Sequence[str], *, name_host: bool = False) -> str:
+    """The failure file's text, else the exit code and log tail; `name_host` (several hosts) says which host."""
+    written = read_failure_file(layout)
+    if written is None:
+        return algorithm_error(exit_code, last_lines, layout.host if name_host else None)
+    return f"{layout.host}: {written}"[:MAX_REASON] if name_host else written

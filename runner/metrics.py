@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 log = logging.getLogger("smlocal.runner")
@@ -40,3 +41,15 @@ class MetricCollector:
     def final(self) -> list[dict[str, Any]]:
         with self._lock:
             return [self._latest[name] for name, _ in self._patterns if name in self._latest]
+
+
+def final_of_all(collectors: Sequence[MetricCollector]) -> list[dict[str, Any]]:
+    """FinalMetricDataList over several hosts' logs: each metric's latest value (the first host's on a tie)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for collector in collectors:
+        for metric in collector.final():
+            best = latest.get(metric["MetricName"])
+            if best is None or metric["Timestamp"] > best["Timestamp"]:
+                latest[metric["MetricName"]] = metric
+    order = [name for name, _ in collectors[0]._patterns] if collectors else []
+    return [latest[name] for name in order if name in latest]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from docker.errors import DockerException
+from docker.models.containers import Container
 
 from runner.docker_backend import (
     LABEL_DATA_DIR,
@@ -22,7 +23,7 @@ from runner.docker_backend import (
     DockerBackend,
     started_at,
 )
-from runner.execution import HOST, JobExecution, data_dir_label
+from runner.execution import JobExecution, data_dir_label
 from runner.layout import job_folder_name
 from server.config import Settings
 from server.lifecycle import Lifecycle
@@ -97,6 +98,7 @@ class Runner:
             self._wake.wait(self.poll_interval)
 
     def _fill_slots(self) -> None:
+        # A job takes one slot, however many hosts it runs.
         with self._lock:
             free = self.settings.max_concurrent_jobs - len(self._active)
         if free <= 0:
@@ -128,22 +130,26 @@ class Runner:
         thread.start()
 
     def _recover(self) -> None:
-        """Adopt the containers of jobs a previous process was running; end the rest; sweep leftovers."""
+        """Adopt the containers of jobs a previous process was running; end the rest; sweep leftovers.
+
+        A job is adopted only when every one of its hosts has a container that started; a job with a host
+        missing (or never started) cannot go on and fails.
+        """
         mine = data_dir_label(self.settings)
         kept: dict[str, str] = {}  # arn -> job folder name
         for job in self.lifecycle.claimed_jobs():
             execution = self._execution(job)
-            container = None
+            found: dict[str, Container] = {}  # host -> container
             try:
-                candidates = self.backend.containers({LABEL_JOB_ARN: job.arn, LABEL_DATA_DIR: mine,
-                                                      LABEL_HOST: HOST})
-                container = next((c for c in candidates
-                                  if c.status in _ADOPTABLE_STATES and started_at(c) is not None), None)
+                for c in self.backend.containers({LABEL_JOB_ARN: job.arn, LABEL_DATA_DIR: mine}):
+                    host = c.labels.get(LABEL_HOST)
+                    if host in execution.host_names and c.status in _ADOPTABLE_STATES and started_at(c) is not None:
+                        found.setdefault(host, c)
             except DockerException as e:
-                log.warning("cannot look for the container of %s: %s", job.name, e)
-            if container is not None:
+                log.warning("cannot look for the containers of %s: %s", job.name, e)
+            if execution.host_names and set(found) == set(execution.host_names):
                 kept[job.arn] = job_folder_name(job.name, job.region, job.account_id)
-                self._launch(job, lambda e=execution, c=container: e.run_adopted(c))
+                self._launch(job, lambda e=execution, c=found: e.run_adopted(c))
             else:
                 log.info("training job %s was interrupted by a restart", job.name)
                 execution.abandon()

@@ -49,7 +49,7 @@ def _channel(uri: str, data_type: str = "S3Prefix", name: str = "train") -> dict
 
 
 def _stage(request: dict[str, Any], layout: HostLayout, minio: Minio, stop: bool = False) -> None:
-    stage_channels(request, layout, lambda: minio, "us-east-1", lambda: stop)
+    stage_channels(request, [layout], lambda: minio, "us-east-1", lambda: stop)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -134,7 +134,7 @@ def test_model_folder_replaced_by_a_symlink_uploads_an_empty_model(
     layout.model_dir.symlink_to(host_dir)
     layout.output_data_dir.rmdir()
     layout.output_data_dir.symlink_to(host_dir)
-    artifacts.upload_outputs(minio, request, "symlinked", layout, always_model=True)
+    artifacts.upload_outputs(minio, request, "symlinked", [layout], always_model=True)
     body = s3.get_object(Bucket=BUCKET, Key="out/symlinked/output/model.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         assert tar.getnames() == []
@@ -143,5 +143,5 @@ def test_model_folder_replaced_by_a_symlink_uploads_an_empty_model(
 
 def test_failed_job_with_empty_folders_uploads_nothing(tmp_path: Path, s3: Any, minio: Minio) -> None:
     request = {"OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/out"}}
-    artifacts.upload_outputs(minio, request, "empty", _layout(tmp_path, request), always_model=False)
+    artifacts.upload_outputs(minio, request, "empty", [_layout(tmp_path, request)], always_model=False)
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="out/empty/")
