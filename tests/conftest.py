@@ -33,6 +33,14 @@ def s3_server() -> Iterator[S3Server]:
         yield server
 
 
+@pytest.fixture()
+def minio(s3_server: S3Server):  # noqa: ANN201 - a minio client, as the runner makes it
+    from runner.s3 import make_client
+    from server.config import Settings
+
+    return make_client(Settings(s3_endpoint=s3_server.endpoint), "us-east-1")
+
+
 @pytest.fixture(scope="session")
 def smlocal_factory(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[Callable[..., SmlocalServer]]:

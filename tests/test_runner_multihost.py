@@ -22,47 +22,28 @@ from runner import artifacts
 from runner.channels import stage_channels
 from runner.layout import HostLayout, prepare
 from runner.metrics import MetricCollector, final_of_all
-from runner.s3 import make_client
-from server.config import Settings
 from tests.support.jobs import wait_for_status
 from tests.support.s3server import S3Server
 from tests.support.smlocal import SmlocalServer
 from tests.test_runner_jobs import (
     FINAL,
     INPUT_BUCKET,
-    build_test_images,
     docker_engine,  # noqa: F401 - a fixture
     leftovers,
     model_files,
     run_job,
+    runner_server,  # noqa: F401 - a fixture
+    s3,  # noqa: F401 - a fixture
     s3_channel,
     s3_client,
     settle,
     sh_job,
+    sm,  # noqa: F401 - a fixture
     tar_members,
     wait_until,
 )
 
 TWO_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10}
-
-
-@pytest.fixture(scope="module")
-def server(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
-           ) -> Iterator[SmlocalServer]:
-    build_test_images(docker_engine)
-    server = smlocal_factory("--stop-grace-seconds", "1.5", "--max-concurrent-jobs", "4")
-    yield server
-    settle(server, docker_engine)
-
-
-@pytest.fixture()
-def sm(server: SmlocalServer) -> Any:
-    return server.client()
-
-
-@pytest.fixture()
-def s3(server: SmlocalServer) -> Any:
-    return s3_client(server)
 
 
 def host_logs(server: SmlocalServer, name: str) -> dict[str, list[str]]:
@@ -117,8 +98,8 @@ fi
 
 
 def test_two_hosts_resolve_each_other_and_their_models_merge(
-        server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient) -> None:  # noqa: F811
+        runner_server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str],
+        docker_engine: docker.DockerClient) -> None:
     name = unique_name("peers")
     job = run_job(sm, sh_job(name, PEERS_SCRIPT, s3=s3, ResourceConfig=TWO_HOSTS))
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
@@ -144,12 +125,12 @@ def test_two_hosts_resolve_each_other_and_their_models_merge(
     assert tar_members(s3, f"models/{name}/output/output.tar.gz") == {
         "algo-1.txt": b"algo-1 output\n", "algo-2.txt": b"algo-2 output\n"}
 
-    streams = host_logs(server, name)
+    streams = host_logs(runner_server, name)
     assert sorted(s.rsplit("-", 1)[0] for s in streams) == ["algo-1", "algo-2"]
     assert all(s.rsplit("-", 1)[1].isdigit() for s in streams)
-    assert messages_of(server, name, "algo-1") == ["algo-1 sees algo-2"]
-    assert messages_of(server, name, "algo-2") == ["algo-2 sees algo-1"]
-    assert leftovers(docker_engine, server, name) == []
+    assert messages_of(runner_server, name, "algo-1") == ["algo-1 sees algo-2"]
+    assert messages_of(runner_server, name, "algo-2") == ["algo-2 sees algo-1"]
+    assert leftovers(docker_engine, runner_server, name) == []
 
 
 def test_heterogeneous_groups_and_sharded_channel(
@@ -206,8 +187,8 @@ exit 3
 
 @pytest.mark.parametrize("with_file", [True, False], ids=["failure-file", "exit-code"])
 def test_one_failing_host_fails_the_job_and_stops_the_others(
-        server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient, with_file: bool) -> None:  # noqa: F811
+        runner_server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str],
+        docker_engine: docker.DockerClient, with_file: bool) -> None:
     name = unique_name("hostfail-file" if with_file else "hostfail-code")
     failure = "printf 'ValueError: shard is empty' > /opt/ml/output/failure" if with_file else ""
     started = time.monotonic()
@@ -221,14 +202,14 @@ def test_one_failing_host_fails_the_job_and_stops_the_others(
             "Last log lines:\nalgo-2 about to fail")
     assert time.monotonic() - started < 30
     # algo-1 was told to stop and saved its model in the grace period; it is uploaded as a failed job's is.
-    assert messages_of(server, name, "algo-1") == ["algo-1 up", "algo-1 caught SIGTERM"]
+    assert messages_of(runner_server, name, "algo-1") == ["algo-1 up", "algo-1 caught SIGTERM"]
     assert model_files(s3, name) == {"from-algo-1": b"saved\n"}
-    assert leftovers(docker_engine, server, name) == []
+    assert leftovers(docker_engine, runner_server, name) == []
 
 
 def test_stop_training_job_stops_every_host(
-        server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient) -> None:  # noqa: F811
+        runner_server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str],
+        docker_engine: docker.DockerClient) -> None:
     name = unique_name("stop2")
     # algo-1 saves on SIGTERM and exits; algo-2 ignores it and is killed after the grace period.
     script = ("me=$(hostname); if [ $me = algo-1 ]; then "
@@ -236,7 +217,7 @@ def test_stop_training_job_stops_every_host(
               "trap 'echo ignoring SIGTERM; echo partial > /opt/ml/model/a2' TERM; fi; "
               "echo $me up; while true; do sleep 0.1; done")
     sm.create_training_job(**sh_job(name, script, ResourceConfig=TWO_HOSTS))
-    wait_until(lambda: messages_of(server, name, "algo-1") and messages_of(server, name, "algo-2"), 60,
+    wait_until(lambda: messages_of(runner_server, name, "algo-1") and messages_of(runner_server, name, "algo-2"), 60,
                "both hosts to start")
 
     # While running: one labelled container per host, on one network, each named and aliased as its host.
@@ -261,13 +242,13 @@ def test_stop_training_job_stops_every_host(
     sm.stop_training_job(TrainingJobName=name)
     job = wait_for_status(sm, name, FINAL, timeout=30)
     assert (job["TrainingJobStatus"], job["SecondaryStatus"]) == ("Stopped", "Stopped")
-    assert messages_of(server, name, "algo-2") == ["algo-2 up", "ignoring SIGTERM"]
+    assert messages_of(runner_server, name, "algo-2") == ["algo-2 up", "ignoring SIGTERM"]
     assert model_files(s3, name) == {"a1": b"saved\n", "a2": b"partial\n"}
-    assert leftovers(docker_engine, server, name) == []
+    assert leftovers(docker_engine, runner_server, name) == []
 
 
 def test_max_runtime_stops_every_host(
-        server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str]) -> None:
+        runner_server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str]) -> None:
     name = unique_name("maxrt2")
     script = ("me=$(hostname); trap 'echo $me > /opt/ml/model/$me; exit 0' TERM; "
               "echo $me up; while true; do sleep 0.1; done")
@@ -283,7 +264,7 @@ RESTART_SCRIPT = ("me=$(hostname); echo $me before; sleep 4; echo $me after; "
 
 
 @pytest.fixture()
-def restartable(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
+def restartable(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
                 ) -> Iterator[SmlocalServer]:
     server = smlocal_factory("--stop-grace-seconds", "1")
     yield server
@@ -302,7 +283,7 @@ def _start_two_hosts(server: SmlocalServer, name: str) -> None:
 
 def test_restart_adopts_every_host(
         restartable: SmlocalServer, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient) -> None:  # noqa: F811
+        docker_engine: docker.DockerClient) -> None:
     name = unique_name("adopt2")
     _start_two_hosts(restartable, name)
     restartable.stop(kill=True)
@@ -320,7 +301,7 @@ def test_restart_adopts_every_host(
 
 def test_restart_with_a_host_gone_fails_the_job(
         restartable: SmlocalServer, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient) -> None:  # noqa: F811
+        docker_engine: docker.DockerClient) -> None:
     name = unique_name("gone2")
     _start_two_hosts(restartable, name)
     restartable.stop(kill=True)
@@ -341,20 +322,7 @@ BUCKET = "smlocal-test-multihost"
 
 @pytest.fixture(scope="module")
 def raw_s3(s3_server: S3Server) -> Any:
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    try:
-        client.create_bucket(Bucket=BUCKET)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    return client
-
-
-@pytest.fixture()
-def minio(s3_server: S3Server) -> Minio:
-    return make_client(Settings(s3_endpoint=s3_server.endpoint), "us-east-1")
+    return s3_server.client_with_bucket(BUCKET)
 
 
 def _hosts(tmp_path: Path, request: dict[str, Any], count: int) -> list[HostLayout]:

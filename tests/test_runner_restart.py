@@ -28,7 +28,7 @@ SCRIPT = ("echo before; sleep 4; echo after; echo trained > /opt/ml/model/model.
 
 
 @pytest.fixture()
-def server(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
+def server(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
            ) -> Iterator[SmlocalServer]:
     server = smlocal_factory("--stop-grace-seconds", "1")
     yield server
@@ -51,7 +51,7 @@ def _containers(client: docker.DockerClient, name: str) -> list[Any]:
 
 @pytest.mark.parametrize("kill", [False, True], ids=["graceful", "sigkill"])
 def test_restart_mid_job_adopts_the_running_container(
-        server: SmlocalServer, unique_name: Callable[[str], str], docker_engine: docker.DockerClient,  # noqa: F811
+        server: SmlocalServer, unique_name: Callable[[str], str], docker_engine: docker.DockerClient,
         kill: bool) -> None:
     name = unique_name("adopt-kill" if kill else "adopt-term")
     _start_training(server, name)
@@ -75,7 +75,7 @@ def test_restart_mid_job_adopts_the_running_container(
 
 
 def test_container_that_finished_while_the_server_was_down_completes_the_job(
-        server: SmlocalServer, unique_name: Callable[[str], str], docker_engine: docker.DockerClient,  # noqa: F811
+        server: SmlocalServer, unique_name: Callable[[str], str], docker_engine: docker.DockerClient,
         ) -> None:
     name = unique_name("exited")
     _start_training(server, name)
@@ -92,7 +92,7 @@ def test_container_that_finished_while_the_server_was_down_completes_the_job(
 
 
 def test_job_whose_container_vanished_fails_and_is_cleaned_up(
-        server: SmlocalServer, unique_name: Callable[[str], str], docker_engine: docker.DockerClient,  # noqa: F811
+        server: SmlocalServer, unique_name: Callable[[str], str], docker_engine: docker.DockerClient,
         ) -> None:
     name = unique_name("vanished")
     _start_training(server, name)

@@ -8,15 +8,12 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from minio import Minio
 
 from runner import artifacts
 from runner.channels import DataDownloadError, DownloadCancelled, stage_channels
 from runner.layout import HostLayout, prepare
-from runner.s3 import make_client
-from server.config import Settings
 from tests.support.s3server import S3Server
 
 BUCKET = "smlocal-test-staging"
@@ -24,18 +21,7 @@ BUCKET = "smlocal-test-staging"
 
 @pytest.fixture(scope="module")
 def s3(s3_server: S3Server) -> Any:
-    client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    try:
-        client.create_bucket(Bucket=BUCKET)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    return client
-
-
-@pytest.fixture()
-def minio(s3_server: S3Server) -> Minio:
-    return make_client(Settings(s3_endpoint=s3_server.endpoint), "us-east-1")
+    return s3_server.client_with_bucket(BUCKET)
 
 
 def _layout(tmp_path: Path, request: dict[str, Any]) -> HostLayout:

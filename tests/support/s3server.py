@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 _WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -66,6 +67,18 @@ class S3Server:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def client_with_bucket(self, bucket: str) -> Any:
+        """A boto3 S3 client for this server, with `bucket` created if it is not there yet."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        try:
+            client.create_bucket(Bucket=bucket)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return client
 
     def reset(self) -> None:
         """Drop all state (buckets, objects) so one server can serve many tests."""
