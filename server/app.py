@@ -17,7 +17,8 @@ from server.auth import Authenticator
 from server.config import Settings
 from server.errors import ApiError
 from server.lifecycle import Lifecycle
-from server.operations import CREATE_REQUIRED, Operations, RequestContext
+from server.local_channels import LocalChannelRoots
+from server.operations import CREATE_REQUIRED, JobLimits, Operations, RequestContext
 from server.store import Store
 from server.validation import validate_input
 
@@ -36,7 +37,9 @@ def create_app(settings: Settings) -> FastAPI:
         from runner.scheduler import Runner
 
         runner = Runner(settings, lifecycle)
-    operations = Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None)
+    limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
+                       local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir))
+    operations = Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None, limits=limits)
     handlers = operations.handlers()
     served = set(handlers)
     model = load_service_model()
