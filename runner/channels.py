@@ -225,9 +225,10 @@ def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool, roots: LocalC
     source = local_path(uri)
     # Checked at CreateTrainingJob already; again here, as links may have changed since.
     refusal = roots.refusal(source)
+    if refusal is not None:
+        raise DataDownloadError(f"ClientError: Data download failed: {refusal}.")
     real = roots.resolve(source)
-    if refusal is not None or real is None:
-        raise DataDownloadError(f"ClientError: Data download failed: {refusal or 'not an allowed local path'}.")
+    assert real is not None  # refusal() is None only for paths resolve() admits
     if real.is_dir():
         files = _local_files(source, real, roots)
         if sharded and len(channel_dirs) > 1:
