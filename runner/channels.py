@@ -13,18 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from minio import Minio
 from minio.error import S3Error
 
 from runner.layout import HostLayout
 from runner.s3 import S3Location, parse_s3_uri
+from server.local_channels import ROOT_FLAG, LocalChannelRoots, is_local_uri, local_path
 
 DOWNLOAD_WORKERS = 8
 
@@ -167,21 +168,80 @@ def _plan(objects: list[_Object], channel_dirs: list[Path], sharded: bool) -> li
     return transfers
 
 
-def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool) -> None:
-    source = Path(unquote(urlsplit(uri).path))
-    if source.is_dir() and sharded and len(channel_dirs) > 1:
-        files = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
-        for index, rel in enumerate(files):
-            dest = channel_dirs[index % len(channel_dirs)] / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / rel, dest)
-    elif source.is_dir():
-        for channel_dir in channel_dirs:
-            shutil.copytree(source, channel_dir, dirs_exist_ok=True, symlinks=False)
-    elif source.is_file():
+def _local_files(shown: Path, real: Path, roots: LocalChannelRoots) -> list[tuple[PurePosixPath, Path]]:
+    """The regular files of a local channel folder: (path below the channel, real path to read).
+
+    Symbolic links are followed only while they stay inside the allowed roots; one that leads out fails the
+    job. FIFOs, sockets and devices are skipped: reading one could block or never end.
+    """
+    found: list[tuple[PurePosixPath, Path]] = []
+    walked: set[Path] = set()
+
+    def walk(folder: Path, below: PurePosixPath, spelled: Path) -> None:
+        if folder in walked:  # a link loop, or two links to one folder
+            return
+        walked.add(folder)
+        if roots.is_excluded(folder):
+            raise DataDownloadError(f'ClientError: Data download failed: "{spelled}" is smlocal\'s data dir, '
+                                    "which is never a channel.")
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = roots.resolve(path)
+                if target is None:
+                    raise DataDownloadError(
+                        f'ClientError: Data download failed: "{spelled / entry.name}" is a symbolic link that '
+                        f"leads out of the allowed local channel roots ({ROOT_FLAG})."
+                    )
+                path = target
+            if path.is_dir():
+                walk(path, below / entry.name, spelled / entry.name)
+            elif path.is_file():
+                found.append((below / entry.name, path))
+
+    walk(real, PurePosixPath(), shown)
+    return found
+
+
+def _copy_file(real: Path, dest: Path) -> None:
+    # The path was checked just before: never follow a link swapped in since, nor block on a FIFO.
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise DataDownloadError(f'ClientError: Data download failed: local file "{real}": {e.strerror}') from None
+    with os.fdopen(fd, "rb") as src:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DataDownloadError(f'ClientError: Data download failed: local file "{real}" changed while staging.')
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+    os.utime(dest, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool, roots: LocalChannelRoots) -> None:
+    source = local_path(uri)
+    # Checked at CreateTrainingJob already; again here, as links may have changed since.
+    refusal = roots.refusal(source)
+    if refusal is not None:
+        raise DataDownloadError(f"ClientError: Data download failed: {refusal}.")
+    real = roots.resolve(source)
+    assert real is not None  # refusal() is None only for paths resolve() admits
+    if real.is_dir():
+        files = _local_files(source, real, roots)
+        if sharded and len(channel_dirs) > 1:
+            for index, (below, path) in enumerate(files):
+                _copy_file(path, channel_dirs[index % len(channel_dirs)].joinpath(*below.parts))
+        else:
+            for below, path in files:
+                for channel_dir in channel_dirs:
+                    _copy_file(path, channel_dir.joinpath(*below.parts))
+    elif real.is_file():
         # A single file cannot be split: with ShardedByS3Key the first host gets it.
         for channel_dir in channel_dirs[:1] if sharded else channel_dirs:
-            shutil.copy2(source, channel_dir / source.name)
+            _copy_file(real, channel_dir / source.name)
     else:
         raise DataDownloadError(f'ClientError: Data download failed: local path "{source}" does not exist.')
 
@@ -226,8 +286,12 @@ def _make_tree_readable(root: Path) -> None:
 
 
 def stage_channels(request: dict[str, Any], layouts: Sequence[HostLayout],
-                   client_factory: Callable[[], Minio], region: str, should_stop: Callable[[], bool]) -> None:
-    """Download every channel's data into each host's tree; raises DataDownloadError with the FailureReason."""
+                   client_factory: Callable[[], Minio], region: str, should_stop: Callable[[], bool],
+                   local_roots: LocalChannelRoots | None = None) -> None:
+    """Download every channel's data into each host's tree; raises DataDownloadError with the FailureReason.
+
+    `file://` channels are copied only from under `local_roots` (none given: none allowed).
+    """
     hosts = list(layouts)
     role = request.get("RoleArn", "")
     client: Minio | None = None
@@ -241,8 +305,8 @@ def stage_channels(request: dict[str, Any], layouts: Sequence[HostLayout],
             raise DataDownloadError(f"ClientError: channel {name!r}: {kind} is not supported by smlocal.")
         uri, data_type = s3["S3Uri"], s3.get("S3DataType", "S3Prefix")
         sharded = s3.get("S3DataDistributionType") == SHARDED
-        if uri.startswith("file://"):
-            _copy_local(uri, channel_dirs, sharded)
+        if is_local_uri(uri):
+            _copy_local(uri, channel_dirs, sharded, local_roots or LocalChannelRoots())
             for channel_dir in channel_dirs:
                 _make_tree_readable(channel_dir)
             continue

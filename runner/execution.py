@@ -48,6 +48,7 @@ from runner.metrics import MetricCollector, final_of_all
 from runner.s3 import make_client
 from server.config import Settings
 from server.lifecycle import STOPPING, TERMINAL_STATUSES, IllegalTransition, Lifecycle
+from server.local_channels import LocalChannelRoots
 from server.store import JobRecord
 
 log = logging.getLogger("smlocal.runner")
@@ -208,7 +209,8 @@ class JobExecution:
 
         self._advance("Downloading")
         try:
-            stage_channels(request, self._layouts(), self._s3_client, self.job.region, self._stop_or_shutdown)
+            stage_channels(request, self._layouts(), self._s3_client, self.job.region, self._stop_or_shutdown,
+                           LocalChannelRoots.of(self.settings.local_channel_roots, self.data_dir))
             if request.get("CheckpointConfig"):
                 for host in self.hosts:  # all hosts share one checkpoint URI
                     artifacts.download_checkpoints(self._s3_client(), request, host.layout)

@@ -13,11 +13,12 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from server import protocol
-from server.auth import SigV4Verifier
+from server.auth import Authenticator
 from server.config import Settings
 from server.errors import ApiError
 from server.lifecycle import Lifecycle
-from server.operations import CREATE_REQUIRED, Operations, RequestContext
+from server.local_channels import LocalChannelRoots
+from server.operations import CREATE_REQUIRED, JobLimits, Operations, RequestContext
 from server.store import Store
 from server.validation import validate_input
 
@@ -36,15 +37,13 @@ def create_app(settings: Settings) -> FastAPI:
         from runner.scheduler import Runner
 
         runner = Runner(settings, lifecycle)
-    operations = Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None)
+    limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
+                       local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir))
+    operations = Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None, limits=limits)
     handlers = operations.handlers()
     served = set(handlers)
     model = load_service_model()
-    verifier = (
-        SigV4Verifier(settings.access_key, settings.secret_key)
-        if settings.access_key and settings.secret_key
-        else None
-    )
+    authenticator = Authenticator(settings.region, settings.access_key, settings.secret_key)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -75,11 +74,11 @@ def create_app(settings: Settings) -> FastAPI:
         request_id = protocol.new_request_id()
         body = await request.body()
         try:
-            if verifier is not None:
-                verifier.verify(request.method, str(request.url), dict(request.headers), body)
+            # The scope's service must be the one the target belongs to: its botocore signing name.
+            region = authenticator.authenticate(request.method, str(request.url), dict(request.headers), body,
+                                                signing_name=model.signing_name)
             if request.method != "POST" or path:
                 raise ApiError("UnknownOperationException", f"Unknown operation {request.method} /{path}")
-            region = protocol.region_from_authorization(request.headers.get("authorization")) or settings.region
             ctx = RequestContext(region=region, account_id=settings.account_id)
             result = await run_in_threadpool(handle, request.headers.get("x-amz-target"), body, ctx)
             return protocol.json_response(result, request_id)

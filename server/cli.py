@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
-from server.config import Settings, default_max_concurrent_jobs
+from server.config import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
+from server.regions import is_valid_region
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
 console = Console()
@@ -45,6 +49,13 @@ def serve(
     secret_key: Annotated[str | None, _opt("SECRET_KEY", "The secret key that goes with --access-key.")] = None,
     max_concurrent_jobs: Annotated[int | None, _opt(
         "MAX_CONCURRENT_JOBS", "Jobs run at once; more wait in Starting.")] = None,
+    max_hosts_per_job: Annotated[int | None, _opt(
+        "MAX_HOSTS_PER_JOB", "Hosts (containers) one job may ask for; more is ResourceLimitExceeded.")] = None,
+    local_channel_root: Annotated[list[Path] | None, _opt(
+        "LOCAL_CHANNEL_ROOT", "A folder file:// channels may read from (repeatable; the env var takes a "
+        "':'-separated list). None: file:// channels are refused.")] = None,
+    allow_unauthenticated: Annotated[bool, _opt(
+        "ALLOW_UNAUTHENTICATED", "Serve a non-loopback --host without --access-key/--secret-key.")] = False,
     stop_grace_seconds: Annotated[float, _opt(
         "STOP_GRACE_SECONDS", "Seconds between SIGTERM and SIGKILL when a job stops.")] = 120.0,
     run_jobs: Annotated[bool, _opt("RUN_JOBS", "Run jobs in Docker (off: API only).")] = True,
@@ -54,6 +65,18 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(access_key) != bool(secret_key):
         raise typer.BadParameter("--access-key and --secret-key go together")
+    if not is_valid_region(region):
+        raise typer.BadParameter(f"{region!r} is not an AWS region name (e.g. us-east-1)", param_hint="--region")
+    if not (len(account_id) == 12 and account_id.isdigit()):
+        raise typer.BadParameter(f"{account_id!r} is not a 12-digit account id", param_hint="--account-id")
+    if max_hosts_per_job is not None and max_hosts_per_job < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--max-hosts-per-job")
+    roots = tuple(_local_root(path) for path in local_channel_root or ())
+    if not access_key and not allow_unauthenticated and not _is_loopback(host):
+        console.print(f"[red]Refusing to serve {escape(host)} without authentication: anyone who reaches it could run "
+                      "containers on this machine. Set --access-key and --secret-key (SigV4 required), or pass "
+                      "--allow-unauthenticated to accept any caller.[/red]")
+        raise typer.Exit(2)
     embedded = None
     if not s3_endpoint:
         from server.embedded_s3 import EmbeddedS3
@@ -71,6 +94,7 @@ def serve(
         s3_access_key=s3_access_key, s3_secret_key=s3_secret_key,
         container_s3_endpoint=container_s3_endpoint,
         max_concurrent_jobs=max_concurrent_jobs or default_max_concurrent_jobs(),
+        max_hosts_per_job=max_hosts_per_job or default_max_hosts_per_job(), local_channel_roots=roots,
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,18 +110,43 @@ def serve(
             embedded.stop()
 
 
+def _local_root(path: Path) -> Path:
+    if not path.is_dir():
+        raise typer.BadParameter(f"{path} is not a folder", param_hint="--local-channel-root")
+    return path.resolve()
+
+
+def _is_loopback(host: str) -> bool:
+    """True when every address `host` stands for is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
 def _banner(settings: Settings, embedded_s3: bool) -> None:
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     api = f"http://{shown_host}:{settings.port}"
     s3_line = settings.s3_endpoint + (" [yellow](embedded, IN-MEMORY: contents are lost on exit)[/yellow]"
                                       if embedded_s3 else "")
-    auth = "SigV4 required" if settings.access_key else "any signature accepted"
+    if settings.access_key:
+        auth = "SigV4 required"
+    elif _is_loopback(settings.host):
+        auth = "[yellow]UNAUTHENTICATED[/yellow] (any signature accepted; loopback only)"
+    else:
+        auth = f"[red]UNAUTHENTICATED[/red] (any signature accepted from anyone who reaches {escape(settings.host)})"
     jobs = (f"{settings.max_concurrent_jobs} at once, in Docker" if settings.run_jobs
-            else "not run (--no-run-jobs)")
+            else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
+    local = escape(", ".join(str(r) for r in settings.local_channel_roots)) or "off (no --local-channel-root)"
     console.print(Panel.fit(
         f"SageMaker API  {api}\nS3 store       {s3_line}\n"
         f"data dir       {settings.data_dir.resolve()}\ndatabase       {Path(settings.db_path).resolve()}\n"
-        f"auth           {auth}\njobs           {jobs}",
+        f"auth           {auth}\njobs           {jobs}\nfile:// from   {local}",
         title="smlocal",
     ))
     console.print("Point unmodified AWS tools at it:")

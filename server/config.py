@@ -7,14 +7,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def default_max_concurrent_jobs() -> int:
-    # A training container typically wants a core and a few GiB; keep the machine responsive.
+def _machine() -> tuple[int, float]:
+    """This machine's cores and memory (GiB)."""
     cores = os.cpu_count() or 1
     try:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem_gib = 4.0
+    return cores, mem_gib
+
+
+def default_max_concurrent_jobs() -> int:
+    # A training container typically wants a core and a few GiB; keep the machine responsive.
+    cores, mem_gib = _machine()
     return max(1, min(cores * 2, int(mem_gib // 2)))
+
+
+def default_max_hosts_per_job() -> int:
+    # Every host of a job is a container running at once; beyond a few per core (or one per GiB) the
+    # machine thrashes instead of training. Two at least, so multi-host jobs can always be tried.
+    cores, mem_gib = _machine()
+    return max(2, min(cores * 4, int(mem_gib)))
 
 
 @dataclass
@@ -35,6 +48,10 @@ class Settings:
     # to the Docker bridge gateway when it points at loopback).
     container_s3_endpoint: str | None = None
     max_concurrent_jobs: int = field(default_factory=default_max_concurrent_jobs)
+    # Hosts (containers) one job may ask for; more is ResourceLimitExceeded at CreateTrainingJob.
+    max_hosts_per_job: int = field(default_factory=default_max_hosts_per_job)
+    # Folders `file://` channels may name (resolved, absolute); none: `file://` channels are refused.
+    local_channel_roots: tuple[Path, ...] = ()
     stop_grace_seconds: float = 120.0
     run_jobs: bool = True
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from server.config import default_max_hosts_per_job
 from server.errors import ApiError
 from server.lifecycle import Lifecycle, training_job_arn, training_seconds
 from server.listing import list_training_jobs
+from server.local_channels import LocalChannelRoots, is_local_uri, local_path
 from server.store import JobRecord, Store
-from server.tagging import Tags
+from server.tagging import Tags, check_arn_scope, check_tag_keys
+from server.validation import raise_if_errors
 
 # The seed's required set for container jobs: recent models relaxed these for serverless jobs.
 CREATE_REQUIRED = ("AlgorithmSpecification", "ResourceConfig", "StoppingCondition")
@@ -23,11 +26,21 @@ class RequestContext:
     account_id: str
 
 
+@dataclass(frozen=True)
+class JobLimits:
+    """What this server lets one job ask for (`--max-hosts-per-job`, `--local-channel-root`)."""
+
+    max_hosts_per_job: int = field(default_factory=default_max_hosts_per_job)
+    local_roots: LocalChannelRoots = field(default_factory=LocalChannelRoots)
+
+
 class Operations:
-    def __init__(self, store: Store, lifecycle: Lifecycle, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: Store, lifecycle: Lifecycle, on_change: Callable[[], None] = lambda: None,
+                 limits: JobLimits | None = None) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.tags = Tags(store)
+        self.limits = limits or JobLimits()
         # Lets the runner react at once to a new job or a stop instead of at its next poll.
         self.on_change = on_change
 
@@ -47,6 +60,9 @@ class Operations:
 
     def create_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         check_create_rules(params)
+        check_tag_keys(params.get("Tags", []))
+        check_local_channels(params, self.limits.local_roots)
+        check_host_limit(params, self.limits.max_hosts_per_job)
         request = {k: v for k, v in params.items() if k != "Tags"}
         job = self.lifecycle.create(
             account_id=ctx.account_id, region=ctx.region, name=params["TrainingJobName"],
@@ -77,12 +93,15 @@ class Operations:
     # ---- tags -----------------------------------------------------------------------------
 
     def add_tags(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        check_arn_scope(params["ResourceArn"], ctx.region, ctx.account_id, "AddTags")
         return {"Tags": self.tags.add(params["ResourceArn"], params["Tags"])}
 
     def list_tags(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        check_arn_scope(params["ResourceArn"], ctx.region, ctx.account_id, "ListTags")
         return self.tags.list(params["ResourceArn"], params.get("MaxResults"), params.get("NextToken"))
 
     def delete_tags(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        check_arn_scope(params["ResourceArn"], ctx.region, ctx.account_id, "DeleteTags")
         self.tags.delete(params["ResourceArn"], params["TagKeys"])
         return {}
 
@@ -115,6 +134,57 @@ def check_create_rules(params: dict[str, Any]) -> None:
     duplicates = sorted({c for c in channels if channels.count(c) > 1})
     if duplicates:
         raise ApiError("ValidationException", f"Channel names must be unique. Duplicate: {', '.join(duplicates)}")
+    for name in channels:
+        if name in (".", ".."):
+            # The model's pattern allows them, but the channel folder /opt/ml/input/data/<name> would not be one.
+            raise ApiError("ValidationException", f"Channel name '{name}' is not valid: a channel name cannot be "
+                           "'.' or '..'.")
+    _check_instances(params["ResourceConfig"])
+
+
+def _check_instances(resource: dict[str, Any]) -> None:
+    groups = resource.get("InstanceGroups")
+    if groups and ("InstanceType" in resource or "InstanceCount" in resource):
+        # SageMaker's own words (aws/sagemaker-python-sdk#5564).
+        raise ApiError("ValidationException", "InstanceType or InstanceCount cannot be specified with InstanceGroups")
+    # The model's minimum is 0 (for capacity kinds smlocal does not have); a job runs on one host at least,
+    # which is what SageMaker's model said before.
+    counts = ([(f"resourceConfig.instanceGroups.{i}.member.instanceCount", g.get("InstanceCount"))
+               for i, g in enumerate(groups, 1)] if groups else
+              [("resourceConfig.instanceCount", resource.get("InstanceCount"))])
+    raise_if_errors([f"Value '{count}' at '{path}' failed to satisfy constraint: Member must have value greater "
+                     "than or equal to 1" for path, count in counts if count is not None and count < 1])
+
+
+def _host_count(resource: dict[str, Any]) -> int:
+    groups = resource.get("InstanceGroups")
+    if groups:
+        return sum(g.get("InstanceCount", 1) for g in groups)
+    return resource.get("InstanceCount", 1)
+
+
+def check_host_limit(params: dict[str, Any], limit: int) -> None:
+    hosts = _host_count(params["ResourceConfig"])
+    if hosts > limit:
+        # AWS's wording for a service quota (e.g. "The account-level service limit 'ml.p3.2xlarge for training
+        # job usage' is 0 Instances, ...", gabehollombe-aws/jupyter-notebooks#1), naming the flag that sets ours.
+        raise ApiError("ResourceLimitExceeded",
+                       f"The account-level service limit 'Number of instances per training job' is {limit} "
+                       f"Instances, with current utilization of 0 Instances and a request delta of {hosts} "
+                       "Instances. Please start smlocal with a higher --max-hosts-per-job to request an increase "
+                       "for this limit.")
+
+
+def check_local_channels(params: dict[str, Any], roots: LocalChannelRoots) -> None:
+    """`file://` channels only under the operator's roots (the runner checks again when it stages)."""
+    for channel in params.get("InputDataConfig", []):
+        uri = (channel["DataSource"].get("S3DataSource") or {}).get("S3Uri", "")
+        if not is_local_uri(uri):
+            continue
+        refusal = roots.refusal(local_path(uri))
+        if refusal is not None:
+            raise ApiError("ValidationException",
+                           f"Invalid S3Uri {uri} in channel '{channel['ChannelName']}': {refusal}.")
 
 
 def model_artifacts_uri(request: dict[str, Any], job_name: str) -> str:

@@ -6,7 +6,6 @@ import json
 import uuid
 from typing import Any
 
-import regex
 from botocore.model import Shape
 from fastapi.responses import Response
 
@@ -14,7 +13,6 @@ from server.errors import ApiError
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
 TARGET_PREFIX = "SageMaker."
-_CREDENTIAL_SCOPE = regex.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/[^/,\s]+/aws4_request")
 
 
 def new_request_id() -> str:
@@ -40,14 +38,6 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ApiError("SerializationException", "Start of structure or map found where not expected.")
     return params
-
-
-def region_from_authorization(header: str | None) -> str | None:
-    """The region the client signed for is the region it believes it talks to."""
-    if not header:
-        return None
-    match = _CREDENTIAL_SCOPE.search(header)
-    return match.group(1) if match else None
 
 
 def shape_output(shape: Shape | None, value: Any) -> Any:

@@ -12,6 +12,35 @@ from server.store import JobRow, Store, TagRow
 MAX_TAGS_PER_RESOURCE = 50
 
 
+def check_tag_keys(tags: list[dict[str, str]]) -> None:
+    """What AddTags and CreateTrainingJob both refuse: reserved `aws:` keys and a key given twice."""
+    seen: set[str] = set()
+    for tag in tags:
+        key = tag["Key"]
+        if key.lower().startswith("aws:"):
+            raise ApiError("ValidationException", "Tag keys starting with 'aws:' are reserved for system use.")
+        if key in seen:
+            raise ApiError("ValidationException", f"Duplicate tag key '{key}' specified.")
+        seen.add(key)
+
+
+def check_arn_scope(arn: str, region: str, account_id: str, operation: str) -> None:
+    """A resource ARN must name the caller's region and account, as SageMaker requires.
+
+    Another region is SageMaker's `ARN should be scoped to correct region: <region>` (seen from
+    DescribeModelPackage, aws/amazon-sagemaker-examples#1438); another account is an IAM denial, as AWS
+    gives for a resource with no resource-based policy.
+    """
+    # The model's ResourceArn pattern (arn:aws...:sagemaker:<region>:<12 digits>:...) held already.
+    _, _, _, arn_region, arn_account, _ = arn.split(":", 5)
+    if arn_region != region:
+        raise ApiError("ValidationException", f"ARN should be scoped to correct region: {region}")
+    if arn_account != account_id:
+        raise ApiError("AccessDeniedException",
+                       f"User: arn:aws:iam::{account_id}:root is not authorized to perform: sagemaker:{operation} "
+                       f"on resource: {arn} because no resource-based policy allows the sagemaker:{operation} action")
+
+
 class Tags:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -22,13 +51,10 @@ class Tags:
             raise ApiError("ValidationException", f"Resource {arn} not found.")
 
     def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
+        check_tag_keys(tags)
         with self.store.transaction() as s:
             self._require_job(s, arn)
             existing = {t.key: t for t in s.scalars(select(TagRow).where(TagRow.resource_arn == arn))}
-            for tag in tags:
-                if tag["Key"].lower().startswith("aws:"):
-                    raise ApiError("ValidationException", "Tag keys starting with 'aws:' are reserved for "
-                                   "system use.")
             new_keys = {t["Key"] for t in tags} - set(existing)
             if len(existing) + len(new_keys) > MAX_TAGS_PER_RESOURCE:
                 raise ApiError("ResourceLimitExceeded", f"The resource {arn} can have at most "

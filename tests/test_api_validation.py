@@ -212,16 +212,115 @@ def test_failed_create_stores_nothing(sm, unique_name):
     assert info.value.response["Error"]["Message"] == "Requested resource not found."
 
 
-def test_local_folder_channel_is_accepted_only_for_channels(sm, unique_name):
+def test_local_folder_channel_is_accepted_only_for_channels(smlocal_factory, tmp_path_factory, unique_name):
+    root = tmp_path_factory.mktemp("local-root")
+    sm = smlocal_factory("--no-run-jobs", "--local-channel-root", str(root)).client()
     channel = [{"ChannelName": "train", "DataSource": {"S3DataSource": {
-        "S3DataType": "S3Prefix", "S3Uri": "file:///srv/data/train"}}}]
+        "S3DataType": "S3Prefix", "S3Uri": f"file://{root}/data/train"}}}]
     name = unique_name()
     assert sm.create_training_job(**job_request(name, InputDataConfig=channel))["TrainingJobArn"]
     assert sm.describe_training_job(TrainingJobName=name)["InputDataConfig"] == channel
     # Outputs still go to S3: the extension is for input channels alone.
-    code, message = rejected(sm, **job_request(unique_name(), OutputDataConfig={"S3OutputPath": "file:///srv/out"}))
+    code, message = rejected(sm, **job_request(unique_name(), OutputDataConfig={"S3OutputPath": f"file://{root}"}))
     assert "at 'outputDataConfig.s3OutputPath' failed to satisfy constraint" in message
     relative = [{"ChannelName": "train", "DataSource": {"S3DataSource": {
         "S3DataType": "S3Prefix", "S3Uri": "file://relative/path"}}}]
     code, message = rejected(sm, **job_request(unique_name(), InputDataConfig=relative))
     assert "at 'inputDataConfig.1.member.dataSource.s3DataSource.s3Uri' failed to satisfy constraint" in message
+
+
+# ---- instances and hosts ----------------------------------------------------------------------------
+
+GROUPS = [{"InstanceGroupName": "cpu", "InstanceType": "ml.m5.large", "InstanceCount": 1},
+          {"InstanceGroupName": "gpu", "InstanceType": "ml.g5.xlarge", "InstanceCount": 1}]
+
+
+def test_instance_count_zero_without_groups(raw_sm, unique_name):
+    request = job_request(unique_name())
+    request["ResourceConfig"]["InstanceCount"] = 0
+    assert rejected(raw_sm, **request) == (
+        "ValidationException",
+        "1 validation error detected: Value '0' at 'resourceConfig.instanceCount' failed to satisfy constraint: "
+        "Member must have value greater than or equal to 1")
+
+
+def test_instance_group_of_zero_instances(raw_sm, unique_name):
+    request = job_request(unique_name(), ResourceConfig={"VolumeSizeInGB": 10, "InstanceGroups": [
+        GROUPS[0], {**GROUPS[1], "InstanceCount": 0}]})
+    code, message = rejected(raw_sm, **request)
+    assert (code, message) == (
+        "ValidationException",
+        "1 validation error detected: Value '0' at 'resourceConfig.instanceGroups.2.member.instanceCount' failed to "
+        "satisfy constraint: Member must have value greater than or equal to 1")
+
+
+@pytest.mark.parametrize("member", [{"InstanceType": "ml.m5.large"}, {"InstanceCount": 2},
+                                    {"InstanceType": "ml.m5.large", "InstanceCount": 2}])
+def test_instance_type_or_count_with_instance_groups(sm, unique_name, member):
+    request = job_request(unique_name(), ResourceConfig={"VolumeSizeInGB": 10, "InstanceGroups": GROUPS, **member})
+    assert rejected(sm, **request) == (
+        "ValidationException", "InstanceType or InstanceCount cannot be specified with InstanceGroups")
+
+
+def test_instance_groups_alone_are_accepted(sm, unique_name):
+    name = unique_name()
+    sm.create_training_job(**job_request(name, ResourceConfig={"VolumeSizeInGB": 10, "InstanceGroups": GROUPS}))
+    assert sm.describe_training_job(TrainingJobName=name)["ResourceConfig"]["InstanceGroups"] == GROUPS
+
+
+def test_thousands_of_hosts_exceed_the_default_limit(sm, unique_name):
+    name = unique_name()
+    request = job_request(name)
+    request["ResourceConfig"]["InstanceCount"] = 5000
+    code, message = rejected(sm, **request)
+    assert code == "ResourceLimitExceeded"
+    assert re.fullmatch(r"The account-level service limit 'Number of instances per training job' is \d+ Instances, "
+                        r"with current utilization of 0 Instances and a request delta of 5000 Instances\. Please "
+                        r"start smlocal with a higher --max-hosts-per-job to request an increase for this limit\.",
+                        message), message
+    with pytest.raises(ClientError):
+        sm.describe_training_job(TrainingJobName=name)
+
+
+def test_max_hosts_per_job_flag(smlocal_factory, unique_name):
+    sm = smlocal_factory("--no-run-jobs", "--max-hosts-per-job", "3").client()
+    at_limit = job_request(unique_name())
+    at_limit["ResourceConfig"]["InstanceCount"] = 3
+    assert sm.create_training_job(**at_limit)["TrainingJobArn"]
+    over = job_request(unique_name())
+    over["ResourceConfig"]["InstanceCount"] = 4
+    code, message = rejected(sm, **over)
+    assert code == "ResourceLimitExceeded"
+    assert "'Number of instances per training job' is 3 Instances" in message
+    assert "request delta of 4 Instances" in message and "--max-hosts-per-job" in message
+    # Instance groups count all their hosts together.
+    groups = [{**GROUPS[0], "InstanceCount": 2}, {**GROUPS[1], "InstanceCount": 2}]
+    code, message = rejected(sm, **job_request(unique_name(), ResourceConfig={"VolumeSizeInGB": 5,
+                                                                                "InstanceGroups": groups}))
+    assert code == "ResourceLimitExceeded" and "request delta of 4 Instances" in message
+
+
+# ---- channels ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channel_name", [".", ".."])
+def test_dot_channel_names(sm, unique_name, channel_name):
+    name = unique_name()
+    channels = [{"ChannelName": channel_name, "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": "s3://bucket/train"}}}]
+    assert rejected(sm, **job_request(name, InputDataConfig=channels)) == (
+        "ValidationException", f"Channel name '{channel_name}' is not valid: a channel name cannot be '.' or '..'.")
+    with pytest.raises(ClientError):
+        sm.describe_training_job(TrainingJobName=name)
+
+
+def test_dotted_channel_names_that_are_names_are_fine(sm, unique_name):
+    channels = [{"ChannelName": n, "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://b/{n}"}}}
+                for n in ("...", ".hidden", "train.v2")]
+    assert sm.create_training_job(**job_request(unique_name(), InputDataConfig=channels))["TrainingJobArn"]
+
+
+def test_inter_container_traffic_encryption_is_accepted(sm, unique_name):
+    name = unique_name()
+    sm.create_training_job(**job_request(name, EnableInterContainerTrafficEncryption=True))
+    assert sm.describe_training_job(TrainingJobName=name)["EnableInterContainerTrafficEncryption"] is True

@@ -22,6 +22,7 @@ from runner import artifacts
 from runner.channels import stage_channels
 from runner.layout import HostLayout, prepare
 from runner.metrics import MetricCollector, final_of_all
+from server.local_channels import LocalChannelRoots
 from tests.support.jobs import wait_for_status
 from tests.support.s3server import S3Server
 from tests.support.smlocal import SmlocalServer
@@ -379,7 +380,7 @@ def test_local_folder_channel_is_sharded_by_file(tmp_path: Path, minio: Minio) -
     request = {"InputDataConfig": [_channel(f"file://{source}", "ShardedByS3Key")],
                "ResourceConfig": {"InstanceCount": 2}}
     layouts = _hosts(tmp_path, request, 2)
-    stage_channels(request, layouts, lambda: minio, "us-east-1", lambda: False)
+    stage_channels(request, layouts, lambda: minio, "us-east-1", lambda: False, LocalChannelRoots.of([source]))
     assert [_files(layout.channel_dir("train")) for layout in layouts] == [
         {"a": b"a", "sub/c": b"sub/c"}, {"b": b"b", "sub/d": b"sub/d"}]
 

@@ -14,6 +14,7 @@ from minio import Minio
 from runner import artifacts
 from runner.channels import DataDownloadError, DownloadCancelled, stage_channels
 from runner.layout import HostLayout, prepare
+from server.local_channels import LocalChannelRoots
 from tests.support.s3server import S3Server
 
 BUCKET = "smlocal-test-staging"
@@ -97,7 +98,7 @@ def test_file_uris_copy_a_local_folder(tmp_path: Path, minio: Minio) -> None:
     (source / "sub" / "b.txt").write_text("b")
     request = {"InputDataConfig": [_channel(f"file://{source}")]}
     layout = _layout(tmp_path, request)
-    _stage(request, layout, minio)
+    stage_channels(request, [layout], lambda: minio, "us-east-1", lambda: False, LocalChannelRoots.of([source]))
     assert _files(layout.channel_dir("train")) == {"a.txt": b"a", "sub/b.txt": b"b"}
 
 

@@ -62,6 +62,7 @@ def service_environment(data_dir: str, s3_endpoint: str, container_s3_endpoint: 
     """compose's `smlocal.environment`; test_compose_file_* checks it still matches the file."""
     return {
         "SMLOCAL_HOST": "0.0.0.0",
+        "SMLOCAL_ALLOW_UNAUTHENTICATED": "true",
         "SMLOCAL_PORT": str(SERVICE_PORT),
         "SMLOCAL_DATA_DIR": data_dir,
         "SMLOCAL_S3_ENDPOINT": s3_endpoint,
