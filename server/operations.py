@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from server.errors import ApiError
 from server.lifecycle import Lifecycle, training_job_arn, training_seconds
 from server.listing import list_training_jobs
+from server.logstore import JobLogKey, remove_job_logs
 from server.store import JobRecord, Store
 from server.tagging import Tags
 
@@ -24,9 +26,16 @@ class RequestContext:
 
 
 class Operations:
-    def __init__(self, store: Store, lifecycle: Lifecycle, on_change: Callable[[], None] = lambda: None) -> None:
+    """The SageMaker provider: one method per served operation."""
+
+    extra_required = {"CreateTrainingJob": CREATE_REQUIRED}
+
+    def __init__(self, store: Store, lifecycle: Lifecycle, on_change: Callable[[], None] = lambda: None,
+                 data_dir: Path | None = None) -> None:
         self.store = store
         self.lifecycle = lifecycle
+        # Where the jobs' log streams live (DeleteTrainingJob removes them).
+        self.data_dir = data_dir
         self.tags = Tags(store)
         # Lets the runner react at once to a new job or a stop instead of at its next poll.
         self.on_change = on_change
@@ -67,7 +76,12 @@ class Operations:
         return {}
 
     def delete_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        self.lifecycle.delete(self._arn(ctx, params))
+        arn = self._arn(ctx, params)
+        job = self.lifecycle.get(arn)
+        # The job's metric points go with its row (the foreign key cascades).
+        self.lifecycle.delete(arn)
+        if self.data_dir is not None:
+            remove_job_logs(self.data_dir, JobLogKey.of(job.account_id, job.region, job.name, job.creation_time))
         return {}
 
     @staticmethod
