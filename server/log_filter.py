@@ -1,9 +1,9 @@
 """CloudWatch Logs filter patterns for unstructured log events.
 
 Supported, as CloudWatch documents them: plain terms (every one must appear, case-sensitive), quoted
-phrases (`"loss: 0.5"`), `?term` alternatives (any one of them must appear), `-term` exclusions, and
-`%regex%` patterns. JSON (`{ $.x = 1 }`) and space-delimited (`[ip, user, ...]`) patterns are refused
-rather than matched wrongly.
+phrases (`"loss: 0.5"`), `?term` alternatives (each `?` starts a group of terms, any group may match),
+`-term` exclusions, and `%regex%` patterns. JSON (`{ $.x = 1 }`) and space-delimited
+(`[ip, user, ...]`) patterns are refused rather than matched wrongly.
 """
 
 from __future__ import annotations
@@ -19,17 +19,12 @@ _TOKEN = regex.compile(r'\s*(?P<op>[?-]?)(?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<ba
 
 
 @dataclass
-class _Terms:
+class _TermGroup:
     required: list[str] = field(default_factory=list)
-    any_of: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
 
     def matches(self, message: str) -> bool:
-        if any(term in message for term in self.excluded):
-            return False
-        if not all(term in message for term in self.required):
-            return False
-        return not self.any_of or any(term in message for term in self.any_of)
+        return all(t in message for t in self.required) and not any(t in message for t in self.excluded)
 
 
 def _invalid(pattern: str, why: str) -> ApiError:
@@ -59,16 +54,19 @@ def compile_filter(pattern: str | None) -> Callable[[str], bool]:
 
         return matches
 
-    terms = _Terms()
+    # `?` starts a new group of terms; the terms after it join that group (AND), groups are alternatives
+    # (OR): `?ERROR MainThread ?WARN Deadlock` is (ERROR and MainThread) or (WARN and Deadlock).
+    groups: list[_TermGroup] = []
     position = 0
     while position < len(text):
         found = _TOKEN.match(text, position)
         if found is None or found.end() == position:
             raise _invalid(pattern or "", f"cannot read it from position {position}")
         position = found.end()
-        term = found["quoted"] if found["quoted"] is not None else found["bare"]
-        term = regex.sub(r"\\(.)", r"\1", term) if found["quoted"] is not None else term
-        if not term:
-            continue
-        {"?": terms.any_of, "-": terms.excluded, "": terms.required}[found["op"]].append(term)
-    return terms.matches
+        quoted = found["quoted"] is not None
+        term = regex.sub(r"\\(.)", r"\1", found["quoted"]) if quoted else found["bare"]
+        if found["op"] == "?" or not groups:
+            groups.append(_TermGroup())
+        if term:
+            (groups[-1].excluded if found["op"] == "-" else groups[-1].required).append(term)
+    return lambda message: any(group.matches(message) for group in groups)
