@@ -103,8 +103,8 @@ def _banner(settings: Settings, embedded_s3: bool) -> None:
     ))
     console.print("Point unmodified AWS tools at it:")
     console.print(f"  export AWS_ENDPOINT_URL_SAGEMAKER={api}", highlight=False)
-    console.print(f"  export AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={api} AWS_ENDPOINT_URL_CLOUDWATCH={api}",
-                  highlight=False)
+    console.print(f"  export AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={api}", highlight=False)
+    console.print(f"  export AWS_ENDPOINT_URL_CLOUDWATCH={api}", highlight=False)
     console.print(f"  export AWS_ENDPOINT_URL_S3={settings.s3_endpoint}", highlight=False)
     console.print(f"  export AWS_DEFAULT_REGION={settings.region}", highlight=False)
     if not settings.access_key:

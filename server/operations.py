@@ -139,13 +139,27 @@ def model_artifacts_uri(request: dict[str, Any], job_name: str) -> str:
     return f"{base}/{job_name}/output/model.tar.gz"
 
 
+def _echoed_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as SageMaker echoes it, with the defaults it fills in.
+
+    SDK v2's Estimator.attach reads OutputDataConfig.KmsKeyId and StoppingCondition.MaxRuntimeInSeconds
+    without a default, as SageMaker always returns them.
+    """
+    echoed = dict(request)
+    if "OutputDataConfig" in echoed:
+        echoed["OutputDataConfig"] = {"KmsKeyId": "", **echoed["OutputDataConfig"]}
+    if "StoppingCondition" in echoed:
+        echoed["StoppingCondition"] = {"MaxRuntimeInSeconds": 86400, **echoed["StoppingCondition"]}
+    return echoed
+
+
 def describe(job: JobRecord) -> dict[str, Any]:
     """DescribeTrainingJob's answer: the echoed request plus everything the job has become."""
     out: dict[str, Any] = {
         "EnableNetworkIsolation": False,
         "EnableInterContainerTrafficEncryption": False,
         "EnableManagedSpotTraining": False,
-        **job.request,
+        **_echoed_request(job.request),
         "TrainingJobName": job.name,
         "TrainingJobArn": job.arn,
         "ModelArtifacts": {"S3ModelArtifacts": model_artifacts_uri(job.request, job.name)},
