@@ -1,0 +1,59 @@
+"""SageMaker Python SDK v3 (`sagemaker>=3`, ModelTrainer, in .venv-sdk3), unmodified, against smlocal.
+
+v3 keeps its SageMaker and CloudWatch Logs clients in process-wide singletons built from plain boto3
+sessions, so only the AWS_ENDPOINT_URL_* variables reach them. An image-only job needs no STS or IAM
+call when the README's settings are used; the guard proves that nothing else was asked of AWS, and the
+second test shows what happens without them (the guard refuses IAM's address).
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.support.sdk_run import readme_snippet, run_guarded, upload_quickstart_data
+from tests.support.smlocal import SmlocalServer
+
+
+@pytest.fixture(scope="module")
+def server(smlocal_factory: Callable[..., SmlocalServer], test_images: docker.DockerClient) -> SmlocalServer:
+    return smlocal_factory("--stop-grace-seconds", "2")
+
+
+def test_readme_v3_snippet_trains_streams_logs_and_downloads_the_model(
+        server: SmlocalServer, tmp_path: Path, unique_name: Callable[[str], str]) -> None:
+    bucket = unique_name("sdk3")
+    upload_quickstart_data(server, bucket, tmp_path)
+    run = run_guarded(3, readme_snippet(3), server, bucket, tmp_path)
+    assert run.result.returncode == 0, run.output[-6000:] + server.log()
+    assert run.guard.report() == []
+
+    jobs = sorted({name for name, _ in run.statuses})
+    assert len(jobs) == 1, run.statuses
+    job = jobs[0]
+    seen = run.statuses_of(job)
+    assert seen[-1] == "Completed/Completed" and "InProgress/Training" in seen, seen
+    # train(logs=True) printed the container's lines.
+    assert "[train] fitting LogisticRegression" in run.output
+    assert "train_accuracy=" in run.output
+    model = tmp_path / "sdk3-model" / "model.tar.gz"
+    with tarfile.open(model) as tar:
+        assert "model.joblib" in [n.removeprefix("./") for n in tar.getnames()]
+    described = server.client().describe_training_job(TrainingJobName=job)
+    assert described["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/output/{job}/output/model.tar.gz"
+    assert described["HyperParameters"]["alpha"] in ("0.5", '"0.5"')
+
+
+def test_without_the_role_setting_v3_asks_iam_and_the_guard_refuses(
+        server: SmlocalServer, tmp_path: Path, unique_name: Callable[[str], str]) -> None:
+    """Why the README sets SAGEMAKER_VALIDATE_ROLE=false: v3 would ask IAM about the role first."""
+    bucket = unique_name("sdk3-iam")
+    upload_quickstart_data(server, bucket, tmp_path)
+    script = "import os\nos.environ.pop('SAGEMAKER_VALIDATE_ROLE')\n" + readme_snippet(3)
+    run = run_guarded(3, script, server, bucket, tmp_path)
+    refused = {entry["host"] for entry in run.guard.report()}
+    assert any("iam" in host for host in refused), (refused, run.output[-3000:])
