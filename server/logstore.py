@@ -88,13 +88,12 @@ class LogStream:
 
 
 def list_streams(data_dir: Path | str, key: JobLogKey) -> list[LogStream]:
-    folder = key.folder(data_dir)
-    if not folder.is_dir():
+    try:
+        found = [LogStream(key, p.name, p) for p in key.folder(data_dir).iterdir()
+                 if _STREAM_RE.match(p.name) and p.is_file()]
+    except (FileNotFoundError, NotADirectoryError):  # no logs yet, or the job was just deleted
         return []
-    return sorted(
-        (LogStream(key, p.name, p) for p in folder.iterdir() if _STREAM_RE.match(p.name) and p.is_file()),
-        key=lambda s: s.name,
-    )
+    return sorted(found, key=lambda s: s.name)
 
 
 def remove_job_logs(data_dir: Path | str, key: JobLogKey) -> None:

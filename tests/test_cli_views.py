@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.jobs import wait_for_status
+from tests.support.jobs import wait_recording
 from tests.support.smlocal import SmlocalServer, free_port
 from tests.test_runner_jobs import (
     FINAL,
@@ -105,7 +105,8 @@ def test_jobs_lists_with_filters_and_stop_stops(runner_server: SmlocalServer, sm
     stopped = smlocal(runner_server, "stop", name, "--wait")
     assert stopped.returncode == 0, stopped.stderr
     assert f"training job {name} Stopped (Stopped)" in stopped.stdout
-    assert wait_for_status(sm, name, FINAL)["TrainingJobStatus"] == "Stopped"
+    job, seen = wait_recording(sm, name, FINAL)
+    assert job["TrainingJobStatus"] == "Stopped" and seen == ["Stopped/Stopped"], seen  # --wait waited
     none_running = smlocal(runner_server, "jobs", "--status", "InProgress", "--name-contains", name)
     assert name not in none_running.stdout and "0 jobs" in none_running.stdout
     listed = smlocal(runner_server, "jobs", "--name-contains", name)

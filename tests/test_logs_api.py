@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,13 +12,13 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
+from tests.support.jobs import assert_completed_in_order, wait_recording
 from tests.support.logs import stream_files
 from tests.support.smlocal import SmlocalServer
 from tests.test_api_cli import aws
 from tests.test_runner_jobs import (
     FINAL,
     docker_engine,  # noqa: F401 - a fixture
-    run_job,
     runner_server,  # noqa: F401 - a fixture
     s3_client,
     sh_job,
@@ -43,8 +44,10 @@ def two_host_job(runner_server: SmlocalServer) -> dict[str, Any]:
     sm = runner_server.client()
     s3_client(runner_server)
     name = f"logs-two-hosts-{int(time.time())}"
-    job = run_job(sm, sh_job(name, THIRTY_LINES, ResourceConfig=TWO_HOSTS))
+    sm.create_training_job(**sh_job(name, THIRTY_LINES, ResourceConfig=TWO_HOSTS))
+    job, seen = wait_recording(sm, name, FINAL)
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert_completed_in_order(seen)
     return job
 
 
@@ -281,7 +284,8 @@ def test_a_line_is_readable_while_the_job_still_runs(runner_server: SmlocalServe
     job = sm.describe_training_job(TrainingJobName=name)
     assert job["TrainingJobStatus"] == "InProgress"
     sm.stop_training_job(TrainingJobName=name)
-    wait_until(lambda: sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] in FINAL, 60, "the stop")
+    stopped, after_stop = wait_recording(sm, name, FINAL, timeout=60)
+    assert stopped["TrainingJobStatus"] == "Stopped" and after_stop[0] in ("Stopping/Stopping", "Stopped/Stopped")
 
 
 # ---- a re-created name ----------------------------------------------------------------------------
@@ -300,11 +304,24 @@ def test_a_recreated_job_gets_fresh_logs_and_metrics(runner_server: SmlocalServe
             Statistics=["Sum", "SampleCount"])["Datapoints"]
         return [p["Sum"] for p in points]
 
-    old = run_job(sm, sh_job(name, 'echo "old incarnation loss=1"', AlgorithmSpecification=definitions))
+    def stored_points() -> tuple[int, int]:
+        """(points of jobs that exist, points of no job): the store itself, not what the API shows."""
+        with sqlite3.connect(runner_server.data_dir / "smlocal.db") as db:
+            live = db.execute("SELECT COUNT(*) FROM metric_points WHERE job_id IN "
+                              "(SELECT id FROM training_jobs WHERE name = ?)", (name,)).fetchone()[0]
+            orphans = db.execute("SELECT COUNT(*) FROM metric_points WHERE job_id NOT IN "
+                                 "(SELECT id FROM training_jobs)").fetchone()[0]
+        return live, orphans
+
+    sm.create_training_job(**sh_job(name, 'echo "old incarnation loss=1"', AlgorithmSpecification=definitions))
+    old, seen = wait_recording(sm, name, FINAL)
     assert old["TrainingJobStatus"] == "Completed", old.get("FailureReason")
+    assert_completed_in_order(seen)
     old_stream = stream_of(logs, name, "algo-1")
     assert losses(old) == [1.0]
+    assert stored_points() == (1, 0)
     sm.delete_training_job(TrainingJobName=name)
+    assert stored_points() == (0, 0)
     # Gone with the job: its stream, its files and its metric points.
     assert _code(lambda: logs.get_log_events(logGroupName=GROUP, logStreamName=old_stream))[0] \
         == "ResourceNotFoundException"
@@ -312,8 +329,12 @@ def test_a_recreated_job_gets_fresh_logs_and_metrics(runner_server: SmlocalServe
     assert stream_files(runner_server.data_dir, name) == []
     assert losses(old) == []
 
-    new = run_job(sm, sh_job(name, 'echo "new incarnation loss=2"', AlgorithmSpecification=definitions))
+    sm.create_training_job(**sh_job(name, 'echo "new incarnation loss=2"', AlgorithmSpecification=definitions))
+    new, seen = wait_recording(sm, name, FINAL)
     assert new["TrainingJobStatus"] == "Completed", new.get("FailureReason")
+    # The new incarnation starts from the beginning, not from where the deleted one ended.
+    assert seen[0] in ("InProgress/Starting", "InProgress/Downloading"), seen
+    assert_completed_in_order(seen)
     messages = [e["message"] for e in logs.filter_log_events(
         logGroupName=GROUP, logStreamNamePrefix=f"{name}/")["events"]]
     assert messages == ["new incarnation loss=2"]

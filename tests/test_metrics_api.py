@@ -16,10 +16,10 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests.support.jobs import assert_completed_in_order, wait_recording
 from tests.support.smlocal import SmlocalServer
 from tests.test_runner_jobs import (
     docker_engine,  # noqa: F401 - a fixture
-    run_job,
     runner_server,  # noqa: F401 - a fixture
     s3_client,
     sh_job,
@@ -56,9 +56,13 @@ def cbor_cloudwatch(server: SmlocalServer, folder: Path) -> Any:
 def metric_job(runner_server: SmlocalServer) -> dict[str, Any]:
     s3_client(runner_server)
     name = f"metrics-two-hosts-{int(time.time())}"
-    job = run_job(runner_server.client(), sh_job(name, SCRIPT, ResourceConfig=TWO_HOSTS,
-                                                 AlgorithmSpecification={"MetricDefinitions": DEFINITIONS}))
+    sm = runner_server.client()
+    sm.create_training_job(**sh_job(name, SCRIPT, ResourceConfig=TWO_HOSTS,
+                                    AlgorithmSpecification={"MetricDefinitions": DEFINITIONS}))
+    job, seen = wait_recording(sm, name, {"Completed", "Failed", "Stopped"})
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert_completed_in_order(seen)
+    assert "InProgress/Training" in seen  # it trains for ~4.5 s
     return job
 
 
