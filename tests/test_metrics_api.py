@@ -34,7 +34,7 @@ DEFINITIONS = [{"Name": "train:loss", "Regex": r"loss=([0-9.]+)"},
                {"Name": "train:accuracy", "Regex": r"accuracy: (\S+)"}]
 
 
-def cbor_cloudwatch(server: SmlocalServer, folder: Path) -> Any:
+def cbor_cloudwatch(server: SmlocalServer, folder: Path, access_key: str = "test", secret_key: str = "test") -> Any:
     """A botocore CloudWatch client that speaks RPC v2 CBOR (its model reduced to that one protocol)."""
     session = botocore.session.get_session()
     loader = session.get_component("data_loader")
@@ -46,7 +46,7 @@ def cbor_cloudwatch(server: SmlocalServer, folder: Path) -> Any:
     (target / "service-2.json").write_text(json.dumps(model))
     loader.search_paths.insert(0, str(folder))
     client = session.create_client("cloudwatch", endpoint_url=server.endpoint, region_name="us-east-1",
-                                   aws_access_key_id="test", aws_secret_access_key="test",
+                                   aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                                    config=Config(retries={"max_attempts": 1}))
     assert client.meta.service_model.resolved_protocol == "smithy-rpc-v2-cbor"
     return client
@@ -218,3 +218,23 @@ def test_json_1_0_on_the_wire(runner_server: SmlocalServer) -> None:
     assert body["__type"] == "ValidationException"
     assert body["Message"].startswith("4 validation errors detected: ")
     assert response.headers["x-amzn-query-error"] == "ValidationError;Sender"
+
+
+def test_sigv4_holds_for_every_service_and_wire_protocol(smlocal_factory: Any, tmp_path: Path) -> None:
+    """Signed with the configured keys, Logs, CloudWatch JSON and CloudWatch CBOR requests pass; signed
+    with another secret, each is refused in its own protocol."""
+    secured = smlocal_factory("--no-run-jobs", env={"SMLOCAL_ACCESS_KEY": "AKIDLOCAL", "SMLOCAL_SECRET_KEY": "s3cr3t"})
+
+    def clients(secret: str) -> list[Any]:
+        return [secured.client("logs", access_key="AKIDLOCAL", secret_key=secret),
+                secured.client("cloudwatch", access_key="AKIDLOCAL", secret_key=secret),
+                cbor_cloudwatch(secured, tmp_path / secret, "AKIDLOCAL", secret)]
+
+    logs, cloudwatch, cbor = clients("s3cr3t")
+    assert logs.describe_log_groups()["logGroups"] == []
+    assert cloudwatch.list_metrics()["Metrics"] == []
+    assert cbor.list_metrics()["Metrics"] == []
+    for client, call in zip(clients("wrong"), ("describe_log_groups", "list_metrics", "list_metrics"), strict=True):
+        with pytest.raises(ClientError) as info:
+            getattr(client, call)()
+        assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
