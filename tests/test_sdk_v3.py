@@ -48,12 +48,24 @@ def test_readme_v3_snippet_trains_streams_logs_and_downloads_the_model(
     assert described["HyperParameters"]["alpha"] in ("0.5", '"0.5"')
 
 
-def test_without_the_role_setting_v3_asks_iam_and_the_guard_refuses(
-        server: SmlocalServer, tmp_path: Path, unique_name: Callable[[str], str]) -> None:
-    """Why the README sets SAGEMAKER_VALIDATE_ROLE=false: v3 would ask IAM about the role first."""
-    bucket = unique_name("sdk3-iam")
+@pytest.mark.parametrize(("change", "asked"), [
+    # Why the README sets SAGEMAKER_VALIDATE_ROLE=false: v3 asks IAM about the role first.
+    ("import os\nos.environ.pop('SAGEMAKER_VALIDATE_ROLE')\n", "iam.amazonaws.com"),
+    # Why it gives output_data_config: the default bucket's name comes from STS, at an explicit regional
+    # endpoint that AWS_ENDPOINT_URL_STS does not move.
+    ("", "sts.us-east-1.amazonaws.com"),
+], ids=["role-validation", "default-bucket"])
+def test_without_the_readme_settings_v3_would_ask_aws(server: SmlocalServer, tmp_path: Path,
+                                                      unique_name: Callable[[str], str], change: str,
+                                                      asked: str) -> None:
+    bucket = unique_name("sdk3-aws")
     upload_quickstart_data(server, bucket, tmp_path)
-    script = "import os\nos.environ.pop('SAGEMAKER_VALIDATE_ROLE')\n" + readme_snippet(3)
-    run = run_guarded(3, script, server, bucket, tmp_path)
+    script = change + readme_snippet(3)
+    if asked.startswith("sts"):
+        script = script.replace('output_data_config=OutputDataConfig(s3_output_path="s3://workshop/output"),', "")
+        assert "OutputDataConfig(" not in script.split("ModelTrainer(", 1)[1].split("trainer.train(", 1)[0]
+    # Even with STS's endpoint variable pointing here, the default bucket's lookup goes to AWS.
+    moved_sts = "import os\nos.environ['AWS_ENDPOINT_URL_STS'] = os.environ['AWS_ENDPOINT_URL_SAGEMAKER']\n"
+    run = run_guarded(3, moved_sts + script, server, bucket, tmp_path)
     refused = {entry["host"] for entry in run.guard.report()}
-    assert any("iam" in host for host in refused), (refused, run.output[-3000:])
+    assert asked in refused, (refused, run.output[-3000:])
