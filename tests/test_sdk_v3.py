@@ -3,7 +3,7 @@
 v3 keeps its SageMaker and CloudWatch Logs clients in process-wide singletons built from plain boto3
 sessions, so only the AWS_ENDPOINT_URL_* variables reach them. An image-only job needs no STS or IAM
 call when the README's settings are used; the guard proves that nothing else was asked of AWS, and the
-second test shows what happens without them (the guard refuses IAM's address).
+last tests show what happens without them (the guard refuses IAM's and STS's addresses).
 """
 
 from __future__ import annotations
