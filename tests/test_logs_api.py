@@ -277,10 +277,12 @@ def test_a_line_is_readable_while_the_job_still_runs(runner_server: SmlocalServe
     seen_at, event, status = seen[-1]
     assert event["message"] == "first line"
     assert status == "InProgress/Training", statuses
-    # Served as soon as the container printed it (the line's own timestamp is Docker's).
+    # Served as the container printed it, not when it ended (it sleeps 8 s before the second line).
+    # The line's own timestamp is Docker's; measured here about 0.1 s on an idle machine, the bound
+    # leaves room for a loaded one.
     lag = seen_at - event["timestamp"] / 1000
     print(f"first line visible {lag:.3f} s after it was printed; statuses seen: {statuses}")
-    assert lag < 1.0, lag
+    assert lag < 4.0, lag
     job = sm.describe_training_job(TrainingJobName=name)
     assert job["TrainingJobStatus"] == "InProgress"
     sm.stop_training_job(TrainingJobName=name)

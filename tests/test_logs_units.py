@@ -77,17 +77,26 @@ def test_metric_writer_batches_and_belongs_to_one_incarnation(tmp_path: Path) ->
     store = Store(tmp_path / "db.sqlite")
     lifecycle = Lifecycle(store)
     job = lifecycle.create(account_id="123456789012", region="us-east-1", name="m", request={}, tags=[])
-    writer = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-1", interval=0.2)
+    # Batched: nothing is written until the interval is over (an hour here) or the writer closes.
+    held = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-1", interval=3600)
     for i in range(50):
-        writer.add("loss", 1000 + i, i / 10)
-    writer.add("loss", 2000, float("nan"))  # CloudWatch takes no NaN
-    assert points(store, "123456789012", "us-east-1", "m") == []  # not yet: batched
-    deadline = time.monotonic() + 5
-    while not points(store, "123456789012", "us-east-1", "m") and time.monotonic() < deadline:
-        time.sleep(0.05)
+        held.add("loss", 1000 + i, i / 10)
+    held.add("loss", 2000, float("nan"))  # CloudWatch takes no NaN
+    assert points(store, "123456789012", "us-east-1", "m") == []
+    held.close()
     assert len(points(store, "123456789012", "us-east-1", "m")) == 50
-    writer.add("loss", 1000, 0.0)  # the same point again (a replayed stream): stored once
-    writer.close()
+    # With a short interval the timer writes them without a close.
+    timed = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-2", interval=0.1)
+    timed.add("acc", 1000, 0.5)
+    deadline = time.monotonic() + 30
+    while not points(store, "123456789012", "us-east-1", "m", metric_name="acc") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert points(store, "123456789012", "us-east-1", "m", metric_name="acc") == [
+        MetricPoint("algo-2", "acc", 1000, 0.5)]
+    timed.close()
+    again_writer = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-1")
+    again_writer.add("loss", 1000, 0.0)  # the same point again (a replayed stream): stored once
+    again_writer.close()
     assert len(points(store, "123456789012", "us-east-1", "m", metric_name="loss")) == 50
 
     # A writer of a deleted job (same name re-created, perhaps with the same row id) writes nothing.
