@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint docker images service-image bench clean
+.PHONY: install run test lint docker images service-image bench clean sdk-venvs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,6 +12,25 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# The SageMaker Python SDKs, each in a venv of its own (they pin different boto3/pydantic ranges), for the
+# SDK tests. Built once; delete the folder to rebuild. The pins are the releases the tests were written on.
+SDK2_PIN ?= sagemaker==2.257.7
+SDK3_PIN ?= sagemaker==3.27.0
+
+.venv-sdk2/.installed:
+	python3 -m venv .venv-sdk2
+	.venv-sdk2/bin/python -m pip install --quiet --upgrade pip
+	.venv-sdk2/bin/python -m pip install --quiet '$(SDK2_PIN)'
+	touch $@
+
+.venv-sdk3/.installed:
+	python3 -m venv .venv-sdk3
+	.venv-sdk3/bin/python -m pip install --quiet --upgrade pip
+	.venv-sdk3/bin/python -m pip install --quiet '$(SDK3_PIN)'
+	touch $@
+
+sdk-venvs: .venv-sdk2/.installed .venv-sdk3/.installed
 
 # The Docker engine (installed and started when missing; needs root) and the test images, cached by tag.
 docker:
@@ -28,7 +47,7 @@ run: install
 	@bash scripts/ensure-docker.sh || echo "warning: no Docker engine: the API works, jobs will fail"
 	$(VENV)/bin/smlocal serve --host 127.0.0.1 --port 8080
 
-test: install images
+test: install images sdk-venvs
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
@@ -38,4 +57,4 @@ bench: install images
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) .smlocal .pytest_cache
+	rm -rf $(VENV) .venv-sdk2 .venv-sdk3 .smlocal .pytest_cache

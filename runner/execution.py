@@ -43,12 +43,14 @@ from runner.layout import (
 )
 from runner.layout import prepare as prepare_layout
 from runner.log_follower import LogFollower
-from runner.logs import LogStreamWriter, list_streams, logs_dir, stream_name
+from runner.logs import LogStreamWriter, list_streams, stream_path
 from runner.metrics import MetricCollector, final_of_all
 from runner.s3 import make_client
 from server.config import Settings
 from server.lifecycle import STOPPING, TERMINAL_STATUSES, IllegalTransition, Lifecycle
 from server.local_channels import LocalChannelRoots
+from server.logstore import JobLogKey
+from server.metric_series import MetricSeriesWriter
 from server.store import JobRecord
 
 log = logging.getLogger("smlocal.runner")
@@ -79,6 +81,7 @@ class _Host:
         self.container: Container | None = None
         self.follower: LogFollower | None = None
         self.metrics = MetricCollector(None)
+        self.series: MetricSeriesWriter | None = None
         self.exit_code: int | None = None
         self.error: Exception | None = None  # waiting failed: the container was removed, or Docker went away
         self.exited = threading.Event()
@@ -91,9 +94,11 @@ class _Host:
     def failed(self) -> bool:
         return self.exited.is_set() and (self.error is not None or self.exit_code != 0)
 
-    def follow(self, stream: Path, definitions: list[dict[str, Any]], *, resume: bool = False) -> None:
+    def follow(self, stream: Path, definitions: list[dict[str, Any]], series: MetricSeriesWriter | None, *,
+               resume: bool = False) -> None:
         assert self.container is not None
-        self.metrics = MetricCollector(definitions)
+        self.series = series
+        self.metrics = MetricCollector(definitions, sink=series.add if series is not None else None)
         self.follower = LogFollower(self.container, LogStreamWriter(stream), self.metrics)
         if resume:
             self.follower.resume_from_file()
@@ -128,6 +133,7 @@ class JobExecution:
         self._shutdown = shutdown
         self.data_dir = Path(settings.data_dir).resolve()
         self.root = job_root(self.data_dir, job.name, job.region, job.account_id)
+        self.log_key = JobLogKey.of(job.account_id, job.region, job.name, job.creation_time)
         self.labels = job_labels(job.name, job.arn, None, data_dir_label(settings))
         self.hosts = [_Host(HostLayout(self.root, host), job_labels(job.name, job.arn, host, data_dir_label(settings)))
                       for host in all_hosts(job.request)]
@@ -237,8 +243,8 @@ class JobExecution:
             host.container.reload()
             start = started_at(host.container) or time.time()
             starts.append(start)
-            host.follow(logs_dir(self.data_dir, self.job.name) / stream_name(host.name, start),
-                        self._metric_definitions())
+            host.follow(stream_path(self.data_dir, self.log_key, host.name, start), self._metric_definitions(),
+                        self._series(host))
         self._watch_and_finish(min(starts))
 
     def _adopt(self, containers: dict[str, Container]) -> None:
@@ -252,12 +258,12 @@ class JobExecution:
             starts.append(start)
         log.info("adopting training job %s (containers %s)", self.job.name,
                  ", ".join(h.container.name for h in self.hosts if h.container is not None))
-        streams = list_streams(self.data_dir, self.job.name)
+        streams = list_streams(self.data_dir, self.log_key)
         for host, start in zip(self.hosts, starts, strict=True):
             mine = [s for s in streams if s.name.startswith(host.name + "-")]
             # Keep appending to the stream the previous process opened.
-            path = mine[-1].path if mine else logs_dir(self.data_dir, self.job.name) / stream_name(host.name, start)
-            host.follow(path, self._metric_definitions(), resume=True)
+            path = mine[-1].path if mine else stream_path(self.data_dir, self.log_key, host.name, start)
+            host.follow(path, self._metric_definitions(), self._series(host), resume=True)
         self._watch_and_finish(min(starts))
 
     def _watch_and_finish(self, start: float) -> None:
@@ -391,6 +397,11 @@ class JobExecution:
     def _layouts(self) -> list[HostLayout]:
         return [h.layout for h in self.hosts]
 
+    def _series(self, host: _Host) -> MetricSeriesWriter | None:
+        if not self._metric_definitions():
+            return None
+        return MetricSeriesWriter(self.lifecycle.store, self.arn, self.job.creation_time, host.name)
+
     def _metric_definitions(self) -> list[dict[str, Any]]:
         return (self.job.request.get("AlgorithmSpecification") or {}).get("MetricDefinitions") or []
 
@@ -465,3 +476,5 @@ class JobExecution:
         for host in self.hosts:
             if host.follower is not None:
                 host.follower.stop()
+            if host.series is not None:
+                host.series.close()  # every point is stored before the job's end is

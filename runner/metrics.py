@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("smlocal.runner")
@@ -14,7 +14,8 @@ log = logging.getLogger("smlocal.runner")
 class MetricCollector:
     """Fed every log line; keeps the latest value per metric, as SageMaker reports final metrics."""
 
-    def __init__(self, definitions: list[dict[str, Any]] | None) -> None:
+    def __init__(self, definitions: list[dict[str, Any]] | None,
+                 sink: Callable[[str, int, float], None] | None = None) -> None:
         self._patterns: list[tuple[str, re.Pattern[str]]] = []
         for d in definitions or []:
             try:
@@ -23,6 +24,8 @@ class MetricCollector:
                 log.warning("ignoring metric definition %r: %s", d, e)
         self._latest: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        # Receives every value (name, epoch ms, value): the metric's series over time.
+        self._sink = sink
 
     def feed(self, timestamp_ms: int, line: str) -> None:
         for name, pattern in self._patterns:
@@ -37,6 +40,8 @@ class MetricCollector:
                 continue
             with self._lock:
                 self._latest[name] = {"MetricName": name, "Value": value, "Timestamp": timestamp_ms / 1000}
+            if self._sink is not None:
+                self._sink(name, timestamp_ms, value)
 
     def final(self) -> list[dict[str, Any]]:
         with self._lock:

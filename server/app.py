@@ -1,32 +1,30 @@
-"""The FastAPI application: one `POST /` endpoint that dispatches on `X-Amz-Target`."""
+"""The FastAPI application: every request is resolved to a service of the registry and dispatched."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from pathlib import Path
 
-import botocore.session
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from server import protocol
 from server.auth import Authenticator
+from server.cloudwatch_logs import CloudWatchLogs
+from server.cloudwatch_metrics import CloudWatchMetrics
 from server.config import Settings
 from server.errors import ApiError
 from server.lifecycle import Lifecycle
 from server.local_channels import LocalChannelRoots
-from server.operations import CREATE_REQUIRED, JobLimits, Operations, RequestContext
+from server.operations import JobLimits, Operations, RequestContext
+from server.services import Service, ServiceRegistry
 from server.store import Store
 from server.validation import validate_input
 
 log = logging.getLogger("smlocal.server")
-
-
-def load_service_model() -> Any:
-    return botocore.session.get_session().get_service_model("sagemaker")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -37,12 +35,15 @@ def create_app(settings: Settings) -> FastAPI:
         from runner.scheduler import Runner
 
         runner = Runner(settings, lifecycle)
+    data_dir = Path(settings.data_dir).resolve()
     limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
                        local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir))
-    operations = Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None, limits=limits)
-    handlers = operations.handlers()
-    served = set(handlers)
-    model = load_service_model()
+    registry = ServiceRegistry([
+        Service.of("sagemaker", Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None,
+                                           data_dir=data_dir, limits=limits)),
+        Service.of("logs", CloudWatchLogs(store, data_dir)),
+        Service.of("cloudwatch", CloudWatchMetrics(store)),
+    ])
     authenticator = Authenticator(settings.region, settings.access_key, settings.secret_key)
 
     @asynccontextmanager
@@ -59,37 +60,43 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.lifecycle = lifecycle
+    app.state.services = registry
 
-    def handle(target: str | None, body: bytes, ctx: RequestContext) -> dict[str, Any]:
-        op = protocol.operation_from_target(target, served)
-        operation_model = model.operation_model(op)
-        params = protocol.parse_body(body)
-        extra = CREATE_REQUIRED if op == "CreateTrainingJob" else ()
-        params = validate_input(operation_model.input_shape, params, extra)
-        result = handlers[op](ctx, params)
-        return protocol.shape_output(operation_model.output_shape, result) or {}
+    def handle(route: protocol.Route, body: bytes, ctx: RequestContext, request_id: str) -> Response:
+        service, op = route.service, route.operation
+        assert service is not None and op is not None
+        operation_model = service.operation_model(op)
+        params = route.wire.parse(body)
+        params = validate_input(operation_model.input_shape, params, service.extra_required(op),
+                                service.validation_error)
+        result = service.handlers[op](ctx, params)
+        shaped = protocol.shape_output(operation_model.output_shape, result) or {}
+        return route.wire.response(service, operation_model.output_shape, shaped, request_id)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
     async def dispatch(request: Request, path: str) -> Response:
         request_id = protocol.new_request_id()
         body = await request.body()
+        # Resolved before auth so the check knows the service (route.service.signing_name), and so an
+        # error is answered in the wire protocol the client speaks.
+        route = protocol.resolve(registry, request.method, path, request.headers)
         try:
             # The scope's service must be the one the target belongs to: its botocore signing name.
-            region = authenticator.authenticate(request.method, str(request.url), dict(request.headers), body,
-                                                signing_name=model.signing_name)
-            if request.method != "POST" or path:
-                raise ApiError("UnknownOperationException", f"Unknown operation {request.method} /{path}")
+            region = authenticator.authenticate(
+                request.method, str(request.url), dict(request.headers), body,
+                signing_name=route.service.signing_name if route.service is not None else None)
+            route.raise_if_unresolved()
             ctx = RequestContext(region=region, account_id=settings.account_id)
-            result = await run_in_threadpool(handle, request.headers.get("x-amz-target"), body, ctx)
-            return protocol.json_response(result, request_id)
+            return await run_in_threadpool(handle, route, body, ctx, request_id)
         except ApiError as error:
-            return protocol.error_response(error, request_id)
+            return route.wire.error_response(error, request_id, route.service)
         except Exception:  # noqa: BLE001 - a client must get AWS's error shape, never a stack trace
             log.exception("request %s failed", request_id)
-            return protocol.error_response(
+            return route.wire.error_response(
                 ApiError("InternalFailure", "The request processing has failed because of an unknown error.",
                          500),
-                request_id,
+                request_id, route.service,
             )
 
     return app
+

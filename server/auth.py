@@ -164,12 +164,13 @@ def read_signature(url: str, headers: Mapping[str, str]) -> SignedRequest | None
     return presigned
 
 
-def check_scope(scope: CredentialScope, signing_name: str) -> None:
+def check_scope(scope: CredentialScope, signing_name: str | None) -> None:
     """The scope names a real region, the service the target belongs to, and AWS's terminator."""
     problems = []
     if not is_valid_region(scope.region):
         problems.append(f"Credential should be scoped to a valid region, not '{scope.region}'. ")
-    if scope.service != signing_name:
+    # None: the target names no service served here, which the dispatcher reports once auth passed.
+    if signing_name is not None and scope.service != signing_name:
         problems.append(f"Credential should be scoped to correct service: '{signing_name}'. ")
     if scope.terminator != TERMINATOR:
         problems.append(f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
@@ -227,7 +228,7 @@ class Authenticator:
         return self.keys is not None
 
     def authenticate(self, method: str, url: str, headers: Mapping[str, str], body: bytes,
-                     signing_name: str) -> str:
+                     signing_name: str | None) -> str:
         """The region the request is scoped to; raises the AWS auth error a real endpoint would give.
 
         `signing_name` is the signing name of the service the request's target belongs to (the botocore

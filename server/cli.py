@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
+from server import cli_views
 from server.config import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
 from server.regions import is_valid_region
 
@@ -151,11 +152,16 @@ def _banner(settings: Settings, embedded_s3: bool) -> None:
     ))
     console.print("Point unmodified AWS tools at it:")
     console.print(f"  export AWS_ENDPOINT_URL_SAGEMAKER={api}", highlight=False)
+    console.print(f"  export AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={api}", highlight=False)
+    console.print(f"  export AWS_ENDPOINT_URL_CLOUDWATCH={api}", highlight=False)
     console.print(f"  export AWS_ENDPOINT_URL_S3={settings.s3_endpoint}", highlight=False)
     console.print(f"  export AWS_DEFAULT_REGION={settings.region}", highlight=False)
     if not settings.access_key:
         console.print("  export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test", highlight=False)
 
+
+# `smlocal jobs`, `smlocal logs`, `smlocal stop`: clients of a running server.
+cli_views.register(app)
 
 if __name__ == "__main__":
     app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from server.config import default_max_hosts_per_job
@@ -11,6 +12,7 @@ from server.errors import ApiError
 from server.lifecycle import Lifecycle, training_job_arn, training_seconds
 from server.listing import list_training_jobs
 from server.local_channels import LocalChannelRoots, is_local_uri, local_path
+from server.logstore import JobLogKey, remove_job_logs
 from server.store import JobRecord, Store
 from server.tagging import Tags, check_arn_scope, check_tag_keys
 from server.validation import raise_if_errors
@@ -35,10 +37,16 @@ class JobLimits:
 
 
 class Operations:
+    """The SageMaker provider: one method per served operation."""
+
+    extra_required = {"CreateTrainingJob": CREATE_REQUIRED}
+
     def __init__(self, store: Store, lifecycle: Lifecycle, on_change: Callable[[], None] = lambda: None,
-                 limits: JobLimits | None = None) -> None:
+                 data_dir: Path | None = None, limits: JobLimits | None = None) -> None:
         self.store = store
         self.lifecycle = lifecycle
+        # Where the jobs' log streams live (DeleteTrainingJob removes them).
+        self.data_dir = data_dir
         self.tags = Tags(store)
         self.limits = limits or JobLimits()
         # Lets the runner react at once to a new job or a stop instead of at its next poll.
@@ -83,7 +91,12 @@ class Operations:
         return {}
 
     def delete_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        self.lifecycle.delete(self._arn(ctx, params))
+        arn = self._arn(ctx, params)
+        job = self.lifecycle.get(arn)
+        # The job's metric points go with its row (the foreign key cascades).
+        self.lifecycle.delete(arn)
+        if self.data_dir is not None:
+            remove_job_logs(self.data_dir, JobLogKey.of(job.account_id, job.region, job.name, job.creation_time))
         return {}
 
     @staticmethod
@@ -195,13 +208,27 @@ def model_artifacts_uri(request: dict[str, Any], job_name: str) -> str:
     return f"{base}/{job_name}/output/model.tar.gz"
 
 
+def _echoed_request(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as SageMaker echoes it, with the defaults it fills in.
+
+    SDK v2's Estimator.attach reads OutputDataConfig.KmsKeyId and StoppingCondition.MaxRuntimeInSeconds
+    without a default, as SageMaker always returns them.
+    """
+    echoed = dict(request)
+    if "OutputDataConfig" in echoed:
+        echoed["OutputDataConfig"] = {"KmsKeyId": "", **echoed["OutputDataConfig"]}
+    if "StoppingCondition" in echoed:
+        echoed["StoppingCondition"] = {"MaxRuntimeInSeconds": 86400, **echoed["StoppingCondition"]}
+    return echoed
+
+
 def describe(job: JobRecord) -> dict[str, Any]:
     """DescribeTrainingJob's answer: the echoed request plus everything the job has become."""
     out: dict[str, Any] = {
         "EnableNetworkIsolation": False,
         "EnableInterContainerTrafficEncryption": False,
         "EnableManagedSpotTraining": False,
-        **job.request,
+        **_echoed_request(job.request),
         "TrainingJobName": job.name,
         "TrainingJobArn": job.arn,
         "ModelArtifacts": {"S3ModelArtifacts": model_artifacts_uri(job.request, job.name)},

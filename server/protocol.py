@@ -1,43 +1,69 @@
-"""AWS JSON 1.1 on the wire: the target header, the body, responses and error bodies."""
+"""The wire layer's front: which service, operation and wire protocol a request is, and the shared bits.
+
+Every AWS RPC protocol names the service by its model's target prefix: AWS JSON 1.0/1.1 in the
+`X-Amz-Target` header (`SageMaker.CreateTrainingJob`), Smithy RPC v2 CBOR in the path
+(`/service/GraniteServiceVersion20100801/operation/GetMetricStatistics`). `resolve` tries each wire
+protocol, looks the prefix up in the service registry and checks that the service speaks that protocol
+(its model's `protocols`) and serves that operation. Nothing here knows any particular service.
+"""
 
 from __future__ import annotations
 
-import json
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.model import Shape
-from fastapi.responses import Response
 
 from server.errors import ApiError
+from server.protocol_cbor import RpcV2Cbor
+from server.protocol_json import AwsJson, WireMatch, WireProtocol
+from server.services import Service, ServiceRegistry
 
-CONTENT_TYPE = "application/x-amz-json-1.1"
-TARGET_PREFIX = "SageMaker."
+JSON = AwsJson()
+CBOR = RpcV2Cbor()
+# Path-routed protocols first: AWS JSON claims every `POST /`.
+WIRE_PROTOCOLS: tuple[WireProtocol, ...] = (CBOR, JSON)
 
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-def operation_from_target(target: str | None, known: set[str]) -> str:
-    if not target or not target.startswith(TARGET_PREFIX):
-        raise ApiError("UnknownOperationException", f"Unknown operation {target or ''}".rstrip())
-    op = target[len(TARGET_PREFIX):]
-    if op not in known:
-        raise ApiError("UnknownOperationException", f"Unknown operation {target}")
-    return op
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes. `service` is known as soon as the target names one, even when the
+    operation is not served, so an auth check can compare the credential scope's service with
+    `service.signing_name` before `error` is raised."""
+
+    wire: WireProtocol
+    service: Service | None
+    operation: str | None
+    error: ApiError | None = None
+
+    def raise_if_unresolved(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        return {}
-    try:
-        params = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError("SerializationException", "Start of structure or map found where not expected.") from None
-    if not isinstance(params, dict):
-        raise ApiError("SerializationException", "Start of structure or map found where not expected.")
-    return params
+def resolve(registry: ServiceRegistry, method: str, path: str, headers: Mapping[str, str]) -> Route:
+    """Never raises: an unknown operation is a Route with `error` set, answered in the request's protocol."""
+    for wire in WIRE_PROTOCOLS:
+        match = wire.match(method, path, headers)
+        if match is not None:
+            return _route(registry, wire, match)
+    return Route(JSON, None, None, ApiError("UnknownOperationException", f"Unknown operation {method} /{path}"))
+
+
+def _route(registry: ServiceRegistry, wire: WireProtocol, match: WireMatch) -> Route:
+    service = registry.by_target_prefix(match.target_prefix) if match.target_prefix else None
+    unknown = ApiError("UnknownOperationException", f"Unknown operation {match.label}".rstrip())
+    if service is None or wire.name not in service.protocols:
+        return Route(wire, None, None, unknown)
+    if not service.serves(match.operation):
+        return Route(wire, service, None, unknown)
+    return Route(wire, service, match.operation)
 
 
 def shape_output(shape: Shape | None, value: Any) -> Any:
@@ -56,18 +82,3 @@ def shape_output(shape: Shape | None, value: Any) -> Any:
     if kind == "map":
         return {k: shape_output(shape.value, v) for k, v in value.items()}
     return value
-
-
-def json_response(payload: dict[str, Any], request_id: str, status: int = 200) -> Response:
-    return Response(
-        content=json.dumps(payload, separators=(",", ":")),
-        status_code=status,
-        media_type=CONTENT_TYPE,
-        headers={"x-amzn-requestid": request_id},
-    )
-
-
-def error_response(error: ApiError, request_id: str) -> Response:
-    response = json_response({"__type": error.code, "Message": error.message}, request_id, error.status)
-    response.headers["x-amzn-errortype"] = error.code
-    return response

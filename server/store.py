@@ -1,4 +1,4 @@
-"""Persistence of training jobs, their status transitions and tags (SQLAlchemy on SQLite)."""
+"""Persistence of training jobs, their status transitions, tags and metric series (SQLAlchemy on SQLite)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -75,6 +76,28 @@ class TagRow(Base):
     resource_arn: Mapped[str] = mapped_column(String(256), index=True)
     key: Mapped[str] = mapped_column(String(128))
     value: Mapped[str] = mapped_column(String(256))
+
+
+class MetricPointRow(Base):
+    """One value a MetricDefinitions regex found in one host's log line.
+
+    Rows go with their job: the foreign key cascades on delete (SQLite may reuse a deleted job's id,
+    so points must never outlive the row).
+    """
+
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        # A stream replayed after a restart feeds the same lines again: the same point is stored once.
+        UniqueConstraint("job_id", "host", "metric_name", "timestamp_ms", "value", name="uq_metric_point"),
+        Index("ix_metric_points_series", "job_id", "metric_name", "timestamp_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(16))
+    metric_name: Mapped[str] = mapped_column(String(255))
+    timestamp_ms: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Request validation driven by the SageMaker service model that ships inside botocore.
+"""Request validation driven by the service models that ship inside botocore.
 
 The walk checks what AWS's front end checks (required members, types, lengths, ranges, whole-string
 patterns, enums, list and map sizes) and phrases failures the way AWS does:
@@ -203,9 +203,13 @@ def _coerce_scalar(shape: Shape, value: Any, path: str) -> Any:
         return float(value)
     if kind == "boolean" and isinstance(value, bool):
         return value
+    if kind == "blob" and isinstance(value, (str, bytes)):  # base64 text in JSON, a byte string in CBOR
+        return value
     if kind == "timestamp":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, dt.datetime):  # CBOR's tag 1 arrives decoded
+            return value.timestamp()
         if isinstance(value, str):
             try:
                 return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -214,21 +218,25 @@ def _coerce_scalar(shape: Shape, value: Any, path: str) -> Any:
     raise _type_error(value, kind, path)
 
 
-def raise_if_errors(errors: list[str]) -> None:
+def raise_if_errors(errors: list[str], code: str = "ValidationException") -> None:
     if not errors:
         return
     count = len(errors)
     noun = "error" if count == 1 else "errors"
-    raise ApiError("ValidationException",
+    raise ApiError(code,
                    f"{count} validation {noun} detected: " + "; ".join(errors[:_MAX_ERRORS_SHOWN]))
 
 
 def validate_input(shape: StructureShape | None, params: dict[str, Any],
-                   extra_required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Validate an operation's input against its model shape; return only the modelled members."""
+                   extra_required: tuple[str, ...] = (), error_code: str = "ValidationException") -> dict[str, Any]:
+    """Validate an operation's input against its model shape; return only the modelled members.
+
+    `error_code` is what the service calls a constraint failure (CloudWatch Logs:
+    InvalidParameterException).
+    """
     if shape is None:
         return {}
     walk = _Walk()
     cleaned = walk.structure(shape, params, "", extra_required)
-    raise_if_errors(walk.errors)
+    raise_if_errors(walk.errors, error_code)
     return cleaned

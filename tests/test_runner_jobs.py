@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.docker_env import BUSYBOX_IMAGE, PYTHON_BASE_IMAGE, docker_client, ensure_test_images
 from tests.support.jobs import job_request, wait_for_status
+from tests.support.logs import stream_files
 from tests.support.smlocal import SmlocalServer
 
 OUTPUT_BUCKET = "smlocal-test-output"
@@ -103,8 +104,8 @@ def model_files(s3: Any, name: str) -> dict[str, bytes]:
 
 
 def log_events(server: SmlocalServer, name: str) -> list[dict[str, Any]]:
-    folder = server.data_dir / "logs" / name
-    return [json.loads(line) for stream in sorted(folder.glob("algo-1-*"))
+    """algo-1's stream files, read directly (works while the server is down too)."""
+    return [json.loads(line) for stream in stream_files(server.data_dir, name, "algo-1-")
             for line in stream.read_text().splitlines()]
 
 
@@ -234,7 +235,7 @@ def test_training_reads_hyperparameters_and_channel_and_uploads_model(
     events = log_events(runner_server, name)
     assert [e["message"] for e in events] == ["epoch 1: loss=0.5", "epoch 2: loss=0.125"]
     assert all(isinstance(e["timestamp"], int) and e["timestamp"] > 1_600_000_000_000 for e in events)
-    [stream] = (runner_server.data_dir / "logs" / name).iterdir()
+    [stream] = stream_files(runner_server.data_dir, name)
     assert stream.name.startswith("algo-1-") and stream.name[len("algo-1-"):].isdigit()
     assert leftovers(docker_engine, runner_server, name) == []
 

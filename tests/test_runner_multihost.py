@@ -24,6 +24,7 @@ from runner.layout import HostLayout, prepare
 from runner.metrics import MetricCollector, final_of_all
 from server.local_channels import LocalChannelRoots
 from tests.support.jobs import wait_for_status
+from tests.support.logs import stream_files
 from tests.support.s3server import S3Server
 from tests.support.smlocal import SmlocalServer
 from tests.test_runner_jobs import (
@@ -49,11 +50,8 @@ TWO_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB"
 
 def host_logs(server: SmlocalServer, name: str) -> dict[str, list[str]]:
     """Messages per stream file (`algo-<n>-<epoch>`) of a job."""
-    folder = server.data_dir / "logs" / name
-    if not folder.is_dir():
-        return {}
     return {stream.name: [json.loads(line)["message"] for line in stream.read_text().splitlines()]
-            for stream in sorted(folder.iterdir())}
+            for stream in stream_files(server.data_dir, name)}
 
 
 def messages_of(server: SmlocalServer, name: str, host: str) -> list[str]:

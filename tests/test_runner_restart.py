@@ -9,6 +9,7 @@ import docker
 import pytest
 
 from tests.support.jobs import wait_for_status
+from tests.support.logs import stream_files
 from tests.support.smlocal import SmlocalServer
 from tests.test_runner_jobs import (
     FINAL,
@@ -70,7 +71,7 @@ def test_restart_mid_job_adopts_the_running_container(
     assert model_files(s3_client(server), name) == {"model.txt": b"trained\n"}
     # One stream, each line once: the new process continued where the old one stopped reading.
     assert log_messages(server, name) == ["before", "after"]
-    assert len(list((server.data_dir / "logs" / name).iterdir())) == 1
+    assert len(stream_files(server.data_dir, name)) == 1
     assert leftovers(docker_engine, server, name) == []
 
 

@@ -12,10 +12,18 @@ from runner.docker_backend import container_command
 from runner.environment import container_environment, container_s3_endpoint
 from runner.failure import algorithm_error, failure_reason
 from runner.layout import HostLayout, input_data_config, prepare, resource_config
-from runner.logs import DockerLogAssembler, LogStreamWriter, list_streams, read_events, split_docker_timestamp
+from runner.logs import (
+    DockerLogAssembler,
+    LogStreamWriter,
+    list_streams,
+    read_events,
+    split_docker_timestamp,
+    stream_path,
+)
 from runner.metrics import MetricCollector
 from runner.s3 import parse_s3_uri
 from server.config import Settings
+from server.logstore import JobLogKey
 from server.store import JobRecord
 
 # ---- S3 keys -> channel paths ----------------------------------------------------------------
@@ -199,21 +207,25 @@ def test_partial_frames_of_a_long_line_are_joined() -> None:
 
 
 def test_stream_files_round_trip(tmp_path: Path) -> None:
-    writer = LogStreamWriter(tmp_path / "logs" / "job-a" / "algo-1-1700000000")
+    key = JobLogKey.of("123456789012", "us-east-1", "job-a", 1700000000.5)
+    writer = LogStreamWriter(stream_path(tmp_path, key, "algo-1", 1700000000.9))
     writer.write(1700000000123, 'line "one"')
     writer.write(1700000000456, "ünïcode")
     writer.close()
-    (tmp_path / "logs" / "job-a" / "not-a-stream").write_text("x")
-    [stream] = list_streams(tmp_path, "job-a")
+    (key.folder(tmp_path) / "not-a-stream").write_text("x")
+    [stream] = list_streams(tmp_path, key)
+    assert stream.path == tmp_path / "logs" / "123456789012" / "us-east-1" / "job-a.1700000000500" / "algo-1-1700000000"
     assert stream.log_stream_name == "job-a/algo-1-1700000000"
     assert stream.creation_time_ms == 1700000000000
-    assert list(read_events(stream.path)) == [
-        {"timestamp": 1700000000123, "message": 'line "one"'},
-        {"timestamp": 1700000000456, "message": "ünïcode"},
-    ]
+    events = list(read_events(stream.path))
+    assert [(e["timestamp"], e["message"]) for e in events] == [
+        (1700000000123, 'line "one"'), (1700000000456, "ünïcode")]
+    assert all(e["ingestionTime"] >= 1700000000456 for e in events)
     with open(stream.path, "a") as f:
         f.write('{"timestamp": 1, "mess')  # a writer mid-line: not an event yet
     assert len(list(read_events(stream.path))) == 2
+    # Another incarnation of the same name has a folder of its own.
+    assert list_streams(tmp_path, JobLogKey.of("123456789012", "us-east-1", "job-a", 1700000001.0)) == []
 
 
 def test_final_metrics_keep_the_last_value_of_each_definition() -> None:

@@ -36,6 +36,7 @@ from docker.models.containers import Container
 
 from tests.support.docker_env import BUSYBOX_IMAGE, REPO_ROOT, host_address_for_containers
 from tests.support.jobs import job_request, wait_for_status
+from tests.support.logs import stream_files
 from tests.support.s3server import S3Server
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -200,9 +201,7 @@ class ServiceContainer:
 
     def logs(self, job: str) -> str:
         """The service's log and the job's training log (which the runner keeps in the data dir)."""
-        folder = self.data_dir / "logs" / job
-        streams = sorted(folder.rglob("*")) if folder.is_dir() else []
-        training = "".join(f.read_text(errors="replace") for f in streams if f.is_file())
+        training = "".join(f.read_text(errors="replace") for f in stream_files(self.data_dir, job))
         return f"--- service ---\n{service_logs(self.container)}\n--- training ---\n{training[-4000:]}"
 
 

@@ -85,7 +85,8 @@ class SmlocalServer:
 
     def client(self, service: str = "sagemaker", region: str = "us-east-1",
                access_key: str = "test", secret_key: str = "test", **config: Any) -> Any:
-        endpoint = self.endpoint if service == "sagemaker" else self.s3_endpoint
+        # SageMaker, CloudWatch Logs and CloudWatch share smlocal's port; S3 is the store's.
+        endpoint = self.s3_endpoint if service == "s3" else self.endpoint
         return boto3.client(
             service, endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,

@@ -1,0 +1,99 @@
+"""The registry of served AWS services: each is a botocore service model plus a provider object.
+
+A provider offers `handlers()` (operation name -> callable taking the request context and the validated
+input) and may set `validation_error` (the error code the model walk's failures carry, as the service
+reports them) and `extra_required` (operation -> members the service requires beyond the model).
+Adding a service means adding a provider here, nothing in the protocol code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import botocore.session
+from botocore.model import OperationModel, ServiceModel
+
+Handler = Callable[[Any, dict[str, Any]], dict[str, Any]]
+
+
+class Provider(Protocol):
+    def handlers(self) -> dict[str, Handler]: ...
+
+
+@dataclass(frozen=True)
+class Service:
+    model: ServiceModel
+    provider: Any
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, service_name: str, provider: Provider) -> Service:
+        model = botocore.session.get_session().get_service_model(service_name)
+        handlers = provider.handlers()
+        unknown = set(handlers) - set(model.operation_names)
+        if unknown:
+            raise ValueError(f"{service_name} has no operations {sorted(unknown)}")
+        return cls(model, provider, handlers)
+
+    @property
+    def name(self) -> str:
+        return self.model.service_name
+
+    @property
+    def signing_name(self) -> str:
+        """The service a SigV4 credential scope must name for requests to this service."""
+        return self.model.signing_name
+
+    @property
+    def target_prefix(self) -> str:
+        return self.model.metadata["targetPrefix"]
+
+    @property
+    def protocols(self) -> list[str]:
+        return list(self.model.metadata.get("protocols") or [self.model.metadata["protocol"]])
+
+    @property
+    def validation_error(self) -> str:
+        return getattr(self.provider, "validation_error", "ValidationException")
+
+    def extra_required(self, operation: str) -> tuple[str, ...]:
+        return tuple(getattr(self.provider, "extra_required", {}).get(operation, ()))
+
+    def serves(self, operation: str) -> bool:
+        return operation in self.handlers
+
+    def operation_model(self, operation: str) -> OperationModel:
+        return self.model.operation_model(operation)
+
+    def query_error_code(self, code: str) -> tuple[str, str] | None:
+        """For services that left the query protocol: (old code, Sender|Receiver) of a modelled error.
+
+        Clients find the modelled exception through the `x-amzn-query-error` header built from it.
+        """
+        if not self.model.is_query_compatible:
+            return None
+        for shape in self.model.error_shapes:
+            if shape.name == code:
+                error = shape.metadata.get("error") or {}
+                if "code" in error:
+                    return error["code"], "Sender" if error.get("senderFault") else "Receiver"
+        return None
+
+
+class ServiceRegistry:
+    """The services on one port, found by the target prefix every AWS RPC protocol carries."""
+
+    def __init__(self, services: Iterable[Service]) -> None:
+        self._by_prefix: dict[str, Service] = {}
+        for service in services:
+            if service.target_prefix in self._by_prefix:
+                raise ValueError(f"two services with target prefix {service.target_prefix}")
+            self._by_prefix[service.target_prefix] = service
+
+    def by_target_prefix(self, prefix: str) -> Service | None:
+        return self._by_prefix.get(prefix)
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of Service
+        return iter(self._by_prefix.values())

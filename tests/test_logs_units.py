@@ -1,0 +1,114 @@
+"""The pure pieces behind the Logs and CloudWatch providers: stream files, filter patterns, statistics,
+and the metric writer against a real SQLite store."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from server.cloudwatch_metrics import buckets, statistic
+from server.errors import ApiError
+from server.lifecycle import Lifecycle
+from server.log_filter import compile_filter
+from server.logstore import JobLogKey, LogStreamWriter, is_event_boundary, iter_events, last_event, stream_path
+from server.metric_series import MetricPoint, MetricSeriesWriter, points
+from server.store import Store
+
+
+def test_offsets_tail_and_boundaries(tmp_path: Path) -> None:
+    key = JobLogKey.of("123456789012", "us-east-1", "job", 1.0)
+    path = stream_path(tmp_path, key, "algo-1", 1)
+    writer = LogStreamWriter(path)
+    for i in range(3):
+        writer.write(1000 + i, "x" * (70_000 if i == 1 else 3) + f" {i}")
+    writer.close()
+    read = list(iter_events(path))
+    assert [e["timestamp"] for e, _ in read] == [1000, 1001, 1002]
+    # Resuming at the offset after an event reads on from the next one.
+    assert [e["timestamp"] for e, _ in iter_events(path, read[0][1])] == [1001, 1002]
+    assert all(is_event_boundary(path, after) for _, after in read) and is_event_boundary(path, 0)
+    assert not is_event_boundary(path, read[0][1] + 1) and not is_event_boundary(path, read[-1][1] + 1)
+    # The last event is found from the end, across a line longer than the read chunk.
+    assert last_event(path)["message"] == "xxx 2"
+    with open(path, "a") as f:
+        f.write('{"timestamp": 5, "message": "half')
+    assert last_event(path)["message"] == "xxx 2"
+    assert last_event(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(("pattern", "matching"), [
+    ("", ["ERROR disk full", "WARN slow", "INFO ok", "ERROR Exiting"]),
+    ("ERROR", ["ERROR disk full", "ERROR Exiting"]),
+    ("ERROR disk", ["ERROR disk full"]),
+    ("error", []),  # terms are case-sensitive
+    ("?ERROR ?WARN", ["ERROR disk full", "WARN slow", "ERROR Exiting"]),
+    ("ERROR -Exiting", ["ERROR disk full"]),
+    ('"disk full"', ["ERROR disk full"]),
+    ("?WARN ?ERROR disk", ["ERROR disk full", "WARN slow"]),
+    ("%^(WARN|INFO)%", ["WARN slow", "INFO ok"]),
+])
+def test_filter_patterns(pattern: str, matching: list[str]) -> None:
+    messages = ["ERROR disk full", "WARN slow", "INFO ok", "ERROR Exiting"]
+    matches = compile_filter(pattern)
+    assert [m for m in messages if matches(m)] == matching
+
+
+@pytest.mark.parametrize("pattern", ['{ $.level = "ERROR" }', "[ip, user]", "%(%"])
+def test_unsupported_or_broken_patterns_are_refused(pattern: str) -> None:
+    with pytest.raises(ApiError) as info:
+        compile_filter(pattern)
+    assert info.value.code == "InvalidParameterException"
+
+
+def test_statistics_and_periods() -> None:
+    found = [MetricPoint("algo-1", "loss", ms, v) for ms, v in
+             [(60_500, 4.0), (61_200, 2.0), (119_999, 6.0), (120_000, 1.0)]]
+    assert buckets(found, 60.7, 180, 60) == [(60, [4.0, 2.0, 6.0]), (120, [1.0])]
+    assert buckets(found, 60, 120, 1) == [(60, [4.0]), (61, [2.0]), (119, [6.0])]
+    values = [4.0, 2.0, 6.0]
+    assert [statistic(s, values) for s in ("SampleCount", "Average", "Sum", "Minimum", "Maximum")] == [
+        3.0, 4.0, 12.0, 2.0, 6.0]
+    assert (statistic("p50", values), statistic("p100", values), statistic("p0.5", values)) == (4.0, 6.0, 2.0)
+
+
+def test_metric_writer_batches_and_belongs_to_one_incarnation(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    lifecycle = Lifecycle(store)
+    job = lifecycle.create(account_id="123456789012", region="us-east-1", name="m", request={}, tags=[])
+    # Batched: nothing is written until the interval is over (an hour here) or the writer closes.
+    held = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-1", interval=3600)
+    for i in range(50):
+        held.add("loss", 1000 + i, i / 10)
+    held.add("loss", 2000, float("nan"))  # CloudWatch takes no NaN
+    assert points(store, "123456789012", "us-east-1", "m") == []
+    held.close()
+    assert len(points(store, "123456789012", "us-east-1", "m")) == 50
+    # With a short interval the timer writes them without a close.
+    timed = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-2", interval=0.1)
+    timed.add("acc", 1000, 0.5)
+    deadline = time.monotonic() + 30
+    while not points(store, "123456789012", "us-east-1", "m", metric_name="acc") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert points(store, "123456789012", "us-east-1", "m", metric_name="acc") == [
+        MetricPoint("algo-2", "acc", 1000, 0.5)]
+    timed.close()
+    again_writer = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-1")
+    again_writer.add("loss", 1000, 0.0)  # the same point again (a replayed stream): stored once
+    again_writer.close()
+    assert len(points(store, "123456789012", "us-east-1", "m", metric_name="loss")) == 50
+
+    # A writer of a deleted job (same name re-created, perhaps with the same row id) writes nothing.
+    lifecycle.advance(job.arn, "Failed")
+    stale = MetricSeriesWriter(store, job.arn, job.creation_time, "algo-1")
+    lifecycle.delete(job.arn)
+    again = lifecycle.create(account_id="123456789012", region="us-east-1", name="m", request={}, tags=[])
+    stale.add("loss", 5000, 9.0)
+    stale.close()
+    assert points(store, "123456789012", "us-east-1", "m") == []
+    fresh = MetricSeriesWriter(store, again.arn, again.creation_time, "algo-2")
+    fresh.add("loss", 6000, 1.5)
+    fresh.close()
+    assert points(store, "123456789012", "us-east-1", "m") == [MetricPoint("algo-2", "loss", 6000, 1.5)]
+    store.close()
