@@ -371,7 +371,7 @@ class JobExecution:
     def _create_containers(self, image: str, algorithm: dict[str, Any]) -> None:
         """One container per host on the job's network; each resolves the others by host name (its alias)."""
         name = resource_name(self.job.name)
-        network = self.backend.create_network(name, self.labels)
+        network, addresses = self.backend.create_network(name, self.labels, self.host_names)
         entrypoint, command = container_command(algorithm)
         environment = container_environment(self.job, self.settings)
         checkpoints = checkpoint_config(self.job.request)
@@ -380,7 +380,8 @@ class JobExecution:
             host.container = self.backend.create_container(ContainerSpec(
                 image=image, name=f"{name}-{host.name}", network=network.name, host=host.name,
                 labels=host.labels, environment=dict(environment), entrypoint=entrypoint, command=command,
-                mounts=mounts,
+                mounts=mounts, address=addresses.get(host.name),
+                peers={h: a for h, a in addresses.items() if h != host.name},
             ))
 
     def _layouts(self) -> list[HostLayout]:
