@@ -21,6 +21,7 @@ from typing import Any
 import docker
 import pytest
 
+from runner.layout import HostLayout, checkpoint_config, container_mounts
 from tests.support.docker_env import BUSYBOX_IMAGE, SCRIPT_EXAMPLE_IMAGE, TOOLKIT_IMAGE
 from tests.support.jobs import job_request
 from tests.support.smlocal import SmlocalServer
@@ -398,6 +399,18 @@ def test_baked_workshop_example_trains_and_reports_its_metric(
 
 
 # ---- the image's own /opt/ml ----------------------------------------------------------------
+
+
+def test_container_mounts_are_what_sagemaker_provides(tmp_path: Path) -> None:
+    layout = HostLayout(tmp_path / "job", "algo-2")
+    tree = tmp_path / "job" / "algo-2" / "opt" / "ml"
+    platform = {str(tree / "input"): "/opt/ml/input", str(tree / "model"): "/opt/ml/model",
+                str(tree / "output"): "/opt/ml/output"}
+    assert container_mounts(layout, None) == platform
+    assert container_mounts(layout, checkpoint_config({"CheckpointConfig": {"S3Uri": "s3://b/c"}})) == {
+        **platform, str(tree / "checkpoints"): "/opt/ml/checkpoints"}
+    assert container_mounts(layout, {"S3Uri": "s3://b/c", "LocalPath": "/data/ckpt//run-1/"}) == {
+        **platform, str(tree / "checkpoints"): "/data/ckpt/run-1"}
 
 BAKED_SCRIPT = r"""
 set -e
