@@ -36,8 +36,10 @@ sdk-venvs: .venv-sdk2/.installed .venv-sdk3/.installed
 docker:
 	bash scripts/ensure-docker.sh
 
+# The toolkit image's wheels are built with the project venv's pip when there is one (Python 3.11,
+# like the images'); set PYTHON to choose another interpreter.
 images: docker
-	bash scripts/build-images.sh
+	PYTHON="$${PYTHON:-$(if $(wildcard $(PY)),$(PY),python3)}" bash scripts/build-images.sh
 
 service-image: images install
 	PYTHON=$(PY) bash scripts/build-service-image.sh

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,6 +15,7 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.models.networks import Network
+from docker.types import IPAMConfig, IPAMPool
 from docker.utils import parse_repository_tag
 
 log = logging.getLogger("smlocal.runner")
@@ -59,6 +62,9 @@ class ContainerSpec:
     command: list[str] | None
     # host path -> container path
     mounts: dict[str, str] = field(default_factory=dict)
+    # Its fixed address on the job's network, and the other hosts' (name -> address) for /etc/hosts.
+    address: str | None = None
+    peers: dict[str, str] = field(default_factory=dict)
 
 
 def job_labels(job_name: str, job_arn: str, host: str | None, data_dir: str) -> dict[str, str]:
@@ -121,11 +127,46 @@ class DockerBackend:
                 f"ClientError: Image {image} could not be found locally or pulled: {detail}"
             ) from None
 
-    def create_network(self, name: str, labels: dict[str, str]) -> Network:
-        return self.client.networks.create(name, driver="bridge", labels=labels)
+    def create_network(self, name: str, labels: dict[str, str], hosts: Sequence[str] = ()
+                       ) -> tuple[Network, dict[str, str]]:
+        """The job's network, and a fixed address per host (name -> address) when there are several.
+
+        Docker's DNS answers only for running containers, but on SageMaker every host's name resolves for
+        the whole job: the training toolkit looks up every host before it runs the script (retrying for
+        15 minutes), so a host whose algorithm finished first must not vanish from the others' view. With
+        fixed addresses every container lists all hosts in its /etc/hosts. Fixed addresses need a network
+        with a subnet of its own: Docker picks a free one, and the network is made again with it.
+        """
+        network = self.client.networks.create(name, driver="bridge", labels=labels)
+        if len(hosts) < 2:
+            return network, {}
+        for _ in range(5):
+            network.reload()
+            pools = [c for c in (network.attrs.get("IPAM") or {}).get("Config") or []
+                     if ":" not in c.get("Subnet", ":")]
+            if not pools:
+                break
+            subnet, gateway = pools[0]["Subnet"], pools[0].get("Gateway")
+            free = [str(a) for a in ipaddress.ip_network(subnet).hosts() if str(a) != gateway]
+            if gateway is None:
+                free = free[1:]  # Docker gives the first address to the bridge
+            if len(free) < len(hosts):
+                break
+            network.remove()
+            try:
+                network = self.client.networks.create(
+                    name, driver="bridge", labels=labels,
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet, gateway=gateway)]))
+            except APIError as e:
+                log.info("subnet %s for network %s was taken meanwhile (%s); trying another", subnet, name, e)
+                network = self.client.networks.create(name, driver="bridge", labels=labels)
+                continue
+            return network, dict(zip(hosts, free, strict=False))
+        log.warning("network %s: no fixed host addresses; hosts resolve each other only while running", name)
+        return network, {}
 
     def create_container(self, spec: ContainerSpec) -> Container:
-        endpoint = self.client.api.create_endpoint_config(aliases=[spec.host])
+        endpoint = self.client.api.create_endpoint_config(aliases=[spec.host], ipv4_address=spec.address)
         return self.client.containers.create(
             spec.image,
             command=spec.command,
@@ -138,7 +179,7 @@ class DockerBackend:
             network=spec.network,
             networking_config={spec.network: endpoint},
             # Lets the algorithm reach smlocal's S3 store on the host, whatever the network.
-            extra_hosts={"host.docker.internal": "host-gateway"},
+            extra_hosts={"host.docker.internal": "host-gateway", **spec.peers},
             detach=True,
         )
 

@@ -34,11 +34,10 @@ from runner.docker_backend import (
 from runner.environment import container_environment
 from runner.failure import failure_reason
 from runner.layout import (
-    CONTAINER_ROOT,
-    DEFAULT_CHECKPOINT_PATH,
     HostLayout,
     all_hosts,
     checkpoint_config,
+    container_mounts,
     job_root,
 )
 from runner.layout import prepare as prepare_layout
@@ -380,18 +379,17 @@ class JobExecution:
     def _create_containers(self, image: str, algorithm: dict[str, Any]) -> None:
         """One container per host on the job's network; each resolves the others by host name (its alias)."""
         name = resource_name(self.job.name)
-        network = self.backend.create_network(name, self.labels)
+        network, addresses = self.backend.create_network(name, self.labels, self.host_names)
         entrypoint, command = container_command(algorithm)
         environment = container_environment(self.job, self.settings)
         checkpoints = checkpoint_config(self.job.request)
         for host in self.hosts:
-            mounts = {str(host.layout.opt_ml): CONTAINER_ROOT}
-            if checkpoints and checkpoints["LocalPath"].rstrip("/") != DEFAULT_CHECKPOINT_PATH:
-                mounts[str(host.layout.checkpoints_dir)] = checkpoints["LocalPath"]
+            mounts = container_mounts(host.layout, checkpoints)
             host.container = self.backend.create_container(ContainerSpec(
                 image=image, name=f"{name}-{host.name}", network=network.name, host=host.name,
                 labels=host.labels, environment=dict(environment), entrypoint=entrypoint, command=command,
-                mounts=mounts,
+                mounts=mounts, address=addresses.get(host.name),
+                peers={h: a for h, a in addresses.items() if h != host.name},
             ))
 
     def _layouts(self) -> list[HostLayout]:

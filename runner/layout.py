@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ DEFAULT_GROUP = "homogeneousCluster"
 
 @dataclass(frozen=True)
 class HostLayout:
-    """Paths of one host's tree: `<data_dir>/jobs/<job>/<host>/opt/ml` is bind-mounted at /opt/ml."""
+    """Paths of one host's tree `<data_dir>/jobs/<job>/<host>/opt/ml`; `container_mounts` says which parts
+    the container sees, and where."""
 
     job_root: Path
     host: str = "algo-1"
@@ -50,6 +52,10 @@ class HostLayout:
     @property
     def checkpoints_dir(self) -> Path:
         return self.opt_ml / "checkpoints"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.opt_ml / "input"
 
     @property
     def staging_dir(self) -> Path:
@@ -125,6 +131,27 @@ def checkpoint_config(request: dict[str, Any]) -> dict[str, Any] | None:
     if not cc:
         return None
     return {"LocalPath": cc.get("LocalPath") or DEFAULT_CHECKPOINT_PATH, "S3Uri": cc["S3Uri"]}
+
+
+def container_mounts(layout: HostLayout, checkpoints: dict[str, Any] | None) -> dict[str, str]:
+    """Host path -> container path of what the platform provides under /opt/ml, and nothing else.
+
+    SageMaker provides /opt/ml/input (config and data), /opt/ml/model and /opt/ml/output, and the
+    checkpoint LocalPath when CheckpointConfig is set (developer guide: "SageMaker Training and
+    Inference Toolkits" > containers structure, docs.aws.amazon.com/sagemaker/latest/dg/amazon-sagemaker-toolkits.html;
+    "How Amazon SageMaker AI Processes Training Output", .../dg/your-algorithms-training-algo-output.html;
+    API CheckpointConfig: LocalPath defaults to /opt/ml/checkpoints/). The rest of the image's /opt/ml
+    stays as the image has it: the toolkit's own README bakes the script into /opt/ml/code
+    (`ENV SAGEMAKER_PROGRAM train.py`), and a mount over the whole /opt/ml would hide it.
+    """
+    mounts = {
+        str(layout.input_dir): f"{CONTAINER_ROOT}/input",
+        str(layout.model_dir): f"{CONTAINER_ROOT}/model",
+        str(layout.output_dir): f"{CONTAINER_ROOT}/output",
+    }
+    if checkpoints is not None:
+        mounts[str(layout.checkpoints_dir)] = posixpath.normpath(checkpoints["LocalPath"])
+    return mounts
 
 
 def _make_dir(path: Path) -> None:

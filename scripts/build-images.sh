@@ -5,6 +5,11 @@
 #   smlocal-test/busybox:1     rootfs = the busybox-static binary + applet links
 #   smlocal/python-base:1      rootfs = debootstrap (python3, numpy, sklearn, boto3)
 #   smlocal-example/sklearn:1  docker build of examples/sklearn (FROM python-base)
+#   smlocal/training-toolkit:1 docker build of examples/toolkit (FROM python-base): the real
+#                              SageMaker training toolkit, from wheels built on the host
+#   smlocal-example/sklearn-script:1
+#                              docker build of examples/script-mode (FROM training-toolkit):
+#                              train.py baked into /opt/ml/code, ENV SAGEMAKER_PROGRAM
 #
 # Cached by tag: an image is built only when its tag is missing. To pick up a
 # change, bump the tag (and its users) or pass --rebuild TAG (repeatable).
@@ -12,11 +17,20 @@
 # Environment:
 #   SMLOCAL_DEBIAN_MIRROR  mirror for debootstrap (default: the one apt uses here)
 #   TMPDIR                 where the temporary rootfs goes (default /var/tmp)
+#   PYTHON                 interpreter whose pip builds the toolkit's wheels (default python3);
+#                          must be the base image's major.minor (3.11, Debian bookworm)
+#   SMLOCAL_CACHE_DIR      where built wheels are kept, by version (default ~/.cache/smlocal)
 set -euo pipefail
 
 BUSYBOX_TAG="smlocal-test/busybox:1"
 PYTHON_TAG="smlocal/python-base:1"
 SKLEARN_TAG="smlocal-example/sklearn:1"
+TOOLKIT_TAG="smlocal/training-toolkit:1"
+SCRIPT_TAG="smlocal-example/sklearn-script:1"
+# Bump TOOLKIT_TAG with it: the image is cached by tag.
+TOOLKIT_VERSION="5.1.4"
+PYTHON="${PYTHON:-python3}"
+CACHE_DIR="${SMLOCAL_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/smlocal}"
 
 SUITE="bookworm"
 FALLBACK_MIRROR="http://deb.debian.org/debian"
@@ -216,6 +230,65 @@ build_sklearn_example() {
         "${REPO_ROOT}/examples/sklearn" >/dev/null
 }
 
+image_python_version() {
+    docker run --rm --network none "${PYTHON_TAG}" \
+        python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])'
+}
+
+# The toolkit and its dependencies as wheels for the image's Python, built with the host's pip
+# (PyPI is reachable from the host, never from `docker build`), cached by toolkit and Python version.
+# Prints the wheel folder.
+toolkit_wheels() {
+    local image_py host_py dir tmp
+    image_py="$(image_python_version)"
+    dir="${CACHE_DIR}/wheels/sagemaker-training-${TOOLKIT_VERSION}-py${image_py}"
+    if [[ -f "${dir}/.complete" ]]; then
+        log "toolkit wheels: cached in ${dir}"
+        printf '%s\n' "${dir}"
+        return
+    fi
+    # A C extension built for another Python would install but fail to import.
+    host_py="$("${PYTHON}" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+        || die "cannot run ${PYTHON}; set PYTHON to a Python ${image_py} interpreter with pip"
+    [[ "${host_py}" == "${image_py}" ]] \
+        || die "${PYTHON} is Python ${host_py} but ${PYTHON_TAG} has ${image_py}; set PYTHON to a ${image_py} interpreter"
+    tmp="${WORK_DIR}/toolkit-wheels"
+    mkdir -p "${tmp}"
+    log "toolkit wheels: pip wheel sagemaker-training==${TOOLKIT_VERSION} with ${PYTHON}"
+    "${PYTHON}" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "${tmp}" \
+        "sagemaker-training==${TOOLKIT_VERSION}" >&2 \
+        || die "pip wheel sagemaker-training==${TOOLKIT_VERSION} failed"
+    # The base image's Debian packages provide numpy and scipy (built for it, and what scikit-learn
+    # there was built against) and the venv's own pip; 50 MB of wheels less.
+    rm -f "${tmp}"/numpy-*.whl "${tmp}"/scipy-*.whl "${tmp}"/pip-*.whl
+    ls "${tmp}"/sagemaker_training-"${TOOLKIT_VERSION}"-*.whl >/dev/null 2>&1 \
+        || die "pip wheel produced no sagemaker_training ${TOOLKIT_VERSION} wheel"
+    touch "${tmp}/.complete"
+    mkdir -p "$(dirname "${dir}")"
+    rm -rf "${dir}"
+    mv "${tmp}" "${dir}"
+    printf '%s\n' "${dir}"
+}
+
+build_toolkit() {
+    local wheels ctx
+    have_image "${PYTHON_TAG}" || die "${PYTHON_TAG} is missing"
+    wheels="$(toolkit_wheels)"
+    ctx="${WORK_DIR}/toolkit-context"
+    mkdir -p "${ctx}/wheels"
+    cp "${REPO_ROOT}/examples/toolkit/Dockerfile" "${ctx}/Dockerfile"
+    cp "${wheels}"/*.whl "${ctx}/wheels/"
+    DOCKER_BUILDKIT=0 docker build --network none -q --build-arg "TOOLKIT_VERSION=${TOOLKIT_VERSION}" \
+        -t "${TOOLKIT_TAG}" "${ctx}" >/dev/null
+    rm -rf "${ctx}"
+}
+
+build_script_example() {
+    have_image "${TOOLKIT_TAG}" || die "${TOOLKIT_TAG} is missing"
+    DOCKER_BUILDKIT=0 docker build --network none -q -t "${SCRIPT_TAG}" \
+        "${REPO_ROOT}/examples/script-mode" >/dev/null
+}
+
 declare -A TIMINGS=()
 
 build_if_missing() {
@@ -254,8 +327,10 @@ main() {
     build_if_missing "${BUSYBOX_TAG}" build_busybox
     build_if_missing "${PYTHON_TAG}" build_python_base
     build_if_missing "${SKLEARN_TAG}" build_sklearn_example
+    build_if_missing "${TOOLKIT_TAG}" build_toolkit
+    build_if_missing "${SCRIPT_TAG}" build_script_example
 
-    for tag in "${BUSYBOX_TAG}" "${PYTHON_TAG}" "${SKLEARN_TAG}"; do
+    for tag in "${BUSYBOX_TAG}" "${PYTHON_TAG}" "${SKLEARN_TAG}" "${TOOLKIT_TAG}" "${SCRIPT_TAG}"; do
         log "  ${tag}: ${TIMINGS["${tag}"]}"
     done
     log "done in $((SECONDS - total_start))s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,21 +14,19 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def quickstart_script() -> str:
+def quickstart_script(section: str = "Quick-start") -> str:
     text = README.read_text()
-    section = text.split("## Quick-start", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    part = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", part, re.S)
     script = max(blocks, key=len)  # the block with the commands, not `make run`
     # The images are built by `make test` already; the venv is the one running these tests.
     lines = [line for line in script.splitlines() if line.strip() != "make images"]
     return "\n".join(lines)
 
 
-@pytest.mark.usefixtures("test_images")
-def test_readme_quickstart_trains_a_model(smlocal_factory, tmp_path):
-    server = smlocal_factory("--stop-grace-seconds", "5")
+def run_as_written(script: str, server, tmp_path: Path) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
     # /tmp/ first: the interpreter's own path may lie under /tmp.
-    script = (quickstart_script()
+    script = (script
               .replace("/tmp/", f"{tmp_path}/")
               .replace("http://localhost:8080", server.endpoint)
               .replace("http://localhost:9000", server.s3_endpoint)
@@ -35,11 +34,36 @@ def test_readme_quickstart_trains_a_model(smlocal_factory, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "AWS_PAGER": ""}
     for var in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         env.pop(var, None)
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=README.parent, env=env,
-                            capture_output=True, text=True, timeout=600)
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=README.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.usefixtures("test_images")
+def test_readme_quickstart_trains_a_model(smlocal_factory, tmp_path):
+    server = smlocal_factory("--stop-grace-seconds", "5")
+    result = run_as_written(quickstart_script(), server, tmp_path)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{server.log()}"
     assert '"status": "Completed"' in result.stdout
     assert "output/model.tar.gz" in result.stdout
     listing = subprocess.run(["tar", "-tzf", str(tmp_path / "model.tar.gz")], capture_output=True, text=True,
                              check=True).stdout.split()
     assert "model.joblib" in [name.removeprefix("./") for name in listing]
+
+
+@pytest.mark.usefixtures("test_images")
+def test_readme_script_mode_trains_with_the_toolkit_baked_and_shipped(smlocal_factory, tmp_path):
+    server = smlocal_factory("--stop-grace-seconds", "5")
+    # Part 2 goes on in the quick-start's terminal: its bucket, data and environment.
+    result = run_as_written(quickstart_script() + "\n" + quickstart_script("Script mode"), server, tmp_path)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{server.log()}"
+    summaries = [json.loads(m) for m in re.findall(r"^\{\n.*?^\}$", result.stdout, re.S | re.M)]
+    script_jobs = [s for s in summaries if "accuracy" in s]
+    assert len(script_jobs) == 2, result.stdout
+    for n, summary in enumerate(script_jobs, 1):
+        assert summary["status"] == "Completed"
+        assert 0.8 < summary["accuracy"] <= 1.0
+        assert summary["model"] == f"s3://workshop/output/sklearn-script-{n}/output/model.tar.gz"
+    # The toolkit image has no /opt/ml/code: job 2 trained with the code from the store's sourcedir.tar.gz.
+    sm = server.client()
+    job = sm.describe_training_job(TrainingJobName="sklearn-script-2")
+    assert job["AlgorithmSpecification"]["TrainingImage"] == "smlocal/training-toolkit:1"

@@ -590,7 +590,9 @@ def test_jobs_run_concurrently_up_to_the_cap_and_the_rest_wait(
     assert network_name.startswith(f"smlocal-{names[0]}-")
     network = docker_engine.networks.get(network_name)
     assert network.attrs["Labels"]["smlocal.job-name"] == names[0]
-    assert any(m["Destination"] == "/opt/ml" for m in container.attrs["Mounts"])
+    # What SageMaker provides under /opt/ml, and no more (the image's /opt/ml/code stays visible).
+    assert sorted(m["Destination"] for m in container.attrs["Mounts"]) == [
+        "/opt/ml/input", "/opt/ml/model", "/opt/ml/output"]
 
     jobs = [wait_for_status(sm, n, FINAL, timeout=60) for n in names]
     assert [j["TrainingJobStatus"] for j in jobs] == ["Completed"] * 3

@@ -232,11 +232,12 @@ def test_stop_training_job_stops_every_host(
         [(network, settings)] = container.attrs["NetworkSettings"]["Networks"].items()
         assert host in settings["Aliases"]
         networks.add(network)
-        assert any(m["Destination"] == "/opt/ml" for m in container.attrs["Mounts"])
+        assert sorted(m["Destination"] for m in container.attrs["Mounts"]) == [
+            "/opt/ml/input", "/opt/ml/model", "/opt/ml/output"]
     [network] = networks
     assert network.startswith(f"smlocal-{name}-")
-    sources = {c.attrs["Mounts"][0]["Source"] for c in containers.values()}
-    assert len(sources) == 2  # each host has its own /opt/ml
+    sources = {m["Source"] for c in containers.values() for m in c.attrs["Mounts"]}
+    assert len(sources) == 6  # each host has its own input, model and output
 
     sm.stop_training_job(TrainingJobName=name)
     job = wait_for_status(sm, name, FINAL, timeout=30)

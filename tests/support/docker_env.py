@@ -12,7 +12,9 @@ address or on 0.0.0.0; see `host_address_for_containers`.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import docker
@@ -26,7 +28,11 @@ BUILD_IMAGES_SCRIPT = REPO_ROOT / "scripts" / "build-images.sh"
 BUSYBOX_IMAGE = "smlocal-test/busybox:1"
 PYTHON_BASE_IMAGE = "smlocal/python-base:1"
 SKLEARN_EXAMPLE_IMAGE = "smlocal-example/sklearn:1"
-TEST_IMAGES: tuple[str, ...] = (BUSYBOX_IMAGE, PYTHON_BASE_IMAGE, SKLEARN_EXAMPLE_IMAGE)
+# The real SageMaker training toolkit (`train`), and the script-mode example baked into it.
+TOOLKIT_IMAGE = "smlocal/training-toolkit:1"
+SCRIPT_EXAMPLE_IMAGE = "smlocal-example/sklearn-script:1"
+TEST_IMAGES: tuple[str, ...] = (BUSYBOX_IMAGE, PYTHON_BASE_IMAGE, SKLEARN_EXAMPLE_IMAGE, TOOLKIT_IMAGE,
+                                SCRIPT_EXAMPLE_IMAGE)
 
 
 
@@ -64,7 +70,9 @@ def ensure_test_images(client: docker.DockerClient | None = None) -> None:
     missing = missing_test_images(client)
     if not missing:
         return
-    result = subprocess.run(["bash", str(BUILD_IMAGES_SCRIPT)], check=False)
+    # The toolkit's wheels are built with this interpreter's pip (a Python 3.11 like the images').
+    result = subprocess.run(["bash", str(BUILD_IMAGES_SCRIPT)], check=False,
+                            env={**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)})
     if result.returncode != 0:
         raise RuntimeError(
             f"{BUILD_IMAGES_SCRIPT} failed with exit code {result.returncode} (missing: {missing})"
