@@ -1,4 +1,5 @@
-"""The README's quick-start, run as written: a real model trained from S3 data in a real container."""
+"""The README's quick-start, run as written against what `make run` starts: a real model trained from
+S3 data in a real container, with the embedded files store and its default keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.smlocal import SmlocalServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -24,8 +27,20 @@ def quickstart_script() -> str:
 
 
 @pytest.mark.usefixtures("test_images")
-def test_readme_quickstart_trains_a_model(smlocal_factory, tmp_path):
-    server = smlocal_factory("--stop-grace-seconds", "5")
+def test_readme_quickstart_trains_a_model(tmp_path):
+    server = SmlocalServer(tmp_path / "smlocal", None, ["--stop-grace-seconds", "5"]).start()
+    try:
+        run_quickstart(server, tmp_path)
+    finally:
+        server.stop()
+    # The bucket, the data and the model are plain files in the store's folder.
+    workshop = tmp_path / "smlocal" / "s3" / "workshop"
+    assert (workshop / "data" / "train" / "train.csv").read_bytes() == (tmp_path / "train.csv").read_bytes()
+    assert (workshop / "output" / "sklearn-demo-1" / "output" / "model.tar.gz").read_bytes() == (
+        tmp_path / "model.tar.gz").read_bytes()
+
+
+def run_quickstart(server: SmlocalServer, tmp_path: Path) -> None:
     # /tmp/ first: the interpreter's own path may lie under /tmp.
     script = (quickstart_script()
               .replace("/tmp/", f"{tmp_path}/")
