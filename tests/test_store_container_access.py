@@ -75,3 +75,42 @@ def test_containers_reach_the_s3_api_and_no_control_route(tmp_path, kind: str) -
         assert s3.get_object(Bucket="reach", Key="data/object.txt")["Body"].read() == b"from the store\n"
     finally:
         server.stop()
+
+
+def test_the_memory_stores_container_front_is_s3_only() -> None:
+    """The same store in this process, its container front on 127.0.0.2 in place of the bridge gateway."""
+    import urllib.error
+
+    from server.s3_memory import MemoryStore
+    from tests.support.smlocal import free_port
+
+    store = MemoryStore(port=free_port(), gateway="127.0.0.2")
+    store.start()
+    try:
+        keys = {"region_name": "us-east-1", "aws_access_key_id": STORE_KEY, "aws_secret_access_key": STORE_KEY}
+        host_side = boto3.client("s3", endpoint_url=store.endpoint, **keys)
+        front = f"http://127.0.0.2:{store.port}"
+        container_side = boto3.client("s3", endpoint_url=front, **keys)
+        host_side.create_bucket(Bucket="kept")
+        host_side.put_object(Bucket="kept", Key="k", Body=b"v")
+        assert container_side.get_object(Bucket="kept", Key="k")["Body"].read() == b"v"
+        container_side.put_object(Bucket="kept", Key="from-container", Body=b"c")
+        assert host_side.get_object(Bucket="kept", Key="from-container")["Body"].read() == b"c"
+
+        for path, data in (("/moto-api/reset", b""), ("/moto-api/data.json", None), ("/moto-api/", None),
+                           ("/latest/meta-data/", None)):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(urllib.request.Request(front + path, data=data), timeout=10)
+            assert exc.value.code >= 400, path
+        with urllib.request.urlopen(f"{store.endpoint}/moto-api/data.json", timeout=10) as response:
+            assert response.status == 200  # the host's side still has them
+        # Another service's request, signed as such, is not served as that service.
+        sqs = boto3.client("sqs", endpoint_url=front, **keys)
+        assert "QueueUrls" not in sqs.list_queues()
+        host_sqs = boto3.client("sqs", endpoint_url=store.endpoint, **keys)
+        host_sqs.create_queue(QueueName="on-the-host")
+        assert len(host_sqs.list_queues()["QueueUrls"]) == 1
+        assert "QueueUrls" not in sqs.list_queues()
+        assert [o["Key"] for o in host_side.list_objects_v2(Bucket="kept")["Contents"]] == ["from-container", "k"]
+    finally:
+        store.stop()
