@@ -54,7 +54,7 @@ def _auth_key_env(access_key: str, secret_key: str) -> str:
     return buffer.getvalue()
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
     """A preexec_fn that has the kernel send SIGTERM to the child when its parent dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -125,7 +125,7 @@ class FileStore:
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log_file,
                                             stderr=subprocess.STDOUT, env=env, close_fds=True,
-                                            preexec_fn=_die_with_parent(os.getpid()))
+                                            preexec_fn=die_with_parent(os.getpid()))
         self._wait_ready(addresses)
         log.info("S3 store: rclone pid %s serving %s on %s", self.process.pid, self.root, addresses)
 

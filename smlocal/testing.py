@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from server.s3_files import die_with_parent
+
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
                       "AWS_ENDPOINT_URL_CLOUDWATCH")
 # These would take the code under test elsewhere (a profile may not exist here; a session token
@@ -120,8 +122,10 @@ class Smlocal:
             # The store is ours: an SMLOCAL_S3_ENDPOINT from the caller's environment must not replace it.
             env = {k: v for k, v in os.environ.items() if not k.startswith("SMLOCAL_")}
             with open(self.log_path, "ab") as log:
+                # If pytest itself is killed, smlocal (and so its store) goes too.
                 self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                                env={**env, "COLUMNS": "200"})
+                                                env={**env, "COLUMNS": "200"},
+                                                preexec_fn=die_with_parent(os.getpid()))
             if self._wait_ready(timeout):
                 return self
             tail = self.log()[-2000:]

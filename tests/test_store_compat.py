@@ -280,7 +280,7 @@ def test_aws_cli_mb_cp_ls_sync_rb(store: SmlocalServer, unique_name: Callable[[s
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("a\n")
     (src / "sub" / "b.txt").write_text("b\n")
-    (src / "big.bin").write_bytes(os.urandom(20 * MiB))  # over the CLI's 8 MiB: multipart, both ways
+    (src / "big.bin").write_bytes(os.urandom(10 * MiB))  # over the CLI's 8 MiB: multipart, both ways
     aws("mb", f"s3://{name}")
     aws("cp", str(src / "big.bin"), f"s3://{name}/big.bin")
     aws("sync", str(src), f"s3://{name}/synced")
