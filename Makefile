@@ -44,7 +44,8 @@ images: docker
 service-image: images install
 	PYTHON=$(PY) bash scripts/build-service-image.sh
 
-# The service on 127.0.0.1:8080; with no SMLOCAL_S3_ENDPOINT it embeds an in-memory S3 on :9000.
+# The service on 127.0.0.1:8080; with no SMLOCAL_S3_ENDPOINT it starts its own S3 store on :9000, which keeps
+# objects as plain files in .smlocal/s3/<bucket>/<key> (SMLOCAL_S3_STORE=memory: an in-memory one).
 run: install
 	@bash scripts/ensure-docker.sh || echo "warning: no Docker engine: the API works, jobs will fail"
 	$(VENV)/bin/smlocal serve --host 127.0.0.1 --port 8080
@@ -53,10 +54,11 @@ test: install images sdk-venvs
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check server runner tests bench examples examples/sklearn/train
+	$(VENV)/bin/ruff check server runner smlocal tests bench examples examples/sklearn/train
 
 bench: install images
 	$(PY) -m bench.run
 
+# Not .smlocal: it holds the jobs and the S3 store's data (`rm -rf .smlocal` forgets them all).
 clean:
-	rm -rf $(VENV) .venv-sdk2 .venv-sdk3 .smlocal .pytest_cache
+	rm -rf $(VENV) .venv-sdk2 .venv-sdk3 .pytest_cache

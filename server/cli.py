@@ -38,12 +38,16 @@ def serve(
     data_dir: Annotated[Path, _opt("DATA_DIR", "Where jobs, logs and the database live.")] = Path(".smlocal"),
     db: Annotated[str | None, _opt("DB", "SQLite file (default: <data-dir>/smlocal.db).")] = None,
     s3_endpoint: Annotated[str | None, _opt(
-        "S3_ENDPOINT", "S3-compatible store (e.g. MinIO). Unset: an embedded in-memory store.")] = None,
+        "S3_ENDPOINT", "S3-compatible store (e.g. MinIO). Unset: the embedded store (--s3-store).")] = None,
+    s3_store: Annotated[str, _opt(
+        "S3_STORE", "Embedded store without --s3-endpoint: 'files' (persistent, <data-dir>/s3/<bucket>/<key>) "
+        "or 'memory' (lost on exit).")] = "files",
     s3_access_key: Annotated[str, _opt("S3_ACCESS_KEY", "Access key for the S3 store.")] = "minioadmin",
     s3_secret_key: Annotated[str, _opt("S3_SECRET_KEY", "Secret key for the S3 store.")] = "minioadmin",
     container_s3_endpoint: Annotated[str | None, _opt(
         "CONTAINER_S3_ENDPOINT", "The S3 store's address as seen from training containers.")] = None,
-    embedded_s3_port: Annotated[int, _opt("EMBEDDED_S3_PORT", "Port of the embedded S3 store.")] = 9000,
+    embedded_s3_port: Annotated[int, _opt("EMBEDDED_S3_PORT", "Port of the embedded S3 store (on loopback, "
+                                          "and on the Docker bridge gateway for training containers).")] = 9000,
     region: Annotated[str, _opt("REGION", "Region for requests that carry no SigV4 scope.")] = "us-east-1",
     account_id: Annotated[str, _opt("ACCOUNT_ID", "The 12-digit account id in ARNs.")] = "123456789012",
     access_key: Annotated[str | None, _opt("ACCESS_KEY", "Require SigV4 with this access key.")] = None,
@@ -80,13 +84,17 @@ def serve(
         raise typer.Exit(2)
     embedded = None
     if not s3_endpoint:
-        from server.embedded_s3 import EmbeddedS3
+        from server.embedded_s3 import STORE_KINDS, StoreStartError, docker_bridge_gateway, embedded_store
 
-        embedded = EmbeddedS3("127.0.0.1", embedded_s3_port)
+        if s3_store not in STORE_KINDS:
+            raise typer.BadParameter(f"--s3-store must be one of {', '.join(STORE_KINDS)}")
+        # Containers reach the store only through the bridge gateway; without jobs nobody needs it.
+        embedded = embedded_store(s3_store, data_dir=data_dir, port=embedded_s3_port, access_key=s3_access_key,
+                                  secret_key=s3_secret_key, gateway=docker_bridge_gateway() if run_jobs else None)
         try:
             embedded.start()
-        except RuntimeError as exc:
-            console.print(f"[red]{exc}[/red]")
+        except StoreStartError as exc:
+            console.print(f"[red]{exc}[/red]", highlight=False)
             raise typer.Exit(1) from None
         s3_endpoint = embedded.endpoint
     settings = Settings(
@@ -99,7 +107,7 @@ def serve(
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs,
     )
     data_dir.mkdir(parents=True, exist_ok=True)
-    _banner(settings, embedded is not None)
+    _banner(settings, embedded.describe() if embedded else None)
 
     from server.app import create_app
 
@@ -130,11 +138,12 @@ def _is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
-def _banner(settings: Settings, embedded_s3: bool) -> None:
+def _banner(settings: Settings, embedded_s3: str | None) -> None:
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     api = f"http://{shown_host}:{settings.port}"
-    s3_line = settings.s3_endpoint + (" [yellow](embedded, IN-MEMORY: contents are lost on exit)[/yellow]"
-                                      if embedded_s3 else "")
+    s3_line = embedded_s3 or str(settings.s3_endpoint)
+    # The default secret is no secret; one the operator chose is not printed.
+    shown_secret = settings.s3_secret_key if settings.s3_secret_key == "minioadmin" else "<--s3-secret-key>"
     if settings.access_key:
         auth = "SigV4 required"
     elif _is_loopback(settings.host):
@@ -146,6 +155,7 @@ def _banner(settings: Settings, embedded_s3: bool) -> None:
     local = escape(", ".join(str(r) for r in settings.local_channel_roots)) or "off (no --local-channel-root)"
     console.print(Panel.fit(
         f"SageMaker API  {api}\nS3 store       {s3_line}\n"
+        f"S3 keys        {settings.s3_access_key} / {shown_secret}\n"
         f"data dir       {settings.data_dir.resolve()}\ndatabase       {Path(settings.db_path).resolve()}\n"
         f"auth           {auth}\njobs           {jobs}\nfile:// from   {local}",
         title="smlocal",
@@ -157,7 +167,9 @@ def _banner(settings: Settings, embedded_s3: bool) -> None:
     console.print(f"  export AWS_ENDPOINT_URL_S3={settings.s3_endpoint}", highlight=False)
     console.print(f"  export AWS_DEFAULT_REGION={settings.region}", highlight=False)
     if not settings.access_key:
-        console.print("  export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test", highlight=False)
+        # The API accepts any signature, so the store's keys serve both.
+        console.print(f"  export AWS_ACCESS_KEY_ID={settings.s3_access_key} AWS_SECRET_ACCESS_KEY={shown_secret}",
+                      highlight=False)
 
 
 # `smlocal jobs`, `smlocal logs`, `smlocal stop`: clients of a running server.

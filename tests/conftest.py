@@ -88,3 +88,7 @@ def test_images():  # noqa: ANN201 - a docker client
     client = docker_client()
     ensure_test_images(client)
     return client
+
+
+# A user's suite, run by tests/test_fixture_plugin.py in its own pytest (as a user runs it), not here.
+collect_ignore = ["user_suite"]

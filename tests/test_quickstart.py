@@ -1,4 +1,5 @@
-"""The README's quick-start, run as written: a real model trained from S3 data in a real container."""
+"""The README's quick-start, run as written against what `make run` starts: a real model trained from
+S3 data in a real container, with the embedded files store and its default keys."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.smlocal import SmlocalServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -24,7 +28,7 @@ def quickstart_script(section: str = "Quick-start") -> str:
     return "\n".join(lines)
 
 
-def run_as_written(script: str, server, tmp_path: Path) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+def run_as_written(script: str, server: SmlocalServer, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     # /tmp/ first: the interpreter's own path may lie under /tmp.
     script = (script
               .replace("/tmp/", f"{tmp_path}/")
@@ -38,9 +42,18 @@ def run_as_written(script: str, server, tmp_path: Path) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.usefixtures("test_images")
-def test_readme_quickstart_trains_a_model(smlocal_factory, tmp_path):
-    server = smlocal_factory("--stop-grace-seconds", "5")
+@pytest.fixture()
+def make_run_server(tmp_path: Path, test_images: object) -> Iterator[SmlocalServer]:
+    """What `make run` starts: no S3 endpoint, so the embedded files store, with its default keys."""
+    server = SmlocalServer(tmp_path / "smlocal", None, ["--stop-grace-seconds", "5"]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_readme_quickstart_trains_a_model(make_run_server: SmlocalServer, tmp_path: Path) -> None:
+    server = make_run_server
     result = run_as_written(quickstart_script(), server, tmp_path)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{server.log()}"
     assert '"status": "Completed"' in result.stdout
@@ -48,11 +61,16 @@ def test_readme_quickstart_trains_a_model(smlocal_factory, tmp_path):
     listing = subprocess.run(["tar", "-tzf", str(tmp_path / "model.tar.gz")], capture_output=True, text=True,
                              check=True).stdout.split()
     assert "model.joblib" in [name.removeprefix("./") for name in listing]
+    # The bucket, the data and the model are plain files in the store's folder.
+    workshop = tmp_path / "smlocal" / "s3" / "workshop"
+    assert (workshop / "data" / "train" / "train.csv").read_bytes() == (tmp_path / "train.csv").read_bytes()
+    assert (workshop / "output" / "sklearn-demo-1" / "output" / "model.tar.gz").read_bytes() == (
+        tmp_path / "model.tar.gz").read_bytes()
 
 
-@pytest.mark.usefixtures("test_images")
-def test_readme_script_mode_trains_with_the_toolkit_baked_and_shipped(smlocal_factory, tmp_path):
-    server = smlocal_factory("--stop-grace-seconds", "5")
+def test_readme_script_mode_trains_with_the_toolkit_baked_and_shipped(make_run_server: SmlocalServer,
+                                                                       tmp_path: Path) -> None:
+    server = make_run_server
     # Part 2 goes on in the quick-start's terminal: its bucket, data and environment.
     result = run_as_written(quickstart_script() + "\n" + quickstart_script("Script mode"), server, tmp_path)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{server.log()}"

@@ -22,13 +22,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+# The embedded store's default keys (`--s3-access-key/--s3-secret-key`); the API accepts any signature.
+STORE_KEY = "minioadmin"
+
+
 class SmlocalServer:
-    """One `smlocal serve` process; `restart()` keeps the port, data dir and database."""
+    """One `smlocal serve` process; `restart()` keeps the ports, data dir and database.
+
+    With no `s3_endpoint` the server starts its embedded store (`--s3-store`, files by default) on a free
+    port of its own, and `s3_endpoint` is that store's loopback address.
+    """
 
     def __init__(self, data_dir: Path, s3_endpoint: str | None, args: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        self.s3_endpoint = s3_endpoint
+        self.embedded_s3_port = None if s3_endpoint else free_port()
+        self.s3_endpoint = s3_endpoint or f"http://127.0.0.1:{self.embedded_s3_port}"
         self.args = list(args or [])
         self.env = dict(env or {})
         self.port = free_port()
@@ -38,9 +47,10 @@ class SmlocalServer:
 
     def start(self, timeout: float = 30.0) -> SmlocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SMLOCAL_LOG_LEVEL": "info", **self.env}
-        # Without an S3 endpoint the server starts its embedded in-memory store.
-        s3 = ["--s3-endpoint", self.s3_endpoint] if self.s3_endpoint else []
+        # A wide console: the banner's lines are not wrapped in the log.
+        env = {**os.environ, "SMLOCAL_LOG_LEVEL": "info", "COLUMNS": "250", **self.env}
+        s3 = (["--embedded-s3-port", str(self.embedded_s3_port)] if self.embedded_s3_port
+              else ["--s3-endpoint", self.s3_endpoint])
         cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), *s3, *self.args]
         with open(self.log_path, "ab") as log:
@@ -84,7 +94,7 @@ class SmlocalServer:
             return ""
 
     def client(self, service: str = "sagemaker", region: str = "us-east-1",
-               access_key: str = "test", secret_key: str = "test", **config: Any) -> Any:
+               access_key: str = STORE_KEY, secret_key: str = STORE_KEY, **config: Any) -> Any:
         # SageMaker, CloudWatch Logs and CloudWatch share smlocal's port; S3 is the store's.
         endpoint = self.s3_endpoint if service == "s3" else self.endpoint
         return boto3.client(
@@ -95,5 +105,5 @@ class SmlocalServer:
 
     def cli_env(self, region: str = "us-east-1") -> dict[str, str]:
         """Environment for the aws CLI pointed at this server."""
-        return {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+        return {**os.environ, "AWS_ACCESS_KEY_ID": STORE_KEY, "AWS_SECRET_ACCESS_KEY": STORE_KEY,
                 "AWS_DEFAULT_REGION": region, "AWS_PAGER": "", "AWS_ENDPOINT_URL_S3": self.s3_endpoint}

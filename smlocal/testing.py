@@ -1,0 +1,271 @@
+"""A pytest plugin for your own integration tests: a running smlocal, its S3 store, ready boto3 clients.
+
+pytest loads it through the `pytest11` entry point once smlocal is installed; nothing to import.
+Fixtures (one smlocal per test session, started on first use):
+
+- `smlocal`: the running service (`Smlocal` below): endpoints, keys, `client(service)`,
+  `wait_for_job(name)`, `require_docker()`;
+- `smlocal_sagemaker`, `smlocal_s3`, `smlocal_logs`: boto3 clients bound to it.
+
+While it runs, `AWS_ENDPOINT_URL_SAGEMAKER`, `_S3`, `_CLOUDWATCH_LOGS` and `_CLOUDWATCH` point at it,
+with its keys and region in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_DEFAULT_REGION`, so
+the code under test reaches it with a plain `boto3.client("sagemaker")`. At the end of the session the
+service stops, the containers and networks of its jobs are removed, and its data dir (store included)
+is deleted; the variables are restored.
+
+Options (command line, or the ini key in brackets):
+  --smlocal-jobs auto|docker|none  [smlocal_jobs]      run jobs in Docker (auto: when an engine answers)
+  --smlocal-s3-store memory|files  [smlocal_s3_store]  the embedded S3 store (default memory)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.s3_files import die_with_parent
+
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+                      "AWS_ENDPOINT_URL_CLOUDWATCH")
+# These would take the code under test elsewhere (a profile may not exist here; a session token
+# belongs to other keys).
+_CLEARED_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+KEYS = "minioadmin"
+FINAL_STATUSES = ("Completed", "Failed", "Stopped")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+    except Exception:  # noqa: BLE001 - any failure means: no engine to run jobs in
+        return False
+    return True
+
+
+class Smlocal:
+    """One `smlocal serve` process for a test session."""
+
+    def __init__(self, data_dir: Path, *, run_jobs: bool, s3_store: str = "memory", region: str = "us-east-1",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.runs_jobs = run_jobs
+        self.s3_store = s3_store
+        self.region = region
+        self.access_key = self.secret_key = KEYS
+        self.extra_args = extra_args
+        self.port = 0
+        self.s3_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The SageMaker API (and CloudWatch Logs / metrics, served by the same app)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "smlocal.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point unmodified AWS code at this smlocal."""
+        return {
+            "AWS_ENDPOINT_URL_SAGEMAKER": self.endpoint,
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+            "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": self.endpoint,
+            "AWS_ENDPOINT_URL_CLOUDWATCH": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
+
+    def start(self, timeout: float = 60.0) -> Smlocal:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # a port picked free may be taken before smlocal binds it
+            self.port, self.s3_port = _free_port(), _free_port()
+            cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--data-dir", str(self.data_dir), "--embedded-s3-port", str(self.s3_port),
+                   "--s3-store", self.s3_store, "--s3-access-key", self.access_key,
+                   "--s3-secret-key", self.secret_key, "--region", self.region,
+                   "--stop-grace-seconds", "2", *([] if self.runs_jobs else ["--no-run-jobs"]), *self.extra_args]
+            # The store is ours: an SMLOCAL_S3_ENDPOINT from the caller's environment must not replace it.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SMLOCAL_")}
+            with open(self.log_path, "ab") as log:
+                # If pytest itself is killed, smlocal (and so its store) goes too.
+                self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                env={**env, "COLUMNS": "200"},
+                                                preexec_fn=die_with_parent(os.getpid()))
+            if self._wait_ready(timeout):
+                return self
+            tail = self.log()[-2000:]
+            if "is taken" not in tail and "address already in use" not in tail:
+                break
+            self.stop()
+        self.stop()
+        raise RuntimeError(f"smlocal did not start; its log ({self.log_path}):\n{self.log()[-4000:]}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                urllib.request.urlopen(urllib.request.Request(self.endpoint + "/", data=b"{}"), timeout=2).close()
+            except urllib.error.HTTPError:
+                return True  # an AWS error body: the API is up (and the store started before it)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            return True
+        return False
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 client for `service` bound to this smlocal (s3 to its store)."""
+        import boto3
+
+        endpoint = self.s3_endpoint if service == "s3" else self.endpoint
+        return boto3.client(service, endpoint_url=endpoint, region_name=self.region,
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, **kwargs)
+
+    def require_docker(self) -> None:
+        """Skip the calling test when this smlocal runs no jobs (no Docker engine, or --smlocal-jobs none)."""
+        if not self.runs_jobs:
+            pytest.skip("smlocal runs no jobs here: no Docker engine (or --smlocal-jobs none)")
+
+    def wait_for_job(self, name: str, timeout: float = 300.0, poll: float = 0.5) -> dict[str, Any]:
+        """DescribeTrainingJob once the job is Completed, Failed or Stopped.
+
+        (boto3's `training_job_completed_or_stopped` waiter polls every 120 s, as against AWS.)
+        """
+        sm = self.client("sagemaker")
+        deadline = time.monotonic() + timeout
+        while True:
+            job = sm.describe_training_job(TrainingJobName=name)
+            if job["TrainingJobStatus"] in FINAL_STATUSES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"training job {name} still {job['TrainingJobStatus']} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+
+    def cleanup(self) -> None:
+        """Stop the service, remove its jobs' containers and networks, delete its data dir and store."""
+        self.stop()
+        if self.runs_jobs:
+            remove_job_resources(self.data_dir)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def remove_job_resources(data_dir: Path) -> None:
+    """Every container and network smlocal created for jobs of this data dir (and only those)."""
+    import docker
+
+    from runner.docker_backend import LABEL_DATA_DIR
+
+    client = docker.from_env(timeout=30)
+    label = f"{LABEL_DATA_DIR}={Path(data_dir).resolve()}"
+    for container in client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True, v=True)
+    for network in client.networks.list(filters={"label": label}):
+        network.remove()
+
+
+# ---- pytest hooks and fixtures ---------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("smlocal", "smlocal: a local SageMaker for your tests")
+    group.addoption("--smlocal-jobs", choices=("auto", "docker", "none"), default=None,
+                    help="run training jobs in Docker: auto (when an engine answers), docker, none (API only)")
+    group.addoption("--smlocal-s3-store", choices=("memory", "files"), default=None,
+                    help="the embedded S3 store of the test smlocal (default: memory)")
+    parser.addini("smlocal_jobs", "auto | docker | none (see --smlocal-jobs)", default="auto")
+    parser.addini("smlocal_s3_store", "memory | files (see --smlocal-s3-store)", default="memory")
+
+
+def _option(config: pytest.Config, name: str) -> str:
+    return config.getoption(f"--smlocal-{name.replace('_', '-')}") or config.getini(f"smlocal_{name}")
+
+
+@pytest.fixture(scope="session")
+def smlocal(pytestconfig: pytest.Config) -> Iterator[Smlocal]:
+    """A running smlocal for this test session, with the AWS_* variables pointing at it."""
+    jobs = _option(pytestconfig, "jobs")
+    if jobs not in ("auto", "docker", "none"):
+        raise pytest.UsageError(f"smlocal_jobs must be auto, docker or none, not {jobs!r}")
+    run_jobs = jobs == "docker" or (jobs == "auto" and docker_available())
+    if jobs == "docker" and not docker_available():
+        raise pytest.UsageError("--smlocal-jobs docker: no Docker engine answers")
+    service = Smlocal(Path(tempfile.mkdtemp(prefix="smlocal-pytest-")), run_jobs=run_jobs,
+                      s3_store=_option(pytestconfig, "s3_store"))
+    saved = {name: os.environ.get(name) for name in (*service.environment(), *_CLEARED_VARIABLES)}
+    try:
+        service.start()
+        for name in _CLEARED_VARIABLES:
+            os.environ.pop(name, None)
+        os.environ.update(service.environment())
+        yield service
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        service.cleanup()
+
+
+@pytest.fixture(scope="session")
+def smlocal_sagemaker(smlocal: Smlocal) -> Any:
+    return smlocal.client("sagemaker")
+
+
+@pytest.fixture(scope="session")
+def smlocal_s3(smlocal: Smlocal) -> Any:
+    return smlocal.client("s3")
+
+
+@pytest.fixture(scope="session")
+def smlocal_logs(smlocal: Smlocal) -> Any:
+    return smlocal.client("logs")
