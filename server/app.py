@@ -9,7 +9,7 @@ from typing import Any
 
 import botocore.session
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from server import protocol
@@ -60,6 +60,24 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.lifecycle = lifecycle
+    app.state.runner = runner
+
+    def health_report() -> dict[str, Any]:
+        report: dict[str, Any] = {"service": "smlocal", "status": "ok"}
+        if runner is None:
+            report["runner"] = {"enabled": False}
+            return report
+        report["runner"] = {"enabled": True, **runner.health()}
+        if report["runner"]["engine"]["reachable"] is False:
+            report["status"] = "degraded"
+            report["problem"] = (f"{report['runner']['engine']['error']}; jobs stay InProgress until it answers "
+                                 "(smlocal retries with backoff)")
+        return report
+
+    # Registered before the AWS dispatcher, which answers every other path with an AWS error.
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse(await run_in_threadpool(health_report))
 
     def handle(target: str | None, body: bytes, ctx: RequestContext) -> dict[str, Any]:
         op = protocol.operation_from_target(target, served)

@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from server.config import Settings, default_max_concurrent_jobs
+from server.datadir import DataDirInUse, DataDirLock, make_private
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
 console = Console()
@@ -54,6 +56,14 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(access_key) != bool(secret_key):
         raise typer.BadParameter("--access-key and --secret-key go together")
+    # One server per data dir: a second one would adopt and sweep the first one's jobs.
+    make_private(data_dir)
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        console.print(f"[red]smlocal: {exc}[/red]")
+        raise typer.Exit(1) from None
     embedded = None
     if not s3_endpoint:
         from server.embedded_s3 import EmbeddedS3
@@ -73,20 +83,27 @@ def serve(
         max_concurrent_jobs=max_concurrent_jobs or default_max_concurrent_jobs(),
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs,
     )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _banner(settings, embedded is not None)
 
     from server.app import create_app
+    from server.store import SchemaTooNew
 
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower(),
+        try:
+            application = create_app(settings)
+        except SchemaTooNew as exc:
+            console.print(f"[red]smlocal: {exc}[/red]")
+            raise typer.Exit(1) from None
+        runner = application.state.runner
+        _banner(settings, embedded is not None, runner.check_engine() if runner is not None else None)
+        uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                     access_log=log_level.lower() == "debug")
     finally:
         if embedded is not None:
             embedded.stop()
+        lock.release()
 
 
-def _banner(settings: Settings, embedded_s3: bool) -> None:
+def _banner(settings: Settings, embedded_s3: bool, engine_problem: str | None) -> None:
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     api = f"http://{shown_host}:{settings.port}"
     s3_line = settings.s3_endpoint + (" [yellow](embedded, IN-MEMORY: contents are lost on exit)[/yellow]"
@@ -94,6 +111,9 @@ def _banner(settings: Settings, embedded_s3: bool) -> None:
     auth = "SigV4 required" if settings.access_key else "any signature accepted"
     jobs = (f"{settings.max_concurrent_jobs} at once, in Docker" if settings.run_jobs
             else "not run (--no-run-jobs)")
+    if settings.run_jobs and engine_problem:
+        jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"
+                 "               jobs stay InProgress until it answers; smlocal retries (GET /health tells)")
     console.print(Panel.fit(
         f"SageMaker API  {api}\nS3 store       {s3_line}\n"
         f"data dir       {settings.data_dir.resolve()}\ndatabase       {Path(settings.db_path).resolve()}\n"
