@@ -26,7 +26,7 @@ from runner.s3 import S3Location, parse_s3_uri
 from runner.spec import ChannelSpec, JobSpec
 
 DOWNLOAD_WORKERS = 8
-# Bytes read between two looks at the cancel flag (minio's fget_object reads the same amount).
+# Bytes read at most between two looks at the cancel flag (minio's fget_object reads the same amount).
 CHUNK = 1024 * 1024
 
 
@@ -188,7 +188,8 @@ def _fetch(client: Minio, bucket: str, key: str, dest: Path, cancelled: Callable
     response = client.get_object(bucket, key)
     try:
         with open(dest, "wb") as f:
-            for chunk in response.stream(CHUNK):
+            # read1 returns what has arrived (up to CHUNK), so a slow store never delays a stop.
+            while chunk := response.read1(CHUNK):
                 if cancelled():
                     raise DownloadCancelled()
                 f.write(chunk)

@@ -62,7 +62,7 @@ def serve(
     try:
         lock.acquire()
     except DataDirInUse as exc:
-        console.print(f"[red]smlocal: {exc}[/red]")
+        console.print(f"[red]smlocal: {escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
     embedded = None
     if not s3_endpoint:
@@ -91,7 +91,7 @@ def serve(
         try:
             application = create_app(settings)
         except SchemaTooNew as exc:
-            console.print(f"[red]smlocal: {exc}[/red]")
+            console.print(f"[red]smlocal: {escape(str(exc))}[/red]", soft_wrap=True)
             raise typer.Exit(1) from None
         runner = application.state.runner
         _banner(settings, embedded is not None, runner.check_engine() if runner is not None else None)
