@@ -11,12 +11,14 @@ Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,18 @@ def noop_job(sm: Any, name: str, channels: list[dict[str, Any]] | None = None,
     return time.perf_counter() - start, job
 
 
+def wait_idle(server: SmlocalServer, docker: Any, name: str) -> None:
+    """After its terminal status a job's container is removed and the next job's network made; let that
+    finish before the next measurement, so neither side pays for the other's housekeeping."""
+    while docker.api.containers(all=True, filters={"label": f"smlocal.job-name={name}"}):
+        time.sleep(0.02)
+    for _ in range(250):
+        with urllib.request.urlopen(server.endpoint + "/health", timeout=10) as response:
+            if json.load(response)["runner"].get("spareNetwork"):
+                return
+        time.sleep(0.02)
+
+
 def channel(prefix: str) -> list[dict[str, Any]]:
     return [{"ChannelName": "train", "DataSource": {"S3DataSource": {
         "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/{prefix}/"}}}]
@@ -114,10 +128,13 @@ def main() -> None:
             client.make_bucket(BUCKET)
 
             noop_job(sm, "warm-up")
-            bare = [bare_docker_run() for _ in range(RUNS)]
-            jobs = [noop_job(sm, f"noop-{i}") for i in range(RUNS)]
+            bare, jobs = [], []
+            # Interleaved, so that load from elsewhere on a shared machine slows both sides alike.
+            for i in range(RUNS):
+                bare.append(bare_docker_run())
+                jobs.append(noop_job(sm, f"noop-{i}"))
+                wait_idle(server, docker, f"noop-{i}")
             smlocal = [seconds for seconds, _ in jobs]
-            container_start = statistics.median(phase_seconds(job, "Downloading") for _, job in jobs)
             b, s = statistics.median(bare), statistics.median(smlocal)
             rows.append(("Job overhead (no-op container)", f"{s:.2f} s create->Completed",
                          f"{b:.2f} s bare docker run", f"+{s - b:.2f} s ({s / b:.2f}x)"))
@@ -135,9 +152,9 @@ def main() -> None:
                     # Staging is timed from the job's own transitions, so polling slowly costs no
                     # accuracy and leaves the CPU to the download (2 cores, one GIL per process).
                     _, job = noop_job(sm, f"stage-{prefix}-{i}", channel(prefix), poll=0.5)
-                    # The Downloading phase ends once the container has started; the no-op jobs
-                    # measured that alone, so it is taken out.
-                    staged.append(phase_seconds(job, "Downloading") - container_start)
+                    # The Downloading phase is the staging: the container is created before it and
+                    # started after it (in Training).
+                    staged.append(phase_seconds(job, "Downloading"))
                 raw = statistics.median(raw_runs)
                 st = statistics.median(staged)
                 rows.append((label, f"{st:.2f} s", f"{raw:.2f} s raw parallel GET",

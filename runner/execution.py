@@ -519,6 +519,9 @@ class JobExecution:
         except Exception as e:
             log.warning("could not remove the containers of %s: %s", self.job.name, e)
         remove_tree(self.root)
+        # The next job's network, made now: made while this job's containers start or stop, it would
+        # slow them down (the engine serializes network changes).
+        self.networks.refill()
 
     def _remove_containers_and_network(self) -> None:
         mine = {LABEL_JOB_ARN: self.arn, LABEL_DATA_DIR: self.labels[LABEL_DATA_DIR]}

@@ -1,8 +1,8 @@
 """The networks jobs run on: one per job, taken from a pool that keeps one made in advance.
 
-Creating a bridge network costs Docker ~0.1 s (interfaces, iptables), a third of a short job's
-overhead. The pool creates the next job's network in the background while the current one runs, so a
-job takes a ready network. A network is never shared: a job's network is removed with the job.
+Creating a bridge network costs Docker ~0.1 s (interfaces, iptables), most of a short job's overhead.
+The pool creates the next job's network in the background when a job ends, so the next job takes a
+ready network. A network is never shared: a job's network is removed with the job.
 
 A network's labels cannot change after it is made, so a pooled network carries smlocal's labels
 (`smlocal.managed`, `smlocal.data-dir`, `smlocal.pool-network`) and the job's containers name it in
@@ -44,7 +44,10 @@ class NetworkPool:
             return self._spare.name if self._spare is not None else None
 
     def take(self) -> NetworkRef:
-        """A network for one job: the spare if there is one (and the next is made in the background)."""
+        """A network for one job: the spare if there is one.
+
+        The next spare is not made here: the engine would make it while it creates and starts this job's
+        containers, and slow them down. The job calls `refill` once it is done."""
         with self._lock:
             network, self._spare = self._spare, None
             if network is not None:
@@ -54,7 +57,6 @@ class NetworkPool:
                 network = self._create()
                 with self._lock:
                     self._in_use.add(network.name)
-        self.refill()
         return network
 
     def release(self, name: str) -> None:

@@ -175,7 +175,7 @@ def _job(request: dict) -> JobRecord:
                      account_id="123456789012", region="eu-west-1", request=request, status="InProgress",
                      secondary_status="Starting", failure_reason=None, creation_time=0.0,
                      last_modified_time=0.0, training_start_time=None, training_end_time=None,
-                     runner_state="claimed")
+                     runner_state="preparing")
 
 
 def test_environment_carries_identity_region_s3_and_the_users_variables() -> None:
