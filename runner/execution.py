@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from minio import Minio
@@ -208,12 +209,12 @@ class JobExecution:
             detached = True
             self._on_backend_lost()
         except StopRequested:
-            self._end_safely(FAILED)  # Stopping: ends as the stop says
+            self._end_safely(self._end_stopped)
         except _JobFailed as e:
-            self._end_safely(FAILED, e.reason)
+            self._end_safely(partial(self._end, FAILED, e.reason))
         except Exception as e:
             log.exception("training job %s failed inside smlocal", self.job.name)
-            self._end_safely(FAILED, f"InternalServerError: {type(e).__name__}: {e}")
+            self._end_safely(partial(self._end, FAILED, f"InternalServerError: {type(e).__name__}: {e}"))
         finally:
             self.deadline.cancel()
             if detached:
@@ -312,7 +313,7 @@ class JobExecution:
         self._stop_inputs()
         if self.stop.requested:
             self._upload_quietly()  # as SageMaker does for a stopped job; the job still reads Stopping
-            self._end(FAILED)  # Stopping: ends as the stop says
+            self._end_stopped()
         elif failed is None:
             self._finish_completed()
         else:
@@ -486,14 +487,19 @@ class JobExecution:
         return self._s3
 
     def _end(self, secondary: str, failure_reason: str | None = None) -> None:
-        """Write the terminal status (before any cleanup: the job's end is on record first)."""
+        """Write the terminal status (before any cleanup: the job's end is on record first).
+
+        A job being stopped ends as its stop says, whatever `secondary` is."""
         job = self.lifecycle.end(self.arn, secondary, failure_reason)
         if job.status not in TERMINAL_STATUSES:
             raise IllegalTransition(f"{self.arn} did not end: {job.status}/{job.secondary_status}")
 
-    def _end_safely(self, secondary: str, failure_reason: str | None = None) -> None:
+    def _end_stopped(self) -> None:
+        self.lifecycle.finish_stop(self.arn)
+
+    def _end_safely(self, end: Callable[[], None]) -> None:
         try:
-            self._end(secondary, failure_reason)
+            end()
         except Exception:
             log.exception("could not record the end of training job %s", self.job.name)
 

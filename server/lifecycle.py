@@ -364,6 +364,14 @@ class Lifecycle:
                 _move(row, secondary, failure_reason=failure_reason, now=now)
         return self._change(arn, change)
 
+    def finish_stop(self, arn: str) -> JobRecord:
+        """A job being stopped has stopped: it ends as its stop says (Stopped or MaxRuntimeExceeded)."""
+        def change(row: JobRow, now: float) -> None:
+            if row.status != STOPPING:
+                raise IllegalTransition(f"{arn}: {row.status} is not being stopped")
+            _move(row, row.stop_target or STOPPED, now=now)
+        return self._change(arn, change)
+
     def refresh(self, arn: str) -> JobRecord | None:
         with self.store.read() as s:
             row = s.scalars(select(JobRow).where(JobRow.arn == arn)).first()

@@ -185,6 +185,19 @@ def test_the_deadline_stops_with_max_runtime_exceeded_even_during_upload(lifecyc
     assert lifecycle.stop_at_deadline(arn) == job
 
 
+def test_finish_stop_ends_a_stop_as_it_was_asked_for(lifecycle: Lifecycle) -> None:
+    deadline = _job_in(lifecycle, ("InProgress", "Training"))
+    lifecycle.stop_at_deadline(deadline)
+    assert lifecycle.finish_stop(deadline).secondary_status == "MaxRuntimeExceeded"
+    asked = _job_in(lifecycle, ("InProgress", "Downloading"))
+    lifecycle.request_stop(asked)
+    assert lifecycle.finish_stop(asked).secondary_status == "Stopped"
+    running = _job_in(lifecycle, ("InProgress", "Training"))
+    with pytest.raises(IllegalTransition):
+        lifecycle.finish_stop(running)  # nobody asked it to stop
+    assert lifecycle.get(running).status == "InProgress"
+
+
 def test_training_message_changes_in_place_and_times_follow_the_phases(lifecycle: Lifecycle) -> None:
     arn = _job_in(lifecycle, ("InProgress", "Downloading"))
     downloading = lifecycle.get(arn)

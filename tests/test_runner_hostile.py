@@ -10,6 +10,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 import tarfile
 import tempfile
 import threading
@@ -25,6 +26,7 @@ from runner import tree
 from runner.failure import read_failure_file
 from runner.layout import HostLayout, prepare
 from runner.log_follower import MAX_EVENT_BYTES
+from runner.mounts import mounts_under, remove_tree
 from runner.spec import JobSpec
 from tests.support.docker_env import BUSYBOX_IMAGE
 from tests.support.smlocal import SmlocalServer
@@ -40,6 +42,7 @@ from tests.test_runner_jobs import (
     s3_channel,
     sh_job,
     sm,  # noqa: F401 - a fixture
+    wait_until,
 )
 
 NOBODY_IMAGE = "smlocal-test/runner-nobody:1"
@@ -240,3 +243,42 @@ def test_walking_a_tree_reports_links_and_skips_fifos_and_devices(layout: HostLa
     layout.output_data_dir.symlink_to(secret)
     assert list(tree.walk(layout.opt_ml, "output/data")) == []
     assert not tree.has_content(layout.opt_ml, "output/data")
+
+
+# ---- mounts inside a job's folder (FastFile's, later) ---------------------------------------------
+
+def _bind(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+
+
+def test_a_job_folder_is_removed_only_after_what_is_mounted_in_it(tmp_path: Path) -> None:
+    data = tmp_path / "users-data"
+    data.mkdir()
+    (data / "precious.csv").write_text("keep me")
+    job = tmp_path / "jobs" / "j.us-east-1.123456789012"
+    channel = job / "algo-1" / "opt" / "ml" / "input" / "data" / "train"
+    _bind(data, channel)
+    assert mounts_under(job) == [channel]
+    assert remove_tree(job)
+    assert not job.exists() and mounts_under(tmp_path) == []
+    assert (data / "precious.csv").read_text() == "keep me"  # deleted through the mount it would be gone
+
+
+def test_a_restarted_server_unmounts_before_it_sweeps_a_leftover_job_folder(
+        smlocal_factory: Callable[..., SmlocalServer], tmp_path: Path, docker_engine: docker.DockerClient) -> None:
+    data = tmp_path / "users-data"
+    data.mkdir()
+    (data / "precious.csv").write_text("keep me")
+    data_dir = tmp_path / "server"
+    leftover = data_dir / "jobs" / "ghost.us-east-1.123456789012"
+    _bind(data, leftover / "algo-1" / "opt" / "ml" / "input" / "data" / "train")
+    try:
+        server = smlocal_factory("--stop-grace-seconds", "1", data_dir=data_dir)
+        assert wait_until(lambda: not leftover.exists(), 30, "the sweep")
+        assert mounts_under(data_dir) == []
+        assert (data / "precious.csv").read_text() == "keep me"
+        assert server.client().list_training_jobs()["TrainingJobSummaries"] == []
+    finally:
+        for point in mounts_under(tmp_path):
+            subprocess.run(["umount", "-l", str(point)], check=False)
