@@ -35,7 +35,7 @@ class NetworkPool:
         self._creating = threading.Lock()
         self._spare: NetworkRef | None = None
         self._in_use: set[str] = set()
-        self._refilling = False
+        self._refill_thread: threading.Thread | None = None
         self._closed = False
 
     @property
@@ -68,10 +68,11 @@ class NetworkPool:
     def refill(self) -> None:
         """Make the spare in the background, unless there is one (or one is on its way)."""
         with self._lock:
-            if self._spare is not None or self._refilling or self._closed:
+            busy = self._refill_thread is not None and self._refill_thread.is_alive()
+            if self._spare is not None or busy or self._closed:
                 return
-            self._refilling = True
-        threading.Thread(target=self._refill, name="smlocal-network-pool", daemon=True).start()
+            self._refill_thread = threading.Thread(target=self._refill, name="smlocal-network-pool", daemon=True)
+            self._refill_thread.start()
 
     @contextmanager
     def owned(self) -> Iterator[set[str]]:
@@ -82,10 +83,14 @@ class NetworkPool:
                 names.add(self._spare.name)
         yield names
 
-    def close(self) -> None:
+    def close(self, timeout: float = 15.0) -> None:
         """Remove the spare (server shutdown); networks in use stay with their jobs."""
         with self._lock:
             self._closed = True
+            refilling = self._refill_thread
+        if refilling is not None:
+            refilling.join(timeout)  # a spare on its way is removed by it, or becomes the spare removed here
+        with self._lock:
             spare, self._spare = self._spare, None
         if spare is not None:
             self._remove(spare)
@@ -99,16 +104,12 @@ class NetworkPool:
             with self._creating:
                 network = self._create()
                 with self._lock:
-                    self._refilling = False
                     if not self._closed:
                         self._spare, network = network, None
         except BackendUnavailable as e:
             log.debug("no spare network: %s", e)
         except Exception:
             log.exception("could not create a spare network")
-        finally:
-            with self._lock:
-                self._refilling = False
         if network is not None:  # closed meanwhile
             self._remove(network)
 

@@ -82,6 +82,23 @@ def proxy() -> Iterator[DockerSocketProxy]:
     folder.rmdir()
 
 
+@pytest.fixture()
+def server_behind(smlocal_factory: Callable[..., SmlocalServer], proxy: DockerSocketProxy
+                  ) -> Iterator[Callable[[], SmlocalServer]]:
+    """A server that reaches Docker through `proxy`; stopped while the proxy still runs, so it can clean up."""
+    started: list[SmlocalServer] = []
+
+    def start() -> SmlocalServer:
+        server = smlocal_factory("--stop-grace-seconds", "1", env={"DOCKER_HOST": proxy.docker_host})
+        started.append(server)
+        return server
+
+    yield start
+    proxy.start()
+    for server in started:
+        server.stop()
+
+
 def _statuses_for(sm: Any, name: str, seconds: float) -> set[tuple[str, str]]:
     seen = set()
     until = time.monotonic() + seconds
@@ -93,9 +110,9 @@ def _statuses_for(sm: Any, name: str, seconds: float) -> set[tuple[str, str]]:
 
 
 def test_jobs_wait_while_docker_is_unreachable_and_run_once_it_answers(
-        smlocal_factory: Callable[..., SmlocalServer], proxy: DockerSocketProxy,
+        server_behind: Callable[[], SmlocalServer], proxy: DockerSocketProxy,
         test_images: docker.DockerClient, unique_name: Callable[[str], str]) -> None:
-    server = smlocal_factory("--stop-grace-seconds", "1", env={"DOCKER_HOST": proxy.docker_host})
+    server = server_behind()
     assert "UNREACHABLE" in server.log()  # the banner says so
     status, health = get_json(server, "/health")
     assert status == 200 and health["status"] == "degraded"
@@ -120,10 +137,10 @@ def test_jobs_wait_while_docker_is_unreachable_and_run_once_it_answers(
 
 
 def test_a_restart_while_docker_is_away_keeps_the_running_job(
-        smlocal_factory: Callable[..., SmlocalServer], proxy: DockerSocketProxy,
+        server_behind: Callable[[], SmlocalServer], proxy: DockerSocketProxy,
         test_images: docker.DockerClient, unique_name: Callable[[str], str]) -> None:
     proxy.start()
-    server = smlocal_factory("--stop-grace-seconds", "1", env={"DOCKER_HOST": proxy.docker_host})
+    server = server_behind()
     sm = server.client()
     s3_client(server)
     name = unique_name("awayrestart")

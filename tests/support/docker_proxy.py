@@ -28,6 +28,8 @@ class DockerSocketProxy:
         return f"unix://{self.path}"
 
     def start(self) -> DockerSocketProxy:
+        if self._listener is not None:
+            return self
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
