@@ -1,9 +1,11 @@
 """`make bench`: smlocal's overheads as ratios against baselines measured in the same run.
 
 1. Job overhead: CreateTrainingJob -> Completed for a no-op container, against a bare
-   `docker run --rm <image> true` of the same image.
+   `docker run --rm <image> true` of the same image, and against the same on a user-defined network
+   with a network alias (what every smlocal job gets, so that hosts find each other by name).
 2. File-mode staging: 1 000 small objects, and 1 GiB in a few large objects, against a raw parallel
-   GET of the same objects from the same S3 server (the runner's parallelism, the minio client).
+   GET of the same objects from the same S3 server (the runner's parallelism, the minio client, one
+   streamed GET per object into a file).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -26,7 +28,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from runner.channels import DOWNLOAD_WORKERS
+from runner.channels import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
 from tests.support.s3server import start_s3_server
@@ -57,9 +59,9 @@ def phase_seconds(job: dict[str, Any], status: str) -> float:
     raise KeyError(status)
 
 
-def bare_docker_run() -> float:
+def bare_docker_run(*options: str) -> float:
     start = time.perf_counter()
-    subprocess.run(["docker", "run", "--rm", BUSYBOX_IMAGE, "true"], check=True, capture_output=True)
+    subprocess.run(["docker", "run", "--rm", *options, BUSYBOX_IMAGE, "true"], check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -92,12 +94,26 @@ def channel(prefix: str) -> list[dict[str, Any]]:
         "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/{prefix}/"}}}]
 
 
+def _get_to_file(client: Minio, key: str, dest: str) -> None:
+    # One GET per object streamed to a file: what the runner does, without anything around it
+    # (minio's fget_object would add a HEAD per object and a rename).
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    response = client.get_object(BUCKET, key)
+    try:
+        with open(dest, "wb") as f:
+            while chunk := response.read1(CHUNK):
+                f.write(chunk)
+    finally:
+        response.close()
+        response.release_conn()
+
+
 def raw_parallel_get(client: Minio, prefix: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         keys = [o.object_name for o in client.list_objects(BUCKET, prefix=f"{prefix}/", recursive=True)]
         with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
-            list(pool.map(lambda k: client.fget_object(BUCKET, k, os.path.join(tmp, k)), keys))
+            list(pool.map(lambda k: _get_to_file(client, k, os.path.join(tmp, k)), keys))
         return time.perf_counter() - start
 
 
@@ -128,16 +144,25 @@ def main() -> None:
             client.make_bucket(BUCKET)
 
             noop_job(sm, "warm-up")
-            bare, jobs = [], []
-            # Interleaved, so that load from elsewhere on a shared machine slows both sides alike.
-            for i in range(RUNS):
-                bare.append(bare_docker_run())
-                jobs.append(noop_job(sm, f"noop-{i}"))
-                wait_idle(server, docker, f"noop-{i}")
+            network = docker.networks.create("smlocal-bench-net", labels={"smlocal.bench": "true"})
+            try:
+                bare, bare_on_network, jobs = [], [], []
+                # Interleaved, so that load from elsewhere on a shared machine slows every side alike.
+                for i in range(RUNS):
+                    bare.append(bare_docker_run())
+                    # What smlocal asks of Docker: a network of the job's own, the host name as an alias.
+                    bare_on_network.append(bare_docker_run("--network", network.name, "--network-alias", "algo-1",
+                                                           "--hostname", "algo-1"))
+                    jobs.append(noop_job(sm, f"noop-{i}"))
+                    wait_idle(server, docker, f"noop-{i}")
+            finally:
+                network.remove()
             smlocal = [seconds for seconds, _ in jobs]
-            b, s = statistics.median(bare), statistics.median(smlocal)
-            rows.append(("Job overhead (no-op container)", f"{s:.2f} s create->Completed",
-                         f"{b:.2f} s bare docker run", f"+{s - b:.2f} s ({s / b:.2f}x)"))
+            s = statistics.median(smlocal)
+            for baseline, label in ((bare, "bare docker run"), (bare_on_network, "docker run on a network of its own")):
+                b = statistics.median(baseline)
+                rows.append(("Job overhead (no-op container)", f"{s:.2f} s create->Completed", f"{b:.2f} s {label}",
+                             f"+{s - b:.2f} s ({s / b:.2f}x)"))
 
             for label, prefix, count, size in (
                 (f"Staging {SMALL_COUNT} x {SMALL_SIZE // 1024} KiB", "small", SMALL_COUNT, SMALL_SIZE),
