@@ -65,6 +65,11 @@ class InputProvider(ABC):
         """The channel's folder in this host's tree."""
         return self.context.layout(self.host).channel_dir(self.channel.name)
 
+    @classmethod
+    def for_hosts(cls, channel: ChannelSpec, hosts: list[str], context: InputContext) -> list[InputProvider]:
+        """One provider per host for this channel (a class may share work between them, as File mode does)."""
+        return [cls(channel, host, context) for host in hosts]
+
     def mounts(self) -> dict[str, str]:
         return {}
 
@@ -107,9 +112,15 @@ class FileInput(InputProvider):
     FullyReplicated: every host gets every object (downloaded once, copied to the others);
     ShardedByS3Key: host i of n gets the objects i, i+n, ... of the key-sorted list."""
 
-    def __init__(self, channel: ChannelSpec, host: str, context: InputContext, staging: _SharedStaging) -> None:
+    def __init__(self, channel: ChannelSpec, host: str, context: InputContext,
+                 staging: _SharedStaging | None = None) -> None:
         super().__init__(channel, host, context)
-        self._staging = staging
+        self._staging = staging or _SharedStaging(channel, context)
+
+    @classmethod
+    def for_hosts(cls, channel: ChannelSpec, hosts: list[str], context: InputContext) -> list[InputProvider]:
+        staging = _SharedStaging(channel, context)
+        return [cls(channel, host, context, staging) for host in hosts]
 
     def prepare(self, cancelled: Cancelled) -> None:
         self._staging.ensure(cancelled)
@@ -124,14 +135,10 @@ PROVIDERS: dict[str, type[InputProvider]] = {
 
 def make_providers(context: InputContext) -> dict[str, list[InputProvider]]:
     """Every host's providers (host -> one per channel, in channel order)."""
-    providers: dict[str, list[InputProvider]] = {layout.host: [] for layout in context.layouts}
+    hosts = [layout.host for layout in context.layouts]
+    providers: dict[str, list[InputProvider]] = {host: [] for host in hosts}
     for channel in context.spec.channels:
         kind = PROVIDERS.get(channel.input_mode, FileInput)
-        if issubclass(kind, FileInput):
-            staging = _SharedStaging(channel, context)
-            for host in providers:
-                providers[host].append(FileInput(channel, host, context, staging))
-        else:
-            for host in providers:
-                providers[host].append(kind(channel, host, context))
+        for provider in kind.for_hosts(channel, hosts, context):
+            providers[provider.host].append(provider)
     return providers
