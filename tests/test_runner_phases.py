@@ -398,6 +398,28 @@ def test_restart_in_each_phase_ends_as_sagemaker_would(
     no_leftovers(docker_engine, server)
 
 
+def test_a_restart_while_a_stopped_job_uploads_keeps_the_stop(
+        make_server: Callable[..., SmlocalServer], slow_s3: SlowS3Proxy, docker_engine: docker.DockerClient,
+        unique_name: Callable[[str], str]) -> None:
+    server = make_server("--stop-grace-seconds", "5")
+    sm, s3 = server.client(), server.client("s3")
+    name = unique_name("stop-up-kill")
+    slow_s3.slow_down(name)
+    with Recorder(server) as recorder:
+        sm.create_training_job(**sh_job(name, algorithm(big_model=True)))
+        training(server, sm, name)
+        finish(docker_engine, server, name)
+        in_phase(sm, name, "Uploading")
+        sm.stop_training_job(TrainingJobName=name)
+        server.restart(kill=True)
+        slow_s3.release(name)
+        job = wait_for_status(sm, name, FINAL, timeout=60)
+    assert (job["TrainingJobStatus"], job["SecondaryStatus"]) == ("Stopped", "Stopped")
+    assert len(model_files(s3, name)["weights.bin"]) == 12 * 2**20
+    recorder.check(sm, name)
+    no_leftovers(docker_engine, server)
+
+
 # ---- chaos ------------------------------------------------------------------------------------
 
 def test_chaos_ten_jobs_in_mixed_phases_survive_a_sigkill(
