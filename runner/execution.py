@@ -177,10 +177,6 @@ class JobExecution:
         """The job went to Stopping (StopTrainingJob or its deadline): stop now, whatever the phase."""
         self.stop.request()
 
-    def detach(self) -> None:
-        """Let go of the job as it is (shutdown, engine gone)."""
-        self.stop.detach()
-
     def requeue(self) -> None:
         """Interrupted before its containers started: clean up, and back to the queue to run again."""
         self._cleanup()

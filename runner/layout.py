@@ -77,10 +77,6 @@ def job_root(data_dir: Path | str, job_name: str, region: str, account_id: str) 
     return Path(data_dir) / "jobs" / job_folder_name(job_name, region, account_id)
 
 
-def host_names(count: int) -> list[str]:
-    return [f"algo-{i}" for i in range(1, count + 1)]
-
-
 def resource_config(spec: JobSpec, host: str) -> dict[str, Any]:
     mine = spec.group_of(host)
     return {

@@ -28,21 +28,16 @@ class StopRequested(Exception):  # noqa: N818
 
 
 class StopPolicy:
-    """Whether the job must stop or let go: set by the runner (a stop, a shutdown), read by the execution."""
+    """Whether the job must stop (a stop request) or be let go (a shutdown); set by the runner, read by the job."""
 
     def __init__(self, wake: threading.Event, shutdown: threading.Event) -> None:
         self._wake = wake
         self._shutdown = shutdown
         self._requested = threading.Event()
-        self._detach = threading.Event()
 
     def request(self) -> None:
         """The job is Stopping (persisted by the lifecycle before anyone calls this)."""
         self._requested.set()
-        self._wake.set()
-
-    def detach(self) -> None:
-        self._detach.set()
         self._wake.set()
 
     @property
@@ -50,7 +45,8 @@ class StopPolicy:
         return self._requested.is_set()
 
     def detaching(self) -> bool:
-        return self._shutdown.is_set() or self._detach.is_set()
+        """The server is shutting down: let go of the job as it is."""
+        return self._shutdown.is_set()
 
     def cancelled(self) -> bool:
         """What a download or a pull looks at: stop it for a stop request or a shutdown alike."""
