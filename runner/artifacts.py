@@ -1,7 +1,8 @@
 """Moving what the algorithm saved to S3 (model, output data, checkpoints) and checkpoints back in.
 
-The container owns the /opt/ml tree, so nothing here follows a symlink found in it: a link is packed
-as a link or skipped, never resolved on the host.
+The container owns the /opt/ml tree, so everything read from it goes through `runner.tree`: a link is
+packed as a link (never resolved on the host), FIFOs and devices are skipped, and a folder the container
+replaced by a link is treated as empty.
 
 Several hosts: their folders are merged into one model.tar.gz (one output.tar.gz, one prefix with
 CompressionType NONE, one checkpoint URI). Of two hosts' entries with the same path the lower-numbered
@@ -12,15 +13,22 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from minio import Minio
 from minio.error import S3Error
 
-from runner.layout import HostLayout, is_real_dir
+from runner import tree
+from runner.layout import WRITABLE_DIR, WRITABLE_FILE, HostLayout
 from runner.s3 import S3Location, parse_s3_uri
+from runner.spec import JobSpec
+
+# Folders of the tree that are uploaded, relative to /opt/ml.
+MODEL = "model"
+OUTPUT_DATA = "output/data"
+CHECKPOINTS = "checkpoints"
 
 
 class UploadError(Exception):
@@ -31,101 +39,134 @@ class UploadError(Exception):
         self.reason = reason
 
 
-def output_location(request: dict[str, Any], job_name: str) -> S3Location:
+class TransferCancelled(Exception):
+    """The server is shutting down in the middle of a transfer."""
+
+
+Cancelled = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
+class _CancellableReader:
+    """A file whose reads stop the transfer when `cancelled()` says so."""
+
+    def __init__(self, f: BinaryIO, cancelled: Cancelled) -> None:
+        self._f = f
+        self._cancelled = cancelled
+
+    def read(self, size: int = -1) -> bytes:
+        if self._cancelled():
+            raise TransferCancelled()
+        return self._f.read(size)
+
+
+def output_location(spec: JobSpec) -> S3Location:
     """`<S3OutputPath>/<job>/output/`, where model.tar.gz and output.tar.gz go."""
-    base = parse_s3_uri(request["OutputDataConfig"]["S3OutputPath"])
-    return base.child(job_name, "output")
+    return parse_s3_uri(spec.output.s3_output_path).child(spec.name, "output")
 
 
-def _regular_files(root: Path, opt_ml: Path) -> Iterator[tuple[Path, str]]:
-    """(path, posix path relative to root) of regular files under root, without following links."""
-    if not is_real_dir(root, opt_ml):
-        return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for f in sorted(filenames):
-            path = Path(dirpath) / f
-            if path.is_symlink() or not path.is_file():
-                continue
-            yield path, path.relative_to(root).as_posix()
-        dirnames.sort()
-
-
-def _merged_files(folders: list[tuple[Path, Path]]) -> Iterator[tuple[Path, str]]:
-    """`_regular_files` of several hosts' (folder, opt_ml); a path already given by an earlier host is skipped."""
+def _files(folders: Sequence[tuple[Path, str]]) -> Iterator[tree.Entry]:
+    """Regular files of several hosts' folders ((opt_ml, folder) pairs); a path an earlier host gave is skipped."""
     seen: set[str] = set()
-    for root, opt_ml in folders:
-        for path, rel in _regular_files(root, opt_ml):
-            if rel not in seen:
-                seen.add(rel)
-                yield path, rel
+    for root, rel in folders:
+        for entry in tree.walk(root, rel):
+            if entry.kind == "file" and entry.path not in seen:
+                seen.add(entry.path)
+                yield entry
 
 
-def _has_content(folders: list[tuple[Path, Path]]) -> bool:
-    return any(is_real_dir(root, opt_ml) and any(root.iterdir()) for root, opt_ml in folders)
-
-
-def _add(tar: tarfile.TarFile, path: Path, arcname: str, added: dict[str, bool]) -> None:
-    """tar.add(recursive=True), except that a name already in the tar is skipped (folders merge)."""
-    is_dir = path.is_dir() and not path.is_symlink()
-    if arcname not in added:
-        tar.add(path, arcname=arcname, recursive=False)
-        added[arcname] = is_dir
-    elif not (is_dir and added[arcname]):
-        return
-    if is_dir:
-        for child in sorted(os.listdir(path)):
-            _add(tar, path / child, f"{arcname}/{child}", added)
-
-
-def _tar(folders: list[tuple[Path, Path]], dest: Path) -> None:
+def _tar(folders: Sequence[tuple[Path, str]], dest: Path, cancelled: Cancelled) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     added: dict[str, bool] = {}  # name in the tar -> is a folder
-    with tarfile.open(dest, "w:gz") as tar:
-        for root, opt_ml in folders:
-            if is_real_dir(root, opt_ml):
-                for child in sorted(root.iterdir()):
-                    # Members sit at the top level, as in SageMaker's model.tar.gz.
-                    _add(tar, child, child.name, added)
+    with tarfile.open(dest, "w:gz", compresslevel=6) as tar:
+        for root, rel in folders:
+            skipped: str | None = None  # a folder whose path an earlier host gave as a non-folder
+            for entry in tree.walk(root, rel):
+                if cancelled():
+                    raise TransferCancelled()
+                if skipped is not None and entry.path.startswith(skipped):
+                    continue
+                skipped = None
+                if entry.path in added:
+                    if entry.kind == "dir" and not added[entry.path]:
+                        skipped = entry.path + "/"
+                    continue  # the earlier host's entry wins; folders of the same path merge
+                # Members sit at the top level, as in SageMaker's model.tar.gz.
+                info = tarfile.TarInfo(entry.path)
+                info.mtime, info.mode = int(entry.mtime), entry.mode
+                if entry.kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                    tar.addfile(info)
+                elif entry.kind == "link":
+                    info.type, info.linkname = tarfile.SYMTYPE, entry.link_target
+                    tar.addfile(info)
+                else:
+                    f = entry.open()
+                    if f is None:
+                        continue
+                    with f:
+                        info.size = entry.size
+                        tar.addfile(info, f)
+                added[entry.path] = entry.kind == "dir"
 
 
-def _put(client: Minio, loc: S3Location, path: Path) -> None:
+def _put_file(client: Minio, loc: S3Location, f: BinaryIO, size: int, cancelled: Cancelled) -> None:
     try:
-        client.fput_object(loc.bucket, loc.key, str(path))
+        client.put_object(loc.bucket, loc.key, _CancellableReader(f, cancelled), size)  # type: ignore[arg-type]
     except S3Error as e:
         raise UploadError(f"ClientError: Artifact upload to {loc} failed: {e.code}: {e.message}") from None
 
 
-def upload_outputs(client: Minio, request: dict[str, Any], job_name: str,
-                   layouts: Sequence[HostLayout], *, always_model: bool) -> None:
+def _put_path(client: Minio, loc: S3Location, path: Path, cancelled: Cancelled) -> None:
+    with open(path, "rb") as f:
+        _put_file(client, loc, f, os.fstat(f.fileno()).st_size, cancelled)
+
+
+def _put_tree_files(client: Minio, prefix: S3Location, folders: Sequence[tuple[Path, str]],
+                    cancelled: Cancelled) -> None:
+    for entry in _files(folders):
+        f = entry.open()
+        if f is None:
+            continue
+        with f:
+            _put_file(client, prefix.child(entry.path), f, entry.size, cancelled)
+
+
+def upload_outputs(client: Minio, spec: JobSpec, layouts: Sequence[HostLayout], *, always_model: bool,
+                   cancelled: Cancelled = _never) -> None:
     """Upload /opt/ml/model and /opt/ml/output/data (of every host, merged).
 
     `always_model` uploads model.tar.gz even when the folder is empty (a Completed job always has
     ModelArtifacts); otherwise only folders with content are uploaded (what a failed job left).
     """
     hosts = list(layouts)
-    out = output_location(request, job_name)
-    compressed = (request.get("OutputDataConfig") or {}).get("CompressionType", "GZIP") != "NONE"
-    for folders, name, always in (([(h.model_dir, h.opt_ml) for h in hosts], "model", always_model),
-                                  ([(h.output_data_dir, h.opt_ml) for h in hosts], "output", False)):
-        if not (always or _has_content(folders)):
+    out = output_location(spec)
+    for rel, name, always in ((MODEL, "model", always_model), (OUTPUT_DATA, "output", False)):
+        folders = [(h.opt_ml, rel) for h in hosts]
+        if not (always or any(tree.has_content(root, r) for root, r in folders)):
             continue
-        if compressed:
+        if spec.output.compressed:
             tarball = hosts[0].staging_dir / f"{name}.tar.gz"
-            _tar(folders, tarball)
-            _put(client, out.child(f"{name}.tar.gz"), tarball)
+            _tar(folders, tarball, cancelled)
+            _put_path(client, out.child(f"{name}.tar.gz"), tarball, cancelled)
             tarball.unlink()
         else:
-            prefix = out.child("model" if name == "model" else "data")
-            for path, rel in _merged_files(folders):
-                _put(client, prefix.child(rel), path)
+            _put_tree_files(client, out.child("model" if name == "model" else "data"), folders, cancelled)
 
 
-def download_checkpoints(client: Minio, request: dict[str, Any], layout: HostLayout) -> None:
+def _checkpoint_location(spec: JobSpec) -> S3Location:
+    assert spec.checkpoint is not None
+    return parse_s3_uri(spec.checkpoint.s3_uri)
+
+
+def download_checkpoints(client: Minio, spec: JobSpec, layout: HostLayout) -> None:
     """Copy the S3 checkpoints into the local checkpoint folder (a restarted job resumes from them)."""
-    cc = request.get("CheckpointConfig")
-    if not cc:
+    if spec.checkpoint is None:
         return
-    loc = parse_s3_uri(cc["S3Uri"])
+    loc = _checkpoint_location(spec)
     prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
     try:
         objects = [o for o in client.list_objects(loc.bucket, prefix=prefix, recursive=True)
@@ -138,10 +179,11 @@ def download_checkpoints(client: Minio, request: dict[str, Any], layout: HostLay
             dest = layout.checkpoints_dir.joinpath(*parts)
             dest.parent.mkdir(parents=True, exist_ok=True)
             client.fget_object(loc.bucket, obj.object_name, str(dest))
-            os.chmod(dest, 0o666)
+            os.chmod(dest, WRITABLE_FILE)
+        # The algorithm may run as any uid and resumes by rewriting these.
         for dirpath, dirnames, _ in os.walk(layout.checkpoints_dir):
             for d in dirnames:
-                os.chmod(os.path.join(dirpath, d), 0o777)
+                os.chmod(os.path.join(dirpath, d), WRITABLE_DIR)
     except S3Error as e:
         if e.code == "NoSuchBucket":
             raise UploadError(f"ClientError: Checkpoint bucket {loc.bucket} does not exist.") from None
@@ -150,10 +192,9 @@ def download_checkpoints(client: Minio, request: dict[str, Any], layout: HostLay
         ) from None
 
 
-def upload_checkpoints(client: Minio, request: dict[str, Any], layouts: Sequence[HostLayout]) -> None:
-    cc = request.get("CheckpointConfig")
-    if not cc:
+def upload_checkpoints(client: Minio, spec: JobSpec, layouts: Sequence[HostLayout],
+                       cancelled: Cancelled = _never) -> None:
+    if spec.checkpoint is None:
         return
-    loc = parse_s3_uri(cc["S3Uri"])
-    for path, rel in _merged_files([(h.checkpoints_dir, h.opt_ml) for h in list(layouts)]):
-        _put(client, loc.child(rel), path)
+    _put_tree_files(client, _checkpoint_location(spec), [(h.opt_ml, CHECKPOINTS) for h in layouts], cancelled)
+

@@ -1,7 +1,6 @@
-"""Staging input channels into /opt/ml/input/data/<channel>/ before the container starts.
+"""File mode's staging: a channel's objects downloaded into /opt/ml/input/data/<channel>/ of its hosts.
 
-File mode only for now: Pipe and FastFile channels are staged the same way (a later issue gives them
-FIFOs and lazy reads), which is what the algorithm sees at the same paths in FastFile mode anyway.
+`runner.inputs.FileInput` drives it (once per channel for all its hosts) before the containers start.
 
 Several hosts: a channel is listed once; each object is downloaded once and copied to every other host
 that gets it. FullyReplicated gives every host every object; ShardedByS3Key gives host i (of n) the
@@ -18,16 +17,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from minio import Minio
 from minio.error import S3Error
 
-from runner.layout import HostLayout
+from runner.layout import READABLE_DIR, READABLE_FILE, HostLayout
 from runner.s3 import S3Location, parse_s3_uri
-from server.local_channels import ROOT_FLAG, LocalChannelRoots, is_local_uri, local_path
+from runner.spec import ChannelSpec, JobSpec
+from server.local_channels import ROOT_FLAG, LocalChannelRoots, local_path
 
 DOWNLOAD_WORKERS = 8
+# Bytes read at most between two looks at the cancel flag (minio's fget_object reads the same amount).
+CHUNK = 1024 * 1024
 
 
 class DataDownloadError(Exception):
@@ -40,9 +41,6 @@ class DataDownloadError(Exception):
 
 class DownloadCancelled(Exception):
     """The job was stopped (or the server is shutting down) while data was downloading."""
-
-
-SHARDED = "ShardedByS3Key"
 
 
 @dataclass(frozen=True)
@@ -246,14 +244,28 @@ def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool, roots: LocalC
         raise DataDownloadError(f'ClientError: Data download failed: local path "{source}" does not exist.')
 
 
-def _download_all(client: Minio, transfers: list[_Transfer], should_stop: Callable[[], bool]) -> None:
+def _fetch(client: Minio, bucket: str, key: str, dest: Path, cancelled: Callable[[], bool]) -> None:
+    response = client.get_object(bucket, key)
+    try:
+        with open(dest, "wb") as f:
+            # read1 returns what has arrived (up to CHUNK), so a slow store never delays a stop.
+            while chunk := response.read1(CHUNK):
+                if cancelled():
+                    raise DownloadCancelled()
+                f.write(chunk)
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def _download_all(client: Minio, transfers: list[_Transfer], cancelled: Callable[[], bool]) -> None:
     def fetch(t: _Transfer) -> None:
-        if should_stop():
+        if cancelled():
             raise DownloadCancelled()
         first = t.dests[0]
         first.parent.mkdir(parents=True, exist_ok=True)
         try:
-            client.fget_object(t.bucket, t.key, str(first))
+            _fetch(client, t.bucket, t.key, first, cancelled)
             for dest in t.dests[1:]:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(first, dest)
@@ -277,53 +289,49 @@ def _download_all(client: Minio, transfers: list[_Transfer], should_stop: Callab
 
 
 def _make_tree_readable(root: Path) -> None:
-    # Objects land 0600 from minio's temp files; the algorithm may run as any uid.
+    # The algorithm may run as any uid: it reads its data, it does not need to change it.
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o777)
+            os.chmod(os.path.join(dirpath, d), READABLE_DIR)
         for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o666)
+            os.chmod(os.path.join(dirpath, f), READABLE_FILE)
 
 
-def stage_channels(request: dict[str, Any], layouts: Sequence[HostLayout],
-                   client_factory: Callable[[], Minio], region: str, should_stop: Callable[[], bool],
-                   local_roots: LocalChannelRoots | None = None) -> None:
-    """Download every channel's data into each host's tree; raises DataDownloadError with the FailureReason.
+def stage_channel(channel: ChannelSpec, channel_dirs: list[Path], client_factory: Callable[[], Minio],
+                  region: str, role: str, cancelled: Callable[[], bool],
+                  local_roots: LocalChannelRoots | None = None) -> None:
+    """Download one channel into the given folders (one per host); raises DataDownloadError with the FailureReason.
 
-    `file://` channels are copied only from under `local_roots` (none given: none allowed).
-    """
-    hosts = list(layouts)
-    role = request.get("RoleArn", "")
-    client: Minio | None = None
-    for channel in request.get("InputDataConfig") or []:
-        name = channel["ChannelName"]
-        channel_dirs = [layout.channel_dir(name) for layout in hosts]
-        source = channel.get("DataSource") or {}
-        s3 = source.get("S3DataSource")
-        if s3 is None:
-            kind = next(iter(source), "unknown")
-            raise DataDownloadError(f"ClientError: channel {name!r}: {kind} is not supported by smlocal.")
-        uri, data_type = s3["S3Uri"], s3.get("S3DataType", "S3Prefix")
-        sharded = s3.get("S3DataDistributionType") == SHARDED
-        if is_local_uri(uri):
-            _copy_local(uri, channel_dirs, sharded, local_roots or LocalChannelRoots())
-            for channel_dir in channel_dirs:
-                _make_tree_readable(channel_dir)
-            continue
-        if data_type == "AugmentedManifestFile":
+    Each object is downloaded once and copied to every other host that gets it. `file://` channels are
+    copied only from under `local_roots` (none given: none allowed)."""
+    name = channel.name
+    s3 = channel.s3
+    if s3 is None:
+        raise DataDownloadError(f"ClientError: channel {name!r}: {channel.source_kind} is not supported by smlocal.")
+    if s3.is_local:
+        _copy_local(s3.uri, channel_dirs, s3.sharded, local_roots or LocalChannelRoots())
+    else:
+        if s3.data_type == "AugmentedManifestFile":
             raise DataDownloadError(
                 f"ClientError: channel {name!r}: AugmentedManifestFile is not supported by smlocal yet."
             )
         try:
-            loc = parse_s3_uri(uri)
+            loc = parse_s3_uri(s3.uri)
         except ValueError as e:
             raise DataDownloadError(f"ClientError: Data download failed: {e}") from None
-        if client is None:
-            client = client_factory()
-        if data_type == "ManifestFile":
-            objects = _list_manifest(client, uri, loc, region, role)
+        client = client_factory()
+        if s3.data_type == "ManifestFile":
+            objects = _list_manifest(client, s3.uri, loc, region, role)
         else:
-            objects = _list_prefix(client, uri, loc, region, role)
-        _download_all(client, _plan(objects, channel_dirs, sharded), should_stop)
-        for channel_dir in channel_dirs:
-            _make_tree_readable(channel_dir)
+            objects = _list_prefix(client, s3.uri, loc, region, role)
+        _download_all(client, _plan(objects, channel_dirs, s3.sharded), cancelled)
+    for channel_dir in channel_dirs:
+        _make_tree_readable(channel_dir)
+
+
+def stage_channels(spec: JobSpec, layouts: Sequence[HostLayout], client_factory: Callable[[], Minio],
+                   cancelled: Callable[[], bool], local_roots: LocalChannelRoots | None = None) -> None:
+    """Every channel of the job into every host's tree, one channel after the other."""
+    for channel in spec.channels:
+        stage_channel(channel, [layout.channel_dir(channel.name) for layout in layouts], client_factory,
+                      spec.region, spec.role_arn, cancelled, local_roots)

@@ -1,92 +1,44 @@
-"""Everything the runner asks of Docker: images, per-job networks, labelled training containers."""
+"""`Backend` on a Docker engine, through the docker SDK. No docker SDK type leaves this module."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import threading
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import docker
+import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
-from docker.models.networks import Network
 from docker.types import IPAMConfig, IPAMPool
 from docker.utils import parse_repository_tag
 
+from runner.backend import (
+    Backend,
+    BackendUnavailable,
+    ContainerGone,
+    ContainerRef,
+    ContainerSpec,
+    ImageUnavailable,
+    LogChunk,
+    LogStream,
+    NetworkRef,
+)
+from runner.logs import split_docker_timestamp
+
 log = logging.getLogger("smlocal.runner")
-
-LABEL_JOB_NAME = "smlocal.job-name"
-LABEL_JOB_ARN = "smlocal.job-arn"
-LABEL_MANAGED = "smlocal.managed"
-LABEL_HOST = "smlocal.host"
-# Tells apart the jobs of several smlocal instances (each with its own data dir) on one Docker engine.
-LABEL_DATA_DIR = "smlocal.data-dir"
-
-
-class ImageUnavailable(Exception):
-    """The training image is neither local nor pullable; `reason` is the job's FailureReason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def container_command(algorithm: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
-    """(entrypoint, command) exactly as SageMaker invokes the image.
-
-    `train` by default; ContainerEntrypoint replaces the image's entrypoint and drops `train`;
-    ContainerArguments replace `train`. With an entrypoint given, Docker does not fall back to the
-    image's CMD, so no command means none.
-    """
-    entrypoint = algorithm.get("ContainerEntrypoint") or None
-    arguments = algorithm.get("ContainerArguments") or None
-    if entrypoint:
-        return list(entrypoint), list(arguments) if arguments else None
-    return None, list(arguments) if arguments else ["train"]
-
-
-@dataclass
-class ContainerSpec:
-    image: str
-    name: str
-    network: str
-    host: str
-    labels: dict[str, str]
-    environment: dict[str, str]
-    entrypoint: list[str] | None
-    command: list[str] | None
-    # host path -> container path
-    mounts: dict[str, str] = field(default_factory=dict)
-    # Its fixed address on the job's network, and the other hosts' (name -> address) for /etc/hosts.
-    address: str | None = None
-    peers: dict[str, str] = field(default_factory=dict)
-
-
-def job_labels(job_name: str, job_arn: str, host: str | None, data_dir: str) -> dict[str, str]:
-    """A container's labels (with its host), or the job network's (host None)."""
-    labels = {LABEL_JOB_NAME: job_name, LABEL_JOB_ARN: job_arn, LABEL_MANAGED: "true", LABEL_DATA_DIR: data_dir}
-    if host is not None:
-        labels[LABEL_HOST] = host
-    return labels
-
-
-def resource_name(job_name: str) -> str:
-    """`smlocal-<job>-<shortid>`: unique on the engine even when a job name is reused."""
-    return f"smlocal-{job_name}-{uuid.uuid4().hex[:8]}"
 
 
 def _label_filter(labels: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in labels.items()]
 
 
-def started_at(container: Container) -> float | None:
-    """The container's start time in epoch seconds (None if it never started)."""
-    raw = (container.attrs.get("State") or {}).get("StartedAt") or ""
+def parse_docker_time(raw: str) -> float | None:
+    """Docker's RFC 3339 nano time in epoch seconds (None for the zero time of a container never started)."""
     if not raw or raw.startswith("0001-"):
         return None
     base, _, rest = raw.partition(".")
@@ -96,7 +48,38 @@ def started_at(container: Container) -> float | None:
     return datetime.fromisoformat(f"{base}.{fraction[:6].ljust(6, '0')}{zone}").timestamp()
 
 
-class DockerBackend:
+def _is_unreachable(e: BaseException) -> bool:
+    if isinstance(e, requests.exceptions.ConnectionError):
+        return True
+    # Raised by the client's constructor when it cannot ask the engine for its API version.
+    return isinstance(e, DockerException) and not isinstance(e, APIError) and "Error while fetching server" in str(e)
+
+
+@contextmanager
+def _engine() -> Iterator[None]:
+    try:
+        yield
+    except (requests.exceptions.RequestException, DockerException) as e:
+        if _is_unreachable(e):
+            raise BackendUnavailable(f"the Docker engine does not answer: {e}") from e
+        raise
+
+
+class _DockerLogStream(LogStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[LogChunk]:
+        # With timestamps, each frame is `<RFC 3339 nano> <payload>`: a line, or a 16 KiB part of a longer one.
+        for frame in self._stream:
+            ts, payload = split_docker_timestamp(frame)
+            yield LogChunk(ts, payload)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class DockerBackend(Backend):
     def __init__(self, client: docker.DockerClient | None = None, max_pool_size: int = 32) -> None:
         self._client = client
         self._max_pool_size = max_pool_size
@@ -104,121 +87,169 @@ class DockerBackend:
 
     @property
     def client(self) -> docker.DockerClient:
-        # Created on first use so the API server starts even while Docker is down.
+        # Made on first use (and again after a failure) so the API serves while Docker is down.
         with self._lock:
             if self._client is None:
-                # Each running host of a job holds two long-lived connections (its log stream and its wait).
-                self._client = docker.from_env(max_pool_size=self._max_pool_size)
+                with _engine():
+                    # Each running host holds two long-lived connections (its log stream and its wait).
+                    self._client = docker.from_env(max_pool_size=self._max_pool_size)
             return self._client
 
-    def ensure_image(self, image: str) -> None:
+    def ping(self) -> None:
         try:
-            self.client.images.get(image)
-            return
-        except ImageNotFound:
-            pass
-        repository, tag = parse_repository_tag(image)
-        try:
-            # The SDK sends credentials from ~/.docker/config.json (and its helpers) for the registry.
-            self.client.images.pull(repository, tag=tag or "latest")
-        except (APIError, DockerException) as e:
-            detail = getattr(e, "explanation", None) or str(e)
-            raise ImageUnavailable(
-                f"ClientError: Image {image} could not be found locally or pulled: {detail}"
-            ) from None
+            with _engine():
+                self.client.ping()
+        except BackendUnavailable:
+            raise
+        except DockerException as e:
+            raise BackendUnavailable(f"the Docker engine does not answer: {e}") from e
 
-    def create_network(self, name: str, labels: dict[str, str], hosts: Sequence[str] = ()
-                       ) -> tuple[Network, dict[str, str]]:
-        """The job's network, and a fixed address per host (name -> address) when there are several.
-
-        Docker's DNS answers only for running containers, but on SageMaker every host's name resolves for
-        the whole job: the training toolkit looks up every host before it runs the script (retrying for
-        15 minutes), so a host whose algorithm finished first must not vanish from the others' view. With
-        fixed addresses every container lists all hosts in its /etc/hosts. Fixed addresses need a network
-        with a subnet of its own: Docker picks a free one, and the network is made again with it.
-        """
-        network = self.client.networks.create(name, driver="bridge", labels=labels)
-        if len(hosts) < 2:
-            return network, {}
-        for _ in range(5):
-            network.reload()
-            pools = [c for c in (network.attrs.get("IPAM") or {}).get("Config") or []
-                     if ":" not in c.get("Subnet", ":")]
-            if not pools:
-                break
-            subnet, gateway = pools[0]["Subnet"], pools[0].get("Gateway")
-            free = [str(a) for a in ipaddress.ip_network(subnet).hosts() if str(a) != gateway]
-            if gateway is None:
-                free = free[1:]  # Docker gives the first address to the bridge
-            if len(free) < len(hosts):
-                break
-            network.remove()
+    def has_image(self, image: str) -> bool:
+        with _engine():
             try:
-                network = self.client.networks.create(
-                    name, driver="bridge", labels=labels,
-                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet, gateway=gateway)]))
+                self.client.api.inspect_image(image)
+                return True
+            except ImageNotFound:
+                return False
+
+    def pull_image(self, image: str) -> None:
+        repository, tag = parse_repository_tag(image)
+        with _engine():
+            try:
+                # The SDK sends credentials from ~/.docker/config.json (and its helpers) for the registry.
+                self.client.api.pull(repository, tag=tag or "latest")
+            except (APIError, DockerException) as e:
+                if _is_unreachable(e):
+                    raise
+                detail = getattr(e, "explanation", None) or str(e)
+                raise ImageUnavailable(
+                    f"ClientError: Image {image} could not be found locally or pulled: {detail}") from None
+        if not self.has_image(image):
+            raise ImageUnavailable(f"ClientError: Image {image} could not be found locally or pulled.")
+
+    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False) -> NetworkRef:
+        api = self.client.api
+        with _engine():
+            created = api.create_network(name, driver="bridge", labels=labels)
+            if not own_subnet:
+                return NetworkRef(created["Id"], name, dict(labels))
+            # Fixed addresses need a network with a user-configured subnet; rather than guess a free one,
+            # let Docker pick one from its pools, then make the network again with it.
+            for _ in range(5):
+                pools = [c for c in (api.inspect_network(created["Id"]).get("IPAM") or {}).get("Config") or []
+                         if ":" not in c.get("Subnet", ":")]
+                if not pools:
+                    break
+                subnet, gateway = pools[0]["Subnet"], pools[0].get("Gateway")
+                api.remove_network(created["Id"])
+                try:
+                    created = api.create_network(name, driver="bridge", labels=labels, ipam=IPAMConfig(
+                        pool_configs=[IPAMPool(subnet=subnet, gateway=gateway)]))
+                except APIError as e:
+                    log.info("subnet %s for network %s was taken meanwhile (%s); trying another", subnet, name, e)
+                    created = api.create_network(name, driver="bridge", labels=labels)
+                    continue
+                if gateway is None:  # Docker gives the bridge the subnet's first address
+                    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+                return NetworkRef(created["Id"], name, dict(labels), subnet, gateway)
+        log.warning("network %s has no subnet of its own: its hosts resolve each other only while running", name)
+        return NetworkRef(created["Id"], name, dict(labels))
+
+    def create(self, spec: ContainerSpec) -> ContainerRef:
+        api = self.client.api
+        with _engine():
+            created = api.create_container(
+                spec.image,
+                command=spec.command,
+                entrypoint=spec.entrypoint,
+                name=spec.name,
+                hostname=spec.host,
+                environment=spec.environment,
+                labels=spec.labels,
+                detach=True,
+                host_config=api.create_host_config(
+                    binds={host: {"bind": path, "mode": "rw"} for host, path in spec.mounts.items()},
+                    network_mode=spec.network,
+                    # Lets the algorithm reach smlocal's S3 store on the host, whatever the network.
+                    extra_hosts={"host.docker.internal": "host-gateway", **spec.peers},
+                ),
+                networking_config=api.create_networking_config(
+                    {spec.network: api.create_endpoint_config(aliases=[spec.host], ipv4_address=spec.address)}),
+            )
+        return ContainerRef(created["Id"], spec.name, dict(spec.labels))
+
+    def start(self, container: ContainerRef) -> ContainerRef:
+        with _engine():
+            try:
+                self.client.api.start(container.id)
+            except NotFound:
+                raise ContainerGone(container.name) from None
+        return ContainerRef(container.id, container.name, container.labels, "running", time.time())
+
+    def wait(self, container: ContainerRef) -> int:
+        with _engine():
+            try:
+                return int(self.client.api.wait(container.id, timeout=None)["StatusCode"])
+            except NotFound:
+                raise ContainerGone(container.name) from None
+
+    def signal(self, container: ContainerRef, sig: str) -> None:
+        with _engine():
+            try:
+                self.client.api.kill(container.id, signal=sig)
+            except NotFound:
+                pass
             except APIError as e:
-                log.info("subnet %s for network %s was taken meanwhile (%s); trying another", subnet, name, e)
-                network = self.client.networks.create(name, driver="bridge", labels=labels)
-                continue
-            return network, dict(zip(hosts, free, strict=False))
-        log.warning("network %s: no fixed host addresses; hosts resolve each other only while running", name)
-        return network, {}
+                # 409: it already exited, which is what we wanted.
+                if e.status_code != 409:
+                    raise
 
-    def create_container(self, spec: ContainerSpec) -> Container:
-        endpoint = self.client.api.create_endpoint_config(aliases=[spec.host], ipv4_address=spec.address)
-        return self.client.containers.create(
-            spec.image,
-            command=spec.command,
-            entrypoint=spec.entrypoint,
-            name=spec.name,
-            hostname=spec.host,
-            environment=spec.environment,
-            labels=spec.labels,
-            volumes={host: {"bind": path, "mode": "rw"} for host, path in spec.mounts.items()},
-            network=spec.network,
-            networking_config={spec.network: endpoint},
-            # Lets the algorithm reach smlocal's S3 store on the host, whatever the network.
-            extra_hosts={"host.docker.internal": "host-gateway", **spec.peers},
-            detach=True,
-        )
+    def logs(self, container: ContainerRef, since_ms: int | None = None) -> LogStream:
+        kwargs: dict[str, Any] = {"stream": True, "follow": True, "timestamps": True}
+        if since_ms is not None:
+            kwargs["since"] = since_ms / 1000
+        with _engine():
+            try:
+                return _DockerLogStream(self.client.api.logs(container.id, **kwargs))
+            except NotFound:
+                raise ContainerGone(container.name) from None
 
-    def containers(self, labels: dict[str, str]) -> list[Container]:
-        return self.client.containers.list(all=True, filters={"label": _label_filter(labels)})
+    def remove(self, container: ContainerRef) -> None:
+        with _engine():
+            try:
+                self.client.api.remove_container(container.id, force=True, v=True)
+            except NotFound:
+                pass
+            except APIError as e:
+                if e.status_code != 409:  # removal already in progress
+                    log.warning("could not remove container %s: %s", container.name, e)
 
-    def networks(self, labels: dict[str, str]) -> list[Network]:
-        return self.client.networks.list(filters={"label": _label_filter(labels)})
+    def remove_network(self, network: NetworkRef) -> None:
+        with _engine():
+            try:
+                self.client.api.remove_network(network.id)
+            except NotFound:
+                pass
+            except APIError as e:
+                log.warning("could not remove network %s: %s", network.name, e)
 
-    def signal(self, container: Container, sig: str) -> None:
-        try:
-            container.kill(signal=sig)
-        except NotFound:
-            pass
-        except APIError as e:
-            # 409: it already exited, which is what we wanted.
-            if e.status_code != 409:
-                raise
+    def containers(self, labels: dict[str, str]) -> list[ContainerRef]:
+        api = self.client.api
+        found = []
+        with _engine():
+            for summary in api.containers(all=True, filters={"label": _label_filter(labels)}):
+                try:
+                    attrs = api.inspect_container(summary["Id"])
+                except NotFound:
+                    continue
+                state = attrs.get("State") or {}
+                labels = dict((attrs.get("Config") or {}).get("Labels") or {})
+                found.append(ContainerRef(attrs["Id"], attrs.get("Name", "").lstrip("/"), labels,
+                                          state.get("Status", "unknown"),
+                                          parse_docker_time(state.get("StartedAt") or "")))
+        return found
 
-    def remove_container(self, container: Container) -> None:
-        try:
-            container.remove(force=True, v=True)
-        except NotFound:
-            pass
-        except APIError as e:
-            if e.status_code != 409:  # removal already in progress
-                log.warning("could not remove container %s: %s", container.name, e)
-
-    def remove_network(self, network: Network) -> None:
-        try:
-            network.remove()
-        except NotFound:
-            pass
-        except APIError as e:
-            log.warning("could not remove network %s: %s", network.name, e)
-
-    def remove_job_resources(self, labels: dict[str, str]) -> None:
-        """Remove every container, then every network, carrying these labels."""
-        for c in self.containers(labels):
-            self.remove_container(c)
-        for n in self.networks(labels):
-            self.remove_network(n)
+    def networks(self, labels: dict[str, str]) -> list[NetworkRef]:
+        with _engine():
+            return [NetworkRef(n["Id"], n["Name"], dict(n.get("Labels") or {}))
+                    for n in self.client.api.networks(filters={"label": _label_filter(labels)})]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit, urlunsplit
 
+from runner.spec import JobSpec
 from server.config import Settings
-from server.store import JobRecord
 
 # Resolves to the host from inside any container (docker's host-gateway); see docker_backend.
 HOST_ALIAS = "host.docker.internal"
@@ -35,7 +35,7 @@ def container_s3_endpoint(settings: Settings) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def container_environment(job: JobRecord, settings: Settings) -> dict[str, str]:
+def container_environment(job: JobSpec, settings: Settings) -> dict[str, str]:
     env: dict[str, str] = {"AWS_REGION": job.region, "AWS_DEFAULT_REGION": job.region}
     endpoint = container_s3_endpoint(settings)
     if endpoint:
@@ -47,6 +47,6 @@ def container_environment(job: JobRecord, settings: Settings) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
         })
     # The user may point their code elsewhere, but the job's identity is the platform's to set.
-    env.update({str(k): str(v) for k, v in (job.request.get("Environment") or {}).items()})
+    env.update(job.environment)
     env.update({"TRAINING_JOB_NAME": job.name, "TRAINING_JOB_ARN": job.arn})
     return env

@@ -1,52 +1,65 @@
 """Drives one claimed job from Starting to a terminal status, or adopts one a previous process started.
 
-A job runs one container per host (`algo-1` .. `algo-N`) on a network of its own; the job-level flow
-works on the list of `_Host`s: every host's data is staged before any container starts, the job
-completes only when every host exits 0, and the first host to fail (or a stop) stops the others.
+A job runs one container per host (`algo-1` .. `algo-N`) on a network of its own. `run_new` reads as
+the phase order; the policies (stop, deadline, failure, grace) are small objects in runner.policies.
+Nothing here sleeps or polls: container exits, stop requests, the deadline and a shutdown all set the
+execution's `wake` event.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-from docker.models.containers import Container
 from minio import Minio
 
 from runner import artifacts
-from runner.channels import DataDownloadError, DownloadCancelled, stage_channels
-from runner.docker_backend import (
+from runner.backend import (
     LABEL_DATA_DIR,
     LABEL_JOB_ARN,
+    Backend,
+    BackendUnavailable,
+    ContainerRef,
     ContainerSpec,
-    DockerBackend,
     ImageUnavailable,
+    NetworkRef,
     container_command,
     job_labels,
     resource_name,
-    started_at,
 )
 from runner.environment import container_environment
 from runner.failure import failure_reason
-from runner.layout import (
-    HostLayout,
-    all_hosts,
-    checkpoint_config,
-    container_mounts,
-    job_root,
-)
+from runner.inputs import DataDownloadError, DownloadCancelled, InputContext, InputProvider, make_providers
+from runner.layout import HostLayout, container_mounts, job_root, make_private_dir
 from runner.layout import prepare as prepare_layout
 from runner.log_follower import LogFollower
 from runner.logs import LogStreamWriter, list_streams, stream_path
 from runner.metrics import MetricCollector, final_of_all
+from runner.mounts import remove_tree
+from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
+from runner.policies import DeadlinePolicy, Detach, FailurePolicy, GracePolicy, StopPolicy, StopRequested
 from runner.s3 import make_client
+from runner.spec import JobSpec
 from server.config import Settings
-from server.lifecycle import STOPPING, TERMINAL_STATUSES, IllegalTransition, Lifecycle
+from server.lifecycle import (
+    DOWNLOADING,
+    FAILED,
+    PULLING_IMAGE_MESSAGE,
+    QUEUED,
+    RUNNING,
+    STOPPING,
+    TERMINAL_STATUSES,
+    TERMINATING,
+    TRAINING,
+    UPLOADING,
+    IllegalTransition,
+    Lifecycle,
+    phase_reached,
+)
 from server.local_channels import LocalChannelRoots
 from server.logstore import JobLogKey
 from server.metric_series import MetricSeriesWriter
@@ -54,425 +67,497 @@ from server.store import JobRecord
 
 log = logging.getLogger("smlocal.runner")
 
-POLL_SECONDS = 0.5
-DEFAULT_MAX_RUNTIME = 86400
 RESTART_FAILURE = "InternalServerError: the training job was interrupted when smlocal restarted"
-
-
-class _Shutdown(Exception):
-    """The server is going down: leave the containers running and the job claimed for the next process."""
-
-
-class _StopRequested(Exception):
-    """StopTrainingJob arrived before the containers started."""
+# After SIGKILL, how long to wait for the engine to report the exits.
+KILL_WAIT_SECONDS = 30.0
+LOG_DRAIN_SECONDS = 10.0
 
 
 def data_dir_label(settings: Settings) -> str:
     return str(Path(settings.data_dir).resolve())
 
 
-class _Host:
-    """One instance of the job: its /opt/ml tree, its container, the follower of its log and how it ended."""
+class _JobFailed(Exception):
+    """The job fails for a reason that is the user's (bad data, missing image...)."""
 
-    def __init__(self, layout: HostLayout, labels: dict[str, str]) -> None:
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Host:
+    """One instance of the job: its /opt/ml tree, inputs, container, log follower and how it ended."""
+
+    def __init__(self, layout: HostLayout, labels: dict[str, str], inputs: list[InputProvider]) -> None:
         self.layout = layout
         self.labels = labels
-        self.container: Container | None = None
+        self.inputs = inputs
+        self.container: ContainerRef | None = None
         self.follower: LogFollower | None = None
         self.metrics = MetricCollector(None)
-        self.series: MetricSeriesWriter | None = None
+        self.series: MetricSeriesWriter | None = None  # the metrics' points over time, to the store
         self.exit_code: int | None = None
-        self.error: Exception | None = None  # waiting failed: the container was removed, or Docker went away
+        self.error: Exception | None = None  # waiting failed: the container was removed, or the engine went away
         self.exited = threading.Event()
 
     @property
     def name(self) -> str:
         return self.layout.host
 
-    @property
-    def failed(self) -> bool:
-        return self.exited.is_set() and (self.error is not None or self.exit_code != 0)
-
-    def follow(self, stream: Path, definitions: list[dict[str, Any]], series: MetricSeriesWriter | None, *,
-               resume: bool = False) -> None:
-        assert self.container is not None
-        self.series = series
-        self.metrics = MetricCollector(definitions, sink=series.add if series is not None else None)
-        self.follower = LogFollower(self.container, LogStreamWriter(stream), self.metrics)
-        if resume:
-            self.follower.resume_from_file()
-
-    def watch(self, exits: list[_Host], exit_seen: threading.Event) -> None:
-        """Follow the log and wait for the exit in the background; on exit, join `exits` and set `exit_seen`."""
+    def watch(self, backend: Backend, on_exit: Callable[[_Host], None]) -> None:
+        """Follow the log and wait for the exit in the background."""
         assert self.container is not None and self.follower is not None
         self.follower.start()
         container = self.container
 
         def wait_for_exit() -> None:
             try:
-                self.exit_code = int(container.wait()["StatusCode"])
-            except Exception as e:  # the container was removed under us or Docker went away
+                self.exit_code = backend.wait(container)
+            except Exception as e:
                 self.error = e
             finally:
-                exits.append(self)  # before `exited`: whoever sees this host exited finds it in the list
                 self.exited.set()
-                exit_seen.set()
+                on_exit(self)
 
         threading.Thread(target=wait_for_exit, name=f"smlocal-wait-{container.name}", daemon=True).start()
 
 
 class JobExecution:
-    def __init__(self, job: JobRecord, settings: Settings, lifecycle: Lifecycle, backend: DockerBackend,
-                 shutdown: threading.Event) -> None:
+    def __init__(self, job: JobRecord, settings: Settings, lifecycle: Lifecycle, backend: Backend,
+                 networks: NetworkPool, shutdown: threading.Event,
+                 on_backend_lost: Callable[[], None] = lambda: None) -> None:
         self.job = job
+        self.spec = JobSpec.from_job(job)
         self.arn = job.arn
         self.settings = settings
         self.lifecycle = lifecycle
         self.backend = backend
-        self._shutdown = shutdown
+        self.networks = networks
+        self._on_backend_lost = on_backend_lost
         self.data_dir = Path(settings.data_dir).resolve()
-        self.root = job_root(self.data_dir, job.name, job.region, job.account_id)
+        self.root = job_root(self.data_dir, job.name, job.region, job.account_id, job.creation_time)
         self.log_key = JobLogKey.of(job.account_id, job.region, job.name, job.creation_time)
-        self.labels = job_labels(job.name, job.arn, None, data_dir_label(settings))
-        self.hosts = [_Host(HostLayout(self.root, host), job_labels(job.name, job.arn, host, data_dir_label(settings)))
-                      for host in all_hosts(job.request)]
+        label = data_dir_label(settings)
+        self.labels = job_labels(job.name, job.arn, None, label)
         self._s3: Minio | None = None
-        # Set whenever a host's container exits; the exits in the order they happened.
-        self._exit_seen = threading.Event()
-        self._exits: list[_Host] = []
-        self._stop_cache: tuple[float, bool] = (0.0, False)
+        layouts = [HostLayout(self.root, host) for host in self.spec.hosts]
+        providers = make_providers(InputContext(
+            self.spec, layouts, self._s3_client, LocalChannelRoots.of(settings.local_channel_roots, self.data_dir)))
+        self.hosts = [_Host(layout, job_labels(job.name, job.arn, layout.host, label), providers[layout.host])
+                      for layout in layouts]
+        self.wake = threading.Event()
+        self.stop = StopPolicy(self.wake, shutdown)
+        self.deadline = DeadlinePolicy(lifecycle, job.arn, self.spec.max_runtime_seconds)
+        self.failures = FailurePolicy()
+        self.grace = GracePolicy(settings.stop_grace_seconds, self._record_terminating)
+        self._exits: list[_Host] = []  # in the order they happened
+        self._exits_lock = threading.Lock()
+        self.network: NetworkRef | None = None  # the job's network, once it has one
+        self._current = job  # the job as last written by this execution
         self._cleaned = False
-
-    # ---- entry points -----------------------------------------------------------------------
-
-    def run_new(self) -> None:
-        self._run(self._start_new)
 
     @property
     def host_names(self) -> list[str]:
         return [h.name for h in self.hosts]
 
-    def run_adopted(self, containers: dict[str, Container]) -> None:
-        """Continue a job whose containers (host name -> container, one per host) a previous process started."""
-        self._run(lambda: self._adopt(containers))
+    # ---- entry points -----------------------------------------------------------------------
+
+    def run_new(self) -> None:
+        """A claimed job, from its current phase (a job run again after a restart does not go back)."""
+        self._run(self._phases)
+
+    def _phases(self) -> None:
+        self._prepare_hosts()       # Starting: /opt/ml trees, the network, containers if the image is local
+        self._stage_inputs()        # Downloading: every host's inputs, before any algorithm starts
+        self._pull_image()          # Training: "Downloading the training image...", then the containers
+        self._start_containers()    # Training: the algorithms run
+        self._watch_and_finish()    # exits, stop, deadline -> Uploading -> terminal status
+
+    def run_adopted(self, containers: dict[str, ContainerRef]) -> None:
+        """Continue a job whose started containers (host -> container) a previous process left."""
+        def body() -> None:
+            self._adopt(containers)
+            self._watch_and_finish()
+        self._run(body)
+
+    def request_stop(self) -> None:
+        """The job went to Stopping (StopTrainingJob or its deadline): stop now, whatever the phase."""
+        self.stop.request()
+
+    def requeue(self) -> None:
+        """Interrupted before its containers started: clean up, and back to the queue to run again."""
+        self._cleanup()
+        self.lifecycle.set_runner_state(self.arn, QUEUED)
 
     def abandon(self) -> None:
-        """A previous process claimed the job and left nothing to adopt: end it and clean up."""
-        current = self.lifecycle.refresh(self.arn)
-        if current is not None and current.status == STOPPING:
-            self._end_safely("Stopped")  # it was being stopped anyway
-        else:
-            self._end_safely("Failed", RESTART_FAILURE)
+        """A previous process ran the job and left nothing to adopt: end it and clean up."""
+        self._end(FAILED, RESTART_FAILURE)  # one being stopped ends as its stop says
+        self._cleanup()
 
     def _run(self, body: Callable[[], None]) -> None:
-        cleanup = True
+        detached = False
         try:
+            current = self.lifecycle.refresh(self.arn)
+            if current is None:
+                raise IllegalTransition(f"job {self.arn} no longer exists")
+            self._current = current
+            if current.status == STOPPING:
+                self.stop.request()  # it came before this execution could hear of it
+            self.deadline.arm(current.training_start_time)
             body()
-        except _Shutdown:
-            cleanup = False
-        except _StopRequested:
-            self._end_safely("Stopped")
+        except Detach:
+            detached = True
+        except BackendUnavailable as e:
+            log.warning("training job %s: %s; it is taken up again when the engine answers", self.job.name, e)
+            detached = True
+            self._on_backend_lost()
+        except StopRequested:
+            self._end_safely(self._end_stopped)
+        except _JobFailed as e:
+            self._end_safely(partial(self._end, FAILED, e.reason))
         except Exception as e:
             log.exception("training job %s failed inside smlocal", self.job.name)
-            self._end_safely("Failed", f"InternalServerError: {type(e).__name__}: {e}")
+            self._end_safely(partial(self._end, FAILED, f"InternalServerError: {type(e).__name__}: {e}"))
         finally:
-            if cleanup:
+            self.deadline.cancel()
+            if detached:
+                self._stop_followers()
+            else:
                 self._cleanup()
-
-    def _end_safely(self, secondary: str, failure_reason: str | None = None) -> None:
-        try:
-            self._end(secondary, failure_reason)
-        except Exception:
-            log.exception("could not record the end of training job %s", self.job.name)
 
     # ---- phases -----------------------------------------------------------------------------
 
-    def _start_new(self) -> None:
-        request = self.job.request
-        algorithm = request.get("AlgorithmSpecification") or {}
+    def _prepare_hosts(self) -> None:
         if not self.hosts:
-            self._end("Failed", failure_reason="ClientError: the training job needs at least one instance "
-                      "(ResourceConfig.InstanceCount).")
-            return
-        for host in self.hosts:
-            prepare_layout(host.layout, request)
-        self._check_stop()
-        image = algorithm.get("TrainingImage")
+            raise _JobFailed("ClientError: the training job needs at least one instance "
+                             "(ResourceConfig.InstanceCount).")
+        image = self.spec.algorithm.image
         if not image:
-            self._end("Failed", failure_reason="ClientError: smlocal runs TrainingImage containers only; "
-                      f"AlgorithmName {algorithm.get('AlgorithmName')!r} is not supported.")
-            return
-        try:
-            self.backend.ensure_image(image)
-        except ImageUnavailable as e:
-            self._end("Failed", failure_reason=e.reason)
-            return
-        self._check_stop()
-        # Created before staging: Docker syncs the page cache when it creates a container, and after
-        # a large download that costs ~0.4 s per GiB of freshly written data.
-        self._create_containers(image, algorithm)
+            raise _JobFailed("ClientError: smlocal runs TrainingImage containers only; "
+                             f"AlgorithmName {self.spec.algorithm.algorithm_name!r} is not supported.")
+        make_private_dir(self.data_dir / "jobs")
+        for host in self.hosts:
+            prepare_layout(host.layout, self.spec)
+        self.stop.check()
+        self.network = self.networks.take(own_subnet=len(self.hosts) > 1)
+        if self.backend.has_image(image):
+            # Created before staging: Docker syncs the page cache when it creates a container, and after
+            # a large download that costs ~0.4 s per GiB of freshly written data.
+            self._create_containers(image)
 
-        self._advance("Downloading")
+    def _stage_inputs(self) -> None:
+        self._enter(DOWNLOADING)
         try:
-            stage_channels(request, self._layouts(), self._s3_client, self.job.region, self._stop_or_shutdown,
-                           LocalChannelRoots.of(self.settings.local_channel_roots, self.data_dir))
-            if request.get("CheckpointConfig"):
+            for host in self.hosts:
+                for provider in host.inputs:
+                    provider.prepare(self.stop.cancelled)
+            if self.spec.checkpoint is not None:
                 for host in self.hosts:  # all hosts share one checkpoint URI
-                    artifacts.download_checkpoints(self._s3_client(), request, host.layout)
+                    artifacts.download_checkpoints(self._s3_client(), self.spec, host.layout)
         except DownloadCancelled:
-            self._check_stop()
+            self.stop.check()
             raise
         except (DataDownloadError, artifacts.UploadError) as e:
-            self._end("Failed", failure_reason=e.reason)
+            raise _JobFailed(e.reason) from None
+        self.stop.check()
+
+    def _pull_image(self) -> None:
+        image = self.spec.algorithm.image
+        assert image is not None
+        if all(h.container is not None for h in self.hosts):
+            self._enter(TRAINING)
             return
-        self._check_stop()
+        self._enter(TRAINING, PULLING_IMAGE_MESSAGE)
+        self._cancellable(lambda: self.backend.pull_image(image))
+        self._create_containers(image)
+        self._enter(TRAINING)  # the message changes in place: "Training image download completed. ..."
 
-        # Every host's data is in place before any algorithm starts.
+    def _start_containers(self) -> None:
+        self.stop.check()
         for host in self.hosts:
             assert host.container is not None
-            host.container.start()
-        # Training means the algorithms run (a stop from here on goes through SIGTERM and the grace).
-        try:
-            self._advance("Training")
-        except _StopRequested:
-            pass  # the watch below sees Stopping and stops the algorithms gracefully
-        starts = []
+            host.container = self.backend.start(host.container)
+        self.lifecycle.set_runner_state(self.arn, RUNNING)
         for host in self.hosts:
-            assert host.container is not None
-            host.container.reload()
-            start = started_at(host.container) or time.time()
-            starts.append(start)
-            host.follow(stream_path(self.data_dir, self.log_key, host.name, start), self._metric_definitions(),
-                        self._series(host))
-        self._watch_and_finish(min(starts))
+            for provider in host.inputs:
+                provider.start()
+            assert host.container is not None and host.container.started_at is not None
+            self._follow(host, self._stream_path(host.name, host.container.started_at), resume=False)
 
-    def _adopt(self, containers: dict[str, Container]) -> None:
-        starts = []
-        for host in self.hosts:
-            host.container = containers.get(host.name)
-            start = started_at(host.container) if host.container is not None else None
-            if start is None:
-                self._end("Failed", failure_reason=RESTART_FAILURE)
-                return
-            starts.append(start)
+    def _adopt(self, containers: dict[str, ContainerRef]) -> None:
         log.info("adopting training job %s (containers %s)", self.job.name,
-                 ", ".join(h.container.name for h in self.hosts if h.container is not None))
+                 ", ".join(c.name for c in containers.values()))
+        if self.job.runner_state == TERMINATING and self.job.runner_since is not None:
+            self.grace.resume(self.job.runner_since)
         streams = list_streams(self.data_dir, self.log_key)
-        for host, start in zip(self.hosts, starts, strict=True):
+        for host in self.hosts:
+            host.container = containers[host.name]
+            for provider in host.inputs:
+                provider.resume()
             mine = [s for s in streams if s.name.startswith(host.name + "-")]
             # Keep appending to the stream the previous process opened.
-            path = mine[-1].path if mine else stream_path(self.data_dir, self.log_key, host.name, start)
-            host.follow(path, self._metric_definitions(), self._series(host), resume=True)
-        self._watch_and_finish(min(starts))
+            started = host.container.started_at or time.time()
+            self._follow(host, mine[-1].path if mine else self._stream_path(host.name, started), resume=True)
 
-    def _watch_and_finish(self, start: float) -> None:
+    def _watch_and_finish(self) -> None:
         for host in self.hosts:
-            host.watch(self._exits, self._exit_seen)
-        stopping = self.job.request.get("StoppingCondition") or {}
-        deadline = start + float(stopping.get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME)
-
-        stop_as: str | None = None
-        while not self._all_exited():
-            if self._first_failed() is not None:
-                # One host failed: the job fails, and the others are stopped as for a stop request.
-                self._terminate()
-                break
-            if self._exit_seen.wait(POLL_SECONDS):
-                self._exit_seen.clear()
-                continue
-            self._check_shutdown()
-            stop_as = self._stop_kind(deadline)
-            if stop_as is None and time.time() >= deadline:
-                try:
-                    self.lifecycle.advance(self.arn, "Stopping")
-                except IllegalTransition:
-                    pass  # a stop request won the race; the job is Stopping either way
-                stop_as = "MaxRuntimeExceeded"
-            if stop_as is not None:
-                self._terminate()
-                break
-
+            host.watch(self.backend, self._on_exit)
+        failed = self._watch()
         for host in self.hosts:
             assert host.follower is not None
-            host.follower.join(timeout=10)
-        failed = self._first_failed()
-        if failed is not None and failed.error is not None:
-            raise failed.error
-        if self._metric_definitions():
+            host.follower.join(LOG_DRAIN_SECONDS)
+        errors = [h.error for h in self.hosts if h.error is not None]
+        if any(isinstance(e, BackendUnavailable) for e in errors):
+            raise next(e for e in errors if isinstance(e, BackendUnavailable))
+        if errors:
+            raise errors[0]
+        self._close_series()  # every point is stored before the job's end is
+        if self.spec.algorithm.metric_definitions:
             self.lifecycle.set_final_metrics(self.arn, final_of_all([h.metrics for h in self.hosts]))
-        stop_as = stop_as or self._stop_kind(deadline)
-
-        if stop_as is not None:
-            self._finish_stopped(stop_as)
+        self._stop_inputs()
+        if self.stop.requested:
+            self._upload_quietly()  # as SageMaker does for a stopped job; the job still reads Stopping
+            self._end_stopped()
         elif failed is None:
             self._finish_completed()
         else:
             assert failed.follower is not None and failed.exit_code is not None
             reason = failure_reason(failed.layout, failed.exit_code, list(failed.follower.last_lines),
                                     name_host=len(self.hosts) > 1)
-            self._upload_quietly(always_model=False)
-            self._end("Failed", failure_reason=reason)
+            self._upload_quietly()
+            self._end(FAILED, reason)
 
-    def _all_exited(self) -> bool:
-        return all(h.exited.is_set() for h in self.hosts)
-
-    def _first_failed(self) -> _Host | None:
-        """The host that failed first (the others may fail only because it went away)."""
-        return next((h for h in list(self._exits) if h.failed), None)
-
-    def _finish_completed(self) -> None:
-        try:
-            self.lifecycle.advance(self.arn, "Uploading")
-        except IllegalTransition:
-            pass  # stopped as it finished: still upload what it made
-        try:
-            client = self._s3_client()
-            artifacts.upload_outputs(client, self.job.request, self.job.name, self._layouts(), always_model=True)
-            artifacts.upload_checkpoints(client, self.job.request, self._layouts())
-        except artifacts.UploadError as e:
-            self._end("Failed", failure_reason=e.reason)
-            return
-        self._end("Completed")
-
-    def _finish_stopped(self, stop_as: str) -> None:
-        try:
-            self.lifecycle.advance(self.arn, "Uploading")
-        except IllegalTransition:
-            pass
-        self._upload_quietly(always_model=False)
-        self._end(stop_as)
-
-    def _upload_quietly(self, *, always_model: bool) -> None:
-        # A failed or stopped job keeps its status even when saving its leftovers fails.
-        try:
-            client = self._s3_client()
-            artifacts.upload_outputs(client, self.job.request, self.job.name, self._layouts(),
-                                     always_model=always_model)
-            artifacts.upload_checkpoints(client, self.job.request, self._layouts())
-        except Exception as e:
-            log.warning("could not upload artifacts of %s: %s", self.job.name, e)
+    def _watch(self) -> _Host | None:
+        """Wait until every host exited; the first host to fail or a stop terminates the others."""
+        while True:
+            self.wake.clear()
+            if self.stop.detaching():
+                raise Detach()
+            if all(h.exited.is_set() for h in self.hosts):
+                return self._first_failed()
+            failed = self._first_failed()
+            if failed is not None or self.stop.requested or self.grace.signalled:
+                self._terminate()
+                return self._first_failed()
+            self.wake.wait()
 
     def _terminate(self) -> None:
         """SIGTERM to every running host, then SIGKILL once the grace period (time to save the model) is over."""
-        running = [h for h in self.hosts if not h.exited.is_set()]
-        for host in running:
-            assert host.container is not None
-            self.backend.signal(host.container, "SIGTERM")
-        grace_end = time.monotonic() + self.settings.stop_grace_seconds
-        while not all(h.exited.is_set() for h in running):
-            if self._exit_seen.wait(min(POLL_SECONDS, max(0.0, grace_end - time.monotonic()))):
-                self._exit_seen.clear()
-                continue
-            self._check_shutdown()
-            if time.monotonic() >= grace_end:
-                for host in running:
-                    if not host.exited.is_set():
-                        assert host.container is not None
-                        self.backend.signal(host.container, "SIGKILL")
-                killed_by = time.monotonic() + 30
-                for host in running:
-                    host.exited.wait(max(0.0, killed_by - time.monotonic()))
+        if not self.grace.signalled:
+            self.grace.begin()
+            for host in self.hosts:
+                if not host.exited.is_set():
+                    assert host.container is not None
+                    self.backend.signal(host.container, "SIGTERM")
+        while True:
+            self.wake.clear()
+            if all(h.exited.is_set() for h in self.hosts):
                 return
+            if self.stop.detaching():
+                raise Detach()
+            remaining = self.grace.remaining()
+            if remaining <= 0:
+                break
+            self.wake.wait(remaining)
+        for host in self.hosts:
+            if not host.exited.is_set():
+                assert host.container is not None
+                self.backend.signal(host.container, "SIGKILL")
+        killed_by = time.monotonic() + KILL_WAIT_SECONDS
+        for host in self.hosts:
+            host.exited.wait(max(0.0, killed_by - time.monotonic()))
+
+    def _finish_completed(self) -> None:
+        try:
+            self._enter(UPLOADING)
+        except StopRequested:
+            pass  # stopped as it finished: still upload what it made, and end as the stop says
+        try:
+            client = self._s3_client()
+            artifacts.upload_outputs(client, self.spec, self._layouts(), always_model=True,
+                                     cancelled=self.stop.detaching)
+            artifacts.upload_checkpoints(client, self.spec, self._layouts(), cancelled=self.stop.detaching)
+        except artifacts.TransferCancelled:
+            raise Detach() from None
+        except artifacts.UploadError as e:
+            self._end(FAILED, e.reason)
+            return
+        self._end("Completed")
+
+    def _upload_quietly(self) -> None:
+        # A failed or stopped job keeps its status even when saving its leftovers fails.
+        try:
+            client = self._s3_client()
+            artifacts.upload_outputs(client, self.spec, self._layouts(), always_model=False,
+                                     cancelled=self.stop.detaching)
+            artifacts.upload_checkpoints(client, self.spec, self._layouts(), cancelled=self.stop.detaching)
+        except artifacts.TransferCancelled:
+            raise Detach() from None
+        except Exception as e:
+            log.warning("could not upload artifacts of %s: %s", self.job.name, e)
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    def _create_containers(self, image: str, algorithm: dict[str, Any]) -> None:
+    def _enter(self, secondary: str, message: str | None = None) -> None:
+        """Show a phase (not again if the job is past it); StopRequested if a stop is under way."""
+        if self.stop.requested:
+            raise StopRequested()
+        current = self._current
+        if phase_reached(current, secondary) and not (secondary == TRAINING == current.secondary_status):
+            return
+        try:
+            self._current = self.lifecycle.advance(self.arn, secondary, message)
+        except IllegalTransition:
+            latest = self.lifecycle.refresh(self.arn)
+            if latest is not None and latest.status == STOPPING:
+                self.stop.request()
+                raise StopRequested() from None
+            raise
+        self.deadline.arm(self._current.training_start_time)
+
+    def _cancellable(self, work: Callable[[], None]) -> None:
+        """Run `work` (an image pull) in the background; a stop, the deadline or a shutdown stops waiting for it."""
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as e:
+                failure.append(e)
+            finally:
+                done.set()
+                self.wake.set()
+
+        threading.Thread(target=run, name=f"smlocal-pull-{self.job.name}", daemon=True).start()
+        while True:
+            self.wake.clear()
+            if done.is_set():
+                break
+            self.stop.check()
+            self.wake.wait()
+        if failure:
+            if isinstance(failure[0], ImageUnavailable):
+                raise _JobFailed(failure[0].reason)
+            raise failure[0]
+
+    def _create_containers(self, image: str) -> None:
         """One container per host on the job's network; each resolves the others by host name (its alias)."""
+        assert self.network is not None
         name = resource_name(self.job.name)
-        network, addresses = self.backend.create_network(name, self.labels, self.host_names)
-        entrypoint, command = container_command(algorithm)
-        environment = container_environment(self.job, self.settings)
-        checkpoints = checkpoint_config(self.job.request)
+        entrypoint, command = container_command(self.spec.algorithm.entrypoint, self.spec.algorithm.arguments)
+        environment = container_environment(self.spec, self.settings)
+        addresses = host_addresses(self.network, self.host_names)
         for host in self.hosts:
-            mounts = container_mounts(host.layout, checkpoints)
-            host.container = self.backend.create_container(ContainerSpec(
-                image=image, name=f"{name}-{host.name}", network=network.name, host=host.name,
-                labels=host.labels, environment=dict(environment), entrypoint=entrypoint, command=command,
+            mounts = container_mounts(host.layout, self.spec)
+            for provider in host.inputs:
+                mounts.update(provider.mounts())
+            host.container = self.backend.create(ContainerSpec(
+                image=image, name=f"{name}-{host.name}", network=self.network.name, host=host.name,
+                labels={**host.labels, LABEL_NETWORK: self.network.name}, environment=dict(environment),
+                entrypoint=entrypoint, command=command,
                 mounts=mounts, address=addresses.get(host.name),
                 peers={h: a for h, a in addresses.items() if h != host.name},
             ))
 
+    def _follow(self, host: _Host, stream: Path, *, resume: bool) -> None:
+        assert host.container is not None
+        definitions = self.spec.algorithm.metric_definitions
+        host.series = (MetricSeriesWriter(self.lifecycle.store, self.arn, self.job.creation_time, host.name)
+                       if definitions else None)
+        host.metrics = MetricCollector(definitions, sink=host.series.add if host.series is not None else None)
+        host.follower = LogFollower(self.backend, host.container, LogStreamWriter(stream), host.metrics)
+        if resume:
+            host.follower.resume_from_file()
+
+    def _stream_path(self, host: str, started_at: float) -> Path:
+        return stream_path(self.data_dir, self.log_key, host, started_at)
+
+    def _on_exit(self, host: _Host) -> None:
+        with self._exits_lock:
+            self._exits.append(host)
+        self.wake.set()
+
+    def _first_failed(self) -> _Host | None:
+        with self._exits_lock:
+            exits = [h for h in self._exits if h.error is None]
+        failed = self.failures.first_failed(exits)
+        return failed if isinstance(failed, _Host) else None
+
+    def _record_terminating(self) -> float:
+        return self.lifecycle.set_runner_state(self.arn, TERMINATING).runner_since or time.time()
+
     def _layouts(self) -> list[HostLayout]:
         return [h.layout for h in self.hosts]
-
-    def _series(self, host: _Host) -> MetricSeriesWriter | None:
-        if not self._metric_definitions():
-            return None
-        return MetricSeriesWriter(self.lifecycle.store, self.arn, self.job.creation_time, host.name)
-
-    def _metric_definitions(self) -> list[dict[str, Any]]:
-        return (self.job.request.get("AlgorithmSpecification") or {}).get("MetricDefinitions") or []
 
     def _s3_client(self) -> Minio:
         if self._s3 is None:
             self._s3 = make_client(self.settings, self.job.region)
         return self._s3
 
-    def _stop_kind(self, deadline: float) -> str | None:
-        """How a requested stop ends: after the deadline it can only be the MaxRuntime stop."""
-        current = self.lifecycle.refresh(self.arn)
-        if current is None or current.status != STOPPING:
-            return None
-        return "MaxRuntimeExceeded" if time.time() >= deadline else "Stopped"
-
-    def _stop_requested(self) -> bool:
-        current = self.lifecycle.refresh(self.arn)
-        return current is not None and current.status == STOPPING
-
-    def _stop_or_shutdown(self) -> bool:
-        # Called per downloaded object: look at the database at most twice a second.
-        if self._shutdown.is_set():
-            return True
-        checked_at, value = self._stop_cache
-        if time.monotonic() - checked_at > POLL_SECONDS:
-            value = self._stop_requested()
-            self._stop_cache = (time.monotonic(), value)
-        return value
-
-    def _check_shutdown(self) -> None:
-        if self._shutdown.is_set():
-            self._stop_followers()
-            raise _Shutdown()
-
-    def _check_stop(self) -> None:
-        self._check_shutdown()
-        if self._stop_requested():
-            raise _StopRequested()
-
-    def _advance(self, secondary: str) -> None:
-        try:
-            self.lifecycle.advance(self.arn, secondary)
-        except IllegalTransition:
-            if self._stop_requested():
-                raise _StopRequested() from None
-            raise
-
     def _end(self, secondary: str, failure_reason: str | None = None) -> None:
-        # Clean up first, so a terminal status means the container, network and tree are gone.
-        self._cleanup()
+        """Write the terminal status (before any cleanup: the job's end is on record first).
+
+        A job being stopped ends as its stop says, whatever `secondary` is."""
+        job = self.lifecycle.end(self.arn, secondary, failure_reason)
+        if job.status not in TERMINAL_STATUSES:
+            raise IllegalTransition(f"{self.arn} did not end: {job.status}/{job.secondary_status}")
+
+    def _end_stopped(self) -> None:
+        self.lifecycle.finish_stop(self.arn)
+
+    def _end_safely(self, end: Callable[[], None]) -> None:
         try:
-            self.lifecycle.advance(self.arn, secondary, failure_reason=failure_reason)
-        except IllegalTransition as e:
-            current = self.lifecycle.refresh(self.arn)
-            if current is None or current.status not in TERMINAL_STATUSES:
-                raise
-            log.info("job %s already ended: %s", self.job.name, e)
+            end()
+        except Exception:
+            log.exception("could not record the end of training job %s", self.job.name)
+
+    def _stop_inputs(self) -> None:
+        for host in self.hosts:
+            for provider in host.inputs:
+                try:
+                    provider.stop()
+                except Exception:
+                    log.exception("could not stop input %s of %s", provider.channel.name, self.job.name)
 
     def _cleanup(self) -> None:
         if self._cleaned:
             return
         self._cleaned = True
         self._stop_followers()
+        self._stop_inputs()
         try:
-            self.backend.remove_job_resources({LABEL_JOB_ARN: self.arn,
-                                                LABEL_DATA_DIR: self.labels[LABEL_DATA_DIR]})
+            self._remove_containers_and_network()
+        except BackendUnavailable as e:
+            log.warning("could not remove the containers of %s (%s): they go at the next recovery", self.job.name, e)
+            self._on_backend_lost()
         except Exception as e:
             log.warning("could not remove the containers of %s: %s", self.job.name, e)
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(self.root)
+        # The next job's network, made now: made while this job's containers start or stop, it would
+        # slow them down (the engine serializes network changes).
+        self.networks.refill()
+
+    def _remove_containers_and_network(self) -> None:
+        mine = {LABEL_JOB_ARN: self.arn, LABEL_DATA_DIR: self.labels[LABEL_DATA_DIR]}
+        containers = self.backend.containers(mine)
+        networks = {c.labels[LABEL_NETWORK] for c in containers if c.labels.get(LABEL_NETWORK)}
+        if self.network is not None:
+            networks.add(self.network.name)
+        for container in containers:
+            self.backend.remove(container)
+        for network in networks:
+            self.networks.release(network)
+        for labelled in self.backend.networks(mine):  # a job's own network, as older versions made them
+            self.backend.remove_network(labelled)
 
     def _stop_followers(self) -> None:
         for host in self.hosts:
             if host.follower is not None:
                 host.follower.stop()
+        self._close_series()
+
+    def _close_series(self) -> None:
+        for host in self.hosts:
             if host.series is not None:
-                host.series.close()  # every point is stored before the job's end is
+                host.series.close()

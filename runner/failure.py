@@ -1,37 +1,40 @@
-"""The FailureReason of a job whose algorithm exited non-zero."""
+"""The FailureReason of a job whose algorithm exited non-zero.
+
+SageMaker writes `AlgorithmError: <the failure file's text>, exit code: <N>`; smlocal adds the log's
+last lines after it (they usually show the traceback), all within the 1024 characters the API allows.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-from runner.layout import HostLayout, is_real_dir
+from runner import tree
+from runner.layout import HostLayout
 
 MAX_REASON = 1024
+# Bytes read from the failure file at most: the container controls its size (and its type).
+FAILURE_FILE_LIMIT = 4 * MAX_REASON
+TAIL_LINE_LIMIT = 300
 
 
 def read_failure_file(layout: HostLayout) -> str | None:
-    """The first 1024 characters of /opt/ml/output/failure, if the algorithm wrote one."""
-    if not is_real_dir(layout.output_dir, layout.opt_ml):
+    """The first 1024 characters of /opt/ml/output/failure, if the algorithm wrote one as a regular file.
+
+    Read without blocking (a FIFO there would hang a plain open), without following links (in the
+    file's name or its folders) and only if fstat says it is a regular file (a device node would
+    leak host bytes)."""
+    data = tree.read_regular(layout.opt_ml, "output/failure", FAILURE_FILE_LIMIT)
+    if not data:
         return None
-    try:
-        # O_NOFOLLOW: the container could have made `failure` a link to a host file.
-        fd = os.open(layout.failure_file, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        text = f.read(4 * MAX_REASON).decode("utf-8", errors="replace").strip()
+    text = data.decode("utf-8", errors="replace").strip()
     return text[:MAX_REASON] or None
 
 
-def algorithm_error(exit_code: int, last_lines: Sequence[str], host: str | None = None) -> str:
-    """`AlgorithmError: ..., exit code: N` with the log's tail, the shape SageMaker reports."""
-    container = f"the training container on {host}" if host else "the training container"
-    head = f"AlgorithmError: {container} exited with a non-zero status, exit code: {exit_code}"
+def _with_tail(head: str, last_lines: Sequence[str]) -> str:
     tail: list[str] = []
     room = MAX_REASON - len(head) - len("\nLast log lines:\n")
     for line in reversed(last_lines):
-        line = line[-300:]
+        line = line[-TAIL_LINE_LIMIT:]
         if room - len(line) - 1 < 0:
             break
         tail.insert(0, line)
@@ -41,9 +44,17 @@ def algorithm_error(exit_code: int, last_lines: Sequence[str], host: str | None 
     return (head + "\nLast log lines:\n" + "\n".join(tail))[:MAX_REASON]
 
 
+def algorithm_error(exit_code: int, last_lines: Sequence[str], host: str | None = None,
+                    written: str | None = None) -> str:
+    """`AlgorithmError: <failure file or what happened>, exit code: N` and the log's tail."""
+    if written:
+        head = f"AlgorithmError: {host + ': ' if host else ''}{written}, exit code: {exit_code}"
+    else:
+        container = f"the training container on {host}" if host else "the training container"
+        head = f"AlgorithmError: {container} exited with a non-zero status, exit code: {exit_code}"
+    return _with_tail(head, last_lines)
+
+
 def failure_reason(layout: HostLayout, exit_code: int, last_lines: Sequence[str], *, name_host: bool = False) -> str:
-    """The failure file's text, else the exit code and log tail; `name_host` (several hosts) says which host."""
-    written = read_failure_file(layout)
-    if written is None:
-        return algorithm_error(exit_code, last_lines, layout.host if name_host else None)
-    return f"{layout.host}: {written}"[:MAX_REASON] if name_host else written
+    """The job's FailureReason; `name_host` (several hosts) says which host failed."""
+    return algorithm_error(exit_code, last_lines, layout.host if name_host else None, read_failure_file(layout))

@@ -1,4 +1,10 @@
-"""The per-host /opt/ml tree on the host and the config files SageMaker writes into it."""
+"""The per-host /opt/ml tree on the host and the config files SageMaker writes into it.
+
+Permissions: the data dir and every job folder are private (0700); the bind-mounted tree opens only
+what an algorithm running as any uid needs: it reads `/opt/ml/input` (0755, files 0644) and writes
+`model`, `output` and the checkpoints (0777). Docker resolves bind-mount sources as root, so the
+private folders above the tree do not keep a non-root container user out of its own tree.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.spec import JobSpec
+
 CONTAINER_ROOT = "/opt/ml"
-DEFAULT_CHECKPOINT_PATH = "/opt/ml/checkpoints"
-DEFAULT_GROUP = "homogeneousCluster"
+PRIVATE = 0o700
+READABLE_DIR = 0o755
+READABLE_FILE = 0o644
+WRITABLE_DIR = 0o777
+WRITABLE_FILE = 0o666
 
 
 @dataclass(frozen=True)
@@ -63,77 +74,50 @@ class HostLayout:
         return self.job_root / "staging"
 
 
-def job_folder_name(job_name: str, region: str, account_id: str) -> str:
-    # Names are unique per account and region only; a job name has no dots, so this cannot clash.
-    return f"{job_name}.{region}.{account_id}"
+def job_folder_name(job_name: str, region: str, account_id: str, creation_time: float) -> str:
+    # Names are unique per account and region only, and a deleted job's name can be used again while the
+    # old job's folder is still being removed: the creation time tells the two apart. A job name has no
+    # dots, so this cannot clash.
+    return f"{job_name}.{region}.{account_id}.{int(creation_time * 1000)}"
 
 
-def job_root(data_dir: Path | str, job_name: str, region: str, account_id: str) -> Path:
-    return Path(data_dir) / "jobs" / job_folder_name(job_name, region, account_id)
+def job_root(data_dir: Path | str, job_name: str, region: str, account_id: str, creation_time: float) -> Path:
+    return Path(data_dir) / "jobs" / job_folder_name(job_name, region, account_id, creation_time)
 
 
-def host_names(count: int) -> list[str]:
-    return [f"algo-{i}" for i in range(1, count + 1)]
-
-
-def _instance_groups(request: dict[str, Any]) -> list[dict[str, Any]]:
-    rc = request.get("ResourceConfig") or {}
-    groups = rc.get("InstanceGroups")
-    if groups:
-        # Heterogeneous clusters number hosts across groups in request order.
-        result, next_host = [], 1
-        for g in groups:
-            count = int(g.get("InstanceCount", 1))
-            hosts = [f"algo-{i}" for i in range(next_host, next_host + count)]
-            next_host += count
-            result.append({"instance_group_name": g["InstanceGroupName"],
-                           "instance_type": g["InstanceType"], "hosts": hosts})
-        return result
-    return [{"instance_group_name": DEFAULT_GROUP, "instance_type": rc.get("InstanceType", "ml.m5.large"),
-             "hosts": host_names(int(rc.get("InstanceCount", 1)))}]
-
-
-def all_hosts(request: dict[str, Any]) -> list[str]:
-    hosts = [h for g in _instance_groups(request) for h in g["hosts"]]
-    return sorted(hosts, key=lambda h: int(h.rsplit("-", 1)[1]))
-
-
-def resource_config(request: dict[str, Any], host: str) -> dict[str, Any]:
-    groups = _instance_groups(request)
-    mine = next(g for g in groups if host in g["hosts"])
+def resource_config(spec: JobSpec, host: str) -> dict[str, Any]:
+    mine = spec.group_of(host)
     return {
         "current_host": host,
-        "current_instance_type": mine["instance_type"],
-        "current_group_name": mine["instance_group_name"],
-        "hosts": all_hosts(request),
-        "instance_groups": groups,
+        "current_instance_type": mine.instance_type,
+        "current_group_name": mine.name,
+        "hosts": spec.hosts,
+        "instance_groups": [{"instance_group_name": g.name, "instance_type": g.instance_type, "hosts": list(g.hosts)}
+                            for g in spec.instance_groups],
         "network_interface_name": "eth0",
     }
 
 
-def input_data_config(request: dict[str, Any]) -> dict[str, Any]:
-    job_mode = (request.get("AlgorithmSpecification") or {}).get("TrainingInputMode", "File")
+def input_data_config(spec: JobSpec) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    for channel in request.get("InputDataConfig") or []:
-        s3 = (channel.get("DataSource") or {}).get("S3DataSource") or {}
+    for channel in spec.channels:
         entry: dict[str, Any] = {}
-        if channel.get("ContentType"):
-            entry["ContentType"] = channel["ContentType"]
-        entry["TrainingInputMode"] = channel.get("InputMode") or job_mode
-        entry["S3DistributionType"] = s3.get("S3DataDistributionType", "FullyReplicated")
-        entry["RecordWrapperType"] = channel.get("RecordWrapperType", "None")
-        config[channel["ChannelName"]] = entry
+        if channel.content_type:
+            entry["ContentType"] = channel.content_type
+        entry["TrainingInputMode"] = channel.input_mode
+        entry["S3DistributionType"] = channel.s3.distribution if channel.s3 else "FullyReplicated"
+        entry["RecordWrapperType"] = channel.record_wrapper
+        config[channel.name] = entry
     return config
 
 
-def checkpoint_config(request: dict[str, Any]) -> dict[str, Any] | None:
-    cc = request.get("CheckpointConfig")
-    if not cc:
+def checkpoint_config(spec: JobSpec) -> dict[str, Any] | None:
+    if spec.checkpoint is None:
         return None
-    return {"LocalPath": cc.get("LocalPath") or DEFAULT_CHECKPOINT_PATH, "S3Uri": cc["S3Uri"]}
+    return {"LocalPath": spec.checkpoint.local_path, "S3Uri": spec.checkpoint.s3_uri}
 
 
-def container_mounts(layout: HostLayout, checkpoints: dict[str, Any] | None) -> dict[str, str]:
+def container_mounts(layout: HostLayout, spec: JobSpec) -> dict[str, str]:
     """Host path -> container path of what the platform provides under /opt/ml, and nothing else.
 
     SageMaker provides /opt/ml/input (config and data), /opt/ml/model and /opt/ml/output, and the
@@ -149,52 +133,41 @@ def container_mounts(layout: HostLayout, checkpoints: dict[str, Any] | None) -> 
         str(layout.model_dir): f"{CONTAINER_ROOT}/model",
         str(layout.output_dir): f"{CONTAINER_ROOT}/output",
     }
-    if checkpoints is not None:
-        mounts[str(layout.checkpoints_dir)] = posixpath.normpath(checkpoints["LocalPath"])
+    if spec.checkpoint is not None:
+        mounts[str(layout.checkpoints_dir)] = posixpath.normpath(spec.checkpoint.local_path)
     return mounts
 
 
-def _make_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    # The image may run as any uid; the tree is the container's to write.
-    os.chmod(path, 0o777)
+def _make_dir(path: Path, mode: int) -> None:
+    path.mkdir(exist_ok=True)
+    os.chmod(path, mode)
 
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-    os.chmod(path, 0o666)
+    os.chmod(path, READABLE_FILE)
 
 
-def prepare(layout: HostLayout, request: dict[str, Any]) -> None:
+def make_private_dir(path: Path) -> None:
+    """A folder only smlocal's user may enter (with any missing parents, private too)."""
+    path.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE)
+
+
+def prepare(layout: HostLayout, spec: JobSpec) -> None:
     """Create the host's /opt/ml tree with its config files and empty channel folders."""
-    for d in (layout.job_root, layout.job_root / layout.host, layout.opt_ml.parent, layout.opt_ml,
-              layout.opt_ml / "input", layout.config_dir, layout.opt_ml / "input" / "data",
-              layout.model_dir, layout.output_dir, layout.output_data_dir, layout.checkpoints_dir):
-        _make_dir(d)
-    layout.staging_dir.mkdir(parents=True, exist_ok=True)
-    hyperparameters = {str(k): str(v) for k, v in (request.get("HyperParameters") or {}).items()}
-    _write_json(layout.config_dir / "hyperparameters.json", hyperparameters)
-    _write_json(layout.config_dir / "inputdataconfig.json", input_data_config(request))
-    _write_json(layout.config_dir / "resourceconfig.json", resource_config(request, layout.host))
-    checkpoints = checkpoint_config(request)
+    make_private_dir(layout.job_root)
+    for d in (layout.job_root / layout.host, layout.opt_ml.parent, layout.staging_dir):
+        _make_dir(d, PRIVATE)
+    for d in (layout.opt_ml, layout.opt_ml / "input", layout.config_dir, layout.opt_ml / "input" / "data"):
+        _make_dir(d, READABLE_DIR)
+    for d in (layout.model_dir, layout.output_dir, layout.output_data_dir, layout.checkpoints_dir):
+        _make_dir(d, WRITABLE_DIR)
+    _write_json(layout.config_dir / "hyperparameters.json", dict(spec.hyperparameters))
+    _write_json(layout.config_dir / "inputdataconfig.json", input_data_config(spec))
+    _write_json(layout.config_dir / "resourceconfig.json", resource_config(spec, layout.host))
+    checkpoints = checkpoint_config(spec)
     if checkpoints is not None:
         _write_json(layout.config_dir / "checkpointconfig.json", checkpoints)
-    for channel in request.get("InputDataConfig") or []:
-        _make_dir(layout.channel_dir(channel["ChannelName"]))
-
-
-def is_real_dir(path: Path, root: Path) -> bool:
-    """True if `path` is a directory reached from `root` without following any symlink.
-
-    The container owns the tree and could swap a folder for a link to the host's / before we read it.
-    """
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        return False
-    current = root
-    for part in ("",) + rel.parts:
-        current = current / part if part else current
-        if current.is_symlink() or not current.is_dir():
-            return False
-    return True
+    for channel in spec.channels:
+        _make_dir(layout.channel_dir(channel.name), READABLE_DIR)

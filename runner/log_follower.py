@@ -1,4 +1,8 @@
-"""Follows one container's stdout/stderr into its log stream file while the job runs."""
+"""Follows one container's stdout/stderr into its log stream file while the job runs.
+
+A log event is at most 256 KiB (CloudWatch's limit): a longer line is cut there and the rest of it is
+read and dropped, so a container printing 10 MiB without a newline costs the server 256 KiB, not 10 MiB.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,85 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import Any
 
-from docker.models.containers import Container
-
-from runner.logs import DockerLogAssembler, LogStreamWriter, read_events
+from runner.backend import Backend, ContainerRef, LogChunk
+from runner.logs import LogStreamWriter, read_events
 from runner.metrics import MetricCollector
 
 log = logging.getLogger("smlocal.runner")
 
 TAIL_LINES = 20
+# CloudWatch counts a message's UTF-8 bytes plus 26 against its 256 KiB event limit.
+MAX_EVENT_BYTES = 256 * 1024 - 26
+
+
+class LineAssembler:
+    """Turns log chunks into whole lines of at most `limit` UTF-8 bytes.
+
+    Engines split long lines into parts (Docker: 16 KiB frames without a newline, each with its own
+    timestamp); they are joined and stamped with the first part's time. What a line has beyond the
+    limit is dropped as it arrives.
+    """
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._cut = False
+        self._ts: int | None = None
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._size
+
+    def feed(self, chunk: LogChunk, now_ms: int) -> list[tuple[int, str]]:
+        lines = []
+        data = chunk.data
+        while data:
+            if self._ts is None:
+                self._ts = chunk.timestamp_ms if chunk.timestamp_ms is not None else now_ms
+            newline = data.find(b"\n")
+            piece = data if newline < 0 else data[:newline]
+            room = self.limit - self._size
+            if len(piece) > room:
+                self._cut = True
+                piece = piece[:room]
+            if piece:
+                self._parts.append(piece)
+                self._size += len(piece)
+            if newline < 0:
+                break
+            lines.append(self._take())
+            data = data[newline + 1:]
+        return lines
+
+    def flush(self) -> list[tuple[int, str]]:
+        return [self._take()] if self._ts is not None else []
+
+    def _take(self) -> tuple[int, str]:
+        raw = b"".join(self._parts).rstrip(b"\r")
+        text = raw.decode("utf-8", errors="replace")
+        if self._cut:
+            # A cut in the middle of a character decodes to a replacement character, which may be longer.
+            while len(text.encode("utf-8")) > self.limit:
+                text = text[:-1]
+        line = (self._ts or 0, text)
+        self._parts, self._size, self._cut, self._ts = [], 0, False, None
+        return line
 
 
 class LogFollower:
-    def __init__(self, container: Container, writer: LogStreamWriter, metrics: MetricCollector) -> None:
+    def __init__(self, backend: Backend, container: ContainerRef, writer: LogStreamWriter,
+                 metrics: MetricCollector) -> None:
+        self._backend = backend
         self._container = container
         self._writer = writer
         self._metrics = metrics
         self.last_lines: deque[str] = deque(maxlen=TAIL_LINES)
         self._since_ms: int | None = None
-        # Lines already in the file at the resume instant; docker's `since` is inclusive.
+        # Lines already in the file at the resume instant; the engine's `since` is inclusive.
         self._already_written: Counter[str] = Counter()
-        self._stream: Any = None
+        self._stream = None
         self._closed = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"smlocal-logs-{container.name}", daemon=True)
@@ -47,23 +108,20 @@ class LogFollower:
         self._thread.start()
 
     def _run(self) -> None:
-        kwargs: dict[str, Any] = {"stream": True, "follow": True, "timestamps": True}
-        if self._since_ms is not None:
-            kwargs["since"] = self._since_ms / 1000
-        assembler = DockerLogAssembler()
+        assembler = LineAssembler()
         try:
-            stream = self._container.logs(**kwargs)
+            stream = self._backend.logs(self._container, self._since_ms)
             with self._lock:
                 if self._closed:
                     stream.close()
                     return
                 self._stream = stream
-            for frame in stream:
-                for ts, line in assembler.feed(frame, int(time.time() * 1000)):
+            for chunk in stream:
+                for ts, line in assembler.feed(chunk, int(time.time() * 1000)):
                     self._emit(ts, line)
             for ts, line in assembler.flush():
                 self._emit(ts, line)
-        except Exception as e:  # the container vanished or Docker went away: keep what we have
+        except Exception as e:  # the container vanished or the engine went away: keep what we have
             if not self._closed:
                 log.warning("log stream of %s ended: %s", self._container.name, e)
         finally:

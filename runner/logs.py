@@ -12,7 +12,7 @@ from datetime import datetime
 
 from server.logstore import LogStreamWriter, list_streams, read_events, stream_name, stream_path
 
-__all__ = ["DockerLogAssembler", "LogStreamWriter", "list_streams", "read_events", "split_docker_timestamp",
+__all__ = ["LogStreamWriter", "list_streams", "read_events", "split_docker_timestamp",
            "stream_name", "stream_path"]
 
 # Docker prefixes each line with RFC 3339 nano time when asked for timestamps.
@@ -28,35 +28,3 @@ def split_docker_timestamp(frame: bytes) -> tuple[int | None, bytes]:
     # datetime keeps microseconds; docker sends nanoseconds.
     iso = f"{base}.{fraction[:6].ljust(6, '0')}{'+00:00' if zone == 'Z' else zone}"
     return int(datetime.fromisoformat(iso).timestamp() * 1000), frame[m.end():]
-
-
-class DockerLogAssembler:
-    """Turns docker log frames into whole lines.
-
-    Docker splits lines longer than 16 KiB into partial frames, each with its own timestamp and no
-    newline; they are joined and stamped with the first part's time.
-    """
-
-    def __init__(self) -> None:
-        self._pending: bytes = b""
-        self._pending_ts: int | None = None
-
-    def feed(self, frame: bytes, now_ms: int) -> list[tuple[int, str]]:
-        ts, payload = split_docker_timestamp(frame)
-        if self._pending_ts is None:
-            self._pending_ts = ts if ts is not None else now_ms
-        self._pending += payload
-        lines = []
-        while b"\n" in self._pending:
-            line, self._pending = self._pending.split(b"\n", 1)
-            lines.append((self._pending_ts, line.rstrip(b"\r").decode("utf-8", errors="replace")))
-        if not self._pending:
-            self._pending_ts = None
-        return lines
-
-    def flush(self) -> list[tuple[int, str]]:
-        if not self._pending:
-            return []
-        line = (self._pending_ts or 0, self._pending.rstrip(b"\r").decode("utf-8", errors="replace"))
-        self._pending, self._pending_ts = b"", None
-        return [line]

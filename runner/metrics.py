@@ -1,26 +1,39 @@
-"""FinalMetricDataList: the last value each MetricDefinitions regex found in the training log."""
+"""FinalMetricDataList: the last value each MetricDefinitions regex found in the training log.
+
+The patterns come from the client, so they run with the `regex` module: with a timeout (a pattern
+that backtracks catastrophically is dropped, with a warning, instead of hanging the log follower) and
+`concurrent=True` (the GIL is released while matching, so no pattern slows the API's threads).
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import regex
+
+from runner.spec import MetricDefinition
+
 log = logging.getLogger("smlocal.runner")
+
+# A log line is at most 256 KiB; an honest pattern scans that in milliseconds.
+MATCH_TIMEOUT_SECONDS = 0.25
 
 
 class MetricCollector:
     """Fed every log line; keeps the latest value per metric, as SageMaker reports final metrics."""
 
-    def __init__(self, definitions: list[dict[str, Any]] | None,
+    def __init__(self, definitions: Sequence[MetricDefinition] | None,
                  sink: Callable[[str, int, float], None] | None = None) -> None:
-        self._patterns: list[tuple[str, re.Pattern[str]]] = []
+        self.names: list[str] = []
+        self._patterns: list[tuple[str, regex.Pattern[str]]] = []
         for d in definitions or []:
             try:
-                self._patterns.append((d["Name"], re.compile(d["Regex"])))
-            except (KeyError, re.error) as e:
+                self._patterns.append((d.name, regex.compile(d.regex)))
+                self.names.append(d.name)
+            except (regex.error, TypeError) as e:
                 log.warning("ignoring metric definition %r: %s", d, e)
         self._latest: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -28,8 +41,15 @@ class MetricCollector:
         self._sink = sink
 
     def feed(self, timestamp_ms: int, line: str) -> None:
-        for name, pattern in self._patterns:
-            m = pattern.search(line)
+        for entry in list(self._patterns):
+            name, pattern = entry
+            try:
+                m = pattern.search(line, timeout=MATCH_TIMEOUT_SECONDS, concurrent=True)
+            except TimeoutError:
+                log.warning("metric %r: its regex took over %s s on one log line; it is no longer evaluated",
+                            name, MATCH_TIMEOUT_SECONDS)
+                self._patterns.remove(entry)
+                continue
             if not m:
                 continue
             # SageMaker takes the first capture group (the whole match when there is none).
@@ -45,7 +65,7 @@ class MetricCollector:
 
     def final(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [self._latest[name] for name, _ in self._patterns if name in self._latest]
+            return [self._latest[name] for name in self.names if name in self._latest]
 
 
 def final_of_all(collectors: Sequence[MetricCollector]) -> list[dict[str, Any]]:
@@ -56,5 +76,5 @@ def final_of_all(collectors: Sequence[MetricCollector]) -> list[dict[str, Any]]:
             best = latest.get(metric["MetricName"])
             if best is None or metric["Timestamp"] > best["Timestamp"]:
                 latest[metric["MetricName"]] = metric
-    order = [name for name, _ in collectors[0]._patterns] if collectors else []
+    order = collectors[0].names if collectors else []
     return [latest[name] for name in order if name in latest]

@@ -1,58 +1,71 @@
 """The Runner: picks queued jobs up to the concurrency cap and runs each in its own thread.
 
-Status changes all go through server.lifecycle; the runner never writes a job row itself.
+Status changes all go through server.lifecycle; the runner never writes a job row itself. It hears of
+new jobs and stops from the lifecycle's listeners (at once, no polling), and of container exits from
+its executions. When the container engine does not answer, jobs keep their state: the runner retries
+with backoff, and once the engine answers it recovers what was in flight (as after a restart).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from docker.errors import DockerException
-from docker.models.containers import Container
-
-from runner.docker_backend import (
+from runner.backend import (
     LABEL_DATA_DIR,
-    LABEL_HOST,
     LABEL_JOB_ARN,
     LABEL_MANAGED,
-    DockerBackend,
-    started_at,
+    Backend,
+    BackendUnavailable,
+    ContainerRef,
 )
+from runner.docker_backend import DockerBackend
 from runner.execution import JobExecution, data_dir_label
 from runner.layout import job_folder_name
+from runner.mounts import remove_tree
+from runner.networks import LABEL_NETWORK, NetworkPool
 from server.config import Settings
-from server.lifecycle import Lifecycle
+from server.lifecycle import IN_PROGRESS, PREPARING, QUEUED, STOPPING, Lifecycle
 from server.store import JobRecord
 
 log = logging.getLogger("smlocal.runner")
 
 _ADOPTABLE_STATES = frozenset({"running", "exited", "paused"})
+# Backoff between tries to reach an engine that does not answer.
+BACKOFF_START = 1.0
+BACKOFF_MAX = 30.0
+# A safety net only: every change that matters wakes the runner.
+IDLE_WAKE_SECONDS = 30.0
 
 
 class Runner:
     """Runs training jobs in the background.
 
-    `start()` returns at once: recovery of jobs a previous process left and the polling loop run in a
-    background thread. `wake()` makes the loop look for queued jobs now. `shutdown()` stops following
-    jobs but leaves their containers running for the next process to adopt.
+    `start()` returns at once: recovery of jobs a previous process left and the scheduling loop run in
+    a background thread. `shutdown()` stops following jobs but leaves their containers running for the
+    next process to adopt.
     """
 
-    def __init__(self, settings: Settings, lifecycle: Lifecycle, *, backend: DockerBackend | None = None,
-                 poll_interval: float = 1.0) -> None:
+    def __init__(self, settings: Settings, lifecycle: Lifecycle, *, backend: Backend | None = None) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
-        self.poll_interval = poll_interval
         self.backend = backend or DockerBackend(max_pool_size=max(10, 4 * settings.max_concurrent_jobs + 8))
         self._wake = threading.Event()
         self._shutdown = threading.Event()
         self._lock = threading.Lock()
-        self._active: dict[str, threading.Thread] = {}
+        self._active: dict[str, tuple[JobExecution, threading.Thread]] = {}
         self._thread: threading.Thread | None = None
+        # The engine's health, as last seen. Unknown (None) until the first check.
+        self._engine_ok: bool | None = None
+        self._engine_error: str | None = None
+        self._engine_checked_at: float | None = None
+        self._engine_lost = threading.Event()
+        self.networks = NetworkPool(self.backend, data_dir_label(settings))
+        lifecycle.subscribe(self._on_job_change)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -68,34 +81,107 @@ class Runner:
     def shutdown(self, timeout: float = 10.0) -> None:
         self._shutdown.set()
         self._wake.set()
+        with self._lock:
+            active = list(self._active.values())
+        for execution, _ in active:
+            execution.wake.set()
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._lock:
-            threads = list(self._active.values())
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        for _, thread in active:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.networks.close()
 
     def active_jobs(self) -> list[str]:
         """ARNs of the jobs this runner is driving right now."""
         with self._lock:
             return list(self._active)
 
-    # ---- internals --------------------------------------------------------------------------
+    def check_engine(self) -> str | None:
+        """Ask the engine now; None if it answers, else what is wrong."""
+        try:
+            self.backend.ping()
+        except BackendUnavailable as e:
+            return str(e)
+        return None
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            running = len(self._active)
+        reachable = self._engine_ok
+        return {
+            "engine": {
+                "name": "docker",
+                "reachable": reachable,
+                "error": self._engine_error,
+                "checkedAt": self._engine_checked_at,
+            },
+            "jobsRunning": running,
+            "jobsQueued": self.lifecycle.counts().get(QUEUED, 0),
+            "maxConcurrentJobs": self.settings.max_concurrent_jobs,
+            # The network made in advance for the next job (runner.networks).
+            "spareNetwork": self.networks.spare,
+        }
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def _on_job_change(self, job: JobRecord) -> None:
+        """Called by the lifecycle after every committed change."""
+        if job.status == STOPPING:
+            with self._lock:
+                entry = self._active.get(job.arn)
+            if entry is not None:
+                entry[0].request_stop()
+        elif job.status == IN_PROGRESS and job.runner_state == QUEUED:
+            self._wake.set()
+
+    def _lost_engine(self) -> None:
+        """An execution found the engine gone: check it, and recover once it is back."""
+        self._engine_lost.set()
+        self._wake.set()
+
+    # ---- the loop ---------------------------------------------------------------------------
 
     def _main(self) -> None:
-        try:
-            self._recover()
-        except Exception:
-            log.exception("recovery of interrupted training jobs failed")
+        backoff = BACKOFF_START
         while not self._shutdown.is_set():
             # Cleared before looking so a wake() during the look is not lost.
             self._wake.clear()
+            if self._engine_ok is not True or self._engine_lost.is_set():
+                self._engine_lost.clear()
+                if not self._engine_answers():
+                    self._wake.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_START
+                try:
+                    self._recover()
+                except BackendUnavailable:
+                    self._set_engine(False, "the engine went away during recovery")
+                    continue
+                except Exception:
+                    log.exception("recovery of interrupted training jobs failed")
             try:
                 self._fill_slots()
+            except BackendUnavailable:
+                self._engine_lost.set()
+                continue
             except Exception:
                 log.exception("could not start queued training jobs")
-            self._wake.wait(self.poll_interval)
+            self._wake.wait(IDLE_WAKE_SECONDS)
+
+    def _engine_answers(self) -> bool:
+        error = self.check_engine()
+        self._set_engine(error is None, error)
+        return error is None
+
+    def _set_engine(self, ok: bool, error: str | None) -> None:
+        if ok and self._engine_ok is False:
+            log.warning("the container engine answers again: taking up the jobs in flight")
+        elif not ok and self._engine_ok is not False:
+            log.warning("%s. Jobs stay InProgress; smlocal retries with backoff (up to every %.0f s).",
+                        error, BACKOFF_MAX)
+        self._engine_ok, self._engine_error, self._engine_checked_at = ok, error, time.time()
 
     def _fill_slots(self) -> None:
         # A job takes one slot, however many hosts it runs.
@@ -104,72 +190,94 @@ class Runner:
         if free <= 0:
             return
         for job in self.lifecycle.queued_jobs(free):
-            if self._shutdown.is_set():
+            if self._shutdown.is_set() or self._engine_lost.is_set():
                 return
             claimed = self.lifecycle.claim(job.arn)
             if claimed is None:
                 continue  # stopped while queued, or taken by someone else
             execution = self._execution(claimed)
-            self._launch(claimed, execution.run_new)
+            self._launch(execution, execution.run_new)
 
     def _execution(self, job: JobRecord) -> JobExecution:
-        return JobExecution(job, self.settings, self.lifecycle, self.backend, self._shutdown)
+        return JobExecution(job, self.settings, self.lifecycle, self.backend, self.networks, self._shutdown,
+                            self._lost_engine)
 
-    def _launch(self, job: JobRecord, body: Callable[[], None]) -> None:
+    def _launch(self, execution: JobExecution, body: Callable[[], None]) -> None:
+        arn = execution.arn
+
         def run() -> None:
             try:
                 body()
             finally:
                 with self._lock:
-                    self._active.pop(job.arn, None)
+                    self._active.pop(arn, None)
                 self.wake()  # a slot is free
 
-        thread = threading.Thread(target=run, name=f"smlocal-job-{job.name}", daemon=True)
+        thread = threading.Thread(target=run, name=f"smlocal-job-{execution.job.name}", daemon=True)
         with self._lock:
-            self._active[job.arn] = thread
+            self._active[arn] = (execution, thread)
         thread.start()
 
-    def _recover(self) -> None:
-        """Adopt the containers of jobs a previous process was running; end the rest; sweep leftovers.
+    # ---- recovery ---------------------------------------------------------------------------
 
-        A job is adopted only when every one of its hosts has a container that started; a job with a host
-        missing (or never started) cannot go on and fails.
+    def _recover(self) -> None:
+        """Take up the jobs in flight that no thread of this process drives (after a restart, or the engine's
+        return), then sweep what no job owns.
+
+        - containers never started (preparing): back to the queue, after its folder and containers are
+          removed (a job being stopped ends Stopped instead);
+        - every host's container started: adopted, running or exited;
+        - a host's container missing: the job fails (or ends Stopped if it was being stopped).
         """
         mine = data_dir_label(self.settings)
-        kept: dict[str, str] = {}  # arn -> job folder name
-        for job in self.lifecycle.claimed_jobs():
+        kept: set[str] = set()
+        for job in self.lifecycle.unfinished_jobs():
+            with self._lock:
+                if job.arn in self._active:
+                    kept.add(job.arn)
+                    continue
             execution = self._execution(job)
-            found: dict[str, Container] = {}  # host -> container
-            try:
-                for c in self.backend.containers({LABEL_JOB_ARN: job.arn, LABEL_DATA_DIR: mine}):
-                    host = c.labels.get(LABEL_HOST)
-                    if host in execution.host_names and c.status in _ADOPTABLE_STATES and started_at(c) is not None:
-                        found.setdefault(host, c)
-            except DockerException as e:
-                log.warning("cannot look for the containers of %s: %s", job.name, e)
+            if job.runner_state == PREPARING:
+                if job.status == STOPPING:
+                    log.info("training job %s was being stopped before it started: it is stopped", job.name)
+                    execution.abandon()
+                else:
+                    log.info("training job %s was interrupted before its containers started: it runs again",
+                             job.name)
+                    execution.requeue()
+                continue
+            found: dict[str, ContainerRef] = {}
+            for c in self.backend.containers({LABEL_JOB_ARN: job.arn, LABEL_DATA_DIR: mine}):
+                if c.host in execution.host_names and c.state in _ADOPTABLE_STATES and c.started_at is not None:
+                    found.setdefault(c.host, c)
             if execution.host_names and set(found) == set(execution.host_names):
-                kept[job.arn] = job_folder_name(job.name, job.region, job.account_id)
-                self._launch(job, lambda e=execution, c=found: e.run_adopted(c))
+                kept.add(job.arn)
+                self._launch(execution, lambda e=execution, c=found: e.run_adopted(c))
             else:
-                log.info("training job %s was interrupted by a restart", job.name)
+                log.info("training job %s lost its containers when smlocal restarted", job.name)
                 execution.abandon()
         self._sweep(mine, kept)
+        self.networks.refill()
+        self._wake.set()
 
-    def _sweep(self, mine: str, kept: dict[str, str]) -> None:
-        """Remove containers, networks and job folders no running job owns (e.g. after a crash)."""
+    def _sweep(self, mine: str, kept: set[str]) -> None:
+        """Remove containers, networks and job folders no job in flight owns (e.g. after a crash)."""
+        with self._lock:
+            kept = kept | set(self._active)
+            active_jobs = [e.job for e, _ in self._active.values()]
         labels = {LABEL_MANAGED: "true", LABEL_DATA_DIR: mine}
-        try:
+        with self.networks.owned() as networks_in_use:
             for c in self.backend.containers(labels):
-                if c.labels.get(LABEL_JOB_ARN) not in kept:
-                    self.backend.remove_container(c)
+                if c.labels.get(LABEL_JOB_ARN) in kept:
+                    networks_in_use.add(c.labels.get(LABEL_NETWORK, ""))
+                else:
+                    self.backend.remove(c)
             for n in self.backend.networks(labels):
-                if (n.attrs.get("Labels") or {}).get(LABEL_JOB_ARN) not in kept:
+                if n.name not in networks_in_use and n.labels.get(LABEL_JOB_ARN) not in kept:
                     self.backend.remove_network(n)
-        except DockerException as e:
-            log.warning("could not sweep leftover containers: %s", e)
-        kept_names = set(kept.values())
+        kept_folders = {job_folder_name(j.name, j.region, j.account_id, j.creation_time) for j in active_jobs}
         jobs_dir = Path(self.settings.data_dir).resolve() / "jobs"
         if jobs_dir.is_dir():
             for d in jobs_dir.iterdir():
-                if d.name not in kept_names:
-                    shutil.rmtree(d, ignore_errors=True)
+                if d.name not in kept_folders:
+                    remove_tree(d)

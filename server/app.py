@@ -6,9 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from server import protocol
@@ -61,6 +62,24 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.services = registry
+    app.state.runner = runner
+
+    def health_report() -> dict[str, Any]:
+        report: dict[str, Any] = {"service": "smlocal", "status": "ok"}
+        if runner is None:
+            report["runner"] = {"enabled": False}
+            return report
+        report["runner"] = {"enabled": True, **runner.health()}
+        if report["runner"]["engine"]["reachable"] is False:
+            report["status"] = "degraded"
+            report["problem"] = (f"{report['runner']['engine']['error']}; jobs stay InProgress until it answers "
+                                 "(smlocal retries with backoff)")
+        return report
+
+    # Registered before the AWS dispatcher, which answers every other path with an AWS error.
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse(await run_in_threadpool(health_report))
 
     def handle(route: protocol.Route, body: bytes, ctx: RequestContext, request_id: str) -> Response:
         service, op = route.service, route.operation

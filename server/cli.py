@@ -16,6 +16,7 @@ from rich.panel import Panel
 
 from server import cli_views
 from server.config import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
+from server.datadir import DataDirInUse, DataDirLock, make_private
 from server.regions import is_valid_region
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
@@ -82,6 +83,14 @@ def serve(
                       "containers on this machine. Set --access-key and --secret-key (SigV4 required), or pass "
                       "--allow-unauthenticated to accept any caller.[/red]")
         raise typer.Exit(2)
+    # One server per data dir: a second one would adopt and sweep the first one's jobs.
+    make_private(data_dir)
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        console.print(f"[red]smlocal: {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
     embedded = None
     if not s3_endpoint:
         from server.embedded_s3 import STORE_KINDS, StoreStartError, docker_bridge_gateway, embedded_store
@@ -106,17 +115,25 @@ def serve(
         max_hosts_per_job=max_hosts_per_job or default_max_hosts_per_job(), local_channel_roots=roots,
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs,
     )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _banner(settings, embedded.describe() if embedded else None)
 
     from server.app import create_app
+    from server.store import SchemaTooNew
 
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower(),
+        try:
+            application = create_app(settings)
+        except SchemaTooNew as exc:
+            console.print(f"[red]smlocal: {escape(str(exc))}[/red]", soft_wrap=True)
+            raise typer.Exit(1) from None
+        runner = application.state.runner
+        _banner(settings, embedded.describe() if embedded else None,
+                runner.check_engine() if runner is not None else None)
+        uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                     access_log=log_level.lower() == "debug")
     finally:
         if embedded is not None:
             embedded.stop()
+        lock.release()
 
 
 def _local_root(path: Path) -> Path:
@@ -138,7 +155,7 @@ def _is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
-def _banner(settings: Settings, embedded_s3: str | None) -> None:
+def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | None) -> None:
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     api = f"http://{shown_host}:{settings.port}"
     s3_line = embedded_s3 or str(settings.s3_endpoint)
@@ -152,6 +169,9 @@ def _banner(settings: Settings, embedded_s3: str | None) -> None:
         auth = f"[red]UNAUTHENTICATED[/red] (any signature accepted from anyone who reaches {escape(settings.host)})"
     jobs = (f"{settings.max_concurrent_jobs} at once, in Docker" if settings.run_jobs
             else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
+    if settings.run_jobs and engine_problem:
+        jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"
+                 "               jobs stay InProgress until it answers; smlocal retries (GET /health tells)")
     local = escape(", ".join(str(r) for r in settings.local_channel_roots)) or "off (no --local-channel-root)"
     console.print(Panel.fit(
         f"SageMaker API  {api}\nS3 store       {s3_line}\n"

@@ -73,7 +73,7 @@ class CloudWatchLogs:
             JobRow.account_id == ctx.account_id, JobRow.region == ctx.region)
         if job_name is not None:
             stmt = stmt.where(JobRow.name == job_name)
-        with self.store.transaction() as s:
+        with self.store.read() as s:
             rows = s.execute(stmt.order_by(JobRow.name)).all()
         return [JobLogKey.of(ctx.account_id, ctx.region, name, created) for name, created in rows]
 

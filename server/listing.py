@@ -43,7 +43,7 @@ def list_training_jobs(store: Store, account_id: str, region: str, params: dict[
     order = [column.desc(), JobRow.id.desc()] if descending else [column.asc(), JobRow.id.asc()]
     stmt = stmt.order_by(*order).offset(offset).limit(limit + 1)
 
-    with store.transaction() as s:
+    with store.read() as s:
         rows = s.scalars(stmt).all()
     page = rows[:limit]
     result: dict[str, Any] = {"TrainingJobSummaries": [_summary(r) for r in page]}

@@ -103,7 +103,7 @@ def points(store: Store, account_id: str, region: str, job_name: str, *, metric_
     if end_ms is not None:
         stmt = stmt.where(MetricPointRow.timestamp_ms < end_ms)
     stmt = stmt.order_by(MetricPointRow.timestamp_ms, MetricPointRow.id)
-    with store.transaction() as s:
+    with store.read() as s:
         return [MetricPoint(*row) for row in s.execute(stmt).all()]
 
 
@@ -114,5 +114,5 @@ def series(store: Store, account_id: str, region: str) -> list[tuple[str, str, s
             .where(JobRow.account_id == account_id, JobRow.region == region)
             .distinct()
             .order_by(JobRow.name, MetricPointRow.metric_name, MetricPointRow.host))
-    with store.transaction() as s:
+    with store.read() as s:
         return [tuple(row) for row in s.execute(stmt).all()]  # type: ignore[misc]

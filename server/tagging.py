@@ -73,7 +73,7 @@ class Tags:
         query = {"arn": arn}
         offset = decode_token(next_token, query)
         limit = max_results or 50
-        with self.store.transaction() as s:
+        with self.store.read() as s:
             self._require_job(s, arn)
             rows = s.scalars(
                 select(TagRow).where(TagRow.resource_arn == arn).order_by(TagRow.id).offset(offset).limit(limit)

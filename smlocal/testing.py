@@ -202,7 +202,7 @@ def remove_job_resources(data_dir: Path) -> None:
     """Every container and network smlocal created for jobs of this data dir (and only those)."""
     import docker
 
-    from runner.docker_backend import LABEL_DATA_DIR
+    from runner.backend import LABEL_DATA_DIR
 
     client = docker.from_env(timeout=30)
     label = f"{LABEL_DATA_DIR}={Path(data_dir).resolve()}"

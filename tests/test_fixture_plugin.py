@@ -18,7 +18,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from runner.docker_backend import LABEL_DATA_DIR
+from runner.backend import LABEL_DATA_DIR
 
 SUITE = Path(__file__).resolve().parent / "user_suite"
 README = Path(__file__).resolve().parents[1] / "README.md"

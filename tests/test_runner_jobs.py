@@ -10,11 +10,13 @@ import json
 import tarfile
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 
 from tests.support.docker_env import BUSYBOX_IMAGE, PYTHON_BASE_IMAGE, docker_client, ensure_test_images
@@ -124,13 +126,31 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         time.sleep(0.1)
 
 
+def spare_network(server: SmlocalServer) -> str | None:
+    """The network the server made in advance for its next job (not a leftover)."""
+    with urllib.request.urlopen(server.endpoint + "/health", timeout=10) as response:
+        return json.load(response)["runner"].get("spareNetwork")
+
+
 def leftovers(client: docker.DockerClient, server: SmlocalServer, job: str | None = None) -> list[str]:
-    """Containers, networks and job folders of this server (or one of its jobs) still around."""
+    """Containers, networks and job folders of this server (or one of its jobs) still around.
+
+    Jobs take their networks from a pool, so a network is a leftover when no container is on it and it
+    is not the pool's spare (with `job`, only that job's containers and folders count)."""
     labels = [f"smlocal.data-dir={server.data_dir.resolve()}"]
-    if job:
-        labels.append(f"smlocal.job-name={job}")
-    found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": labels})]
-    found += [f"network {n.name}" for n in client.networks.list(filters={"label": labels})]
+    job_labels = labels + ([f"smlocal.job-name={job}"] if job else [])
+    # Low-level listings: the runner removes things while we look, and a listing that inspects each item
+    # would trip over one removed in between.
+    found = [f"container {c['Names'][0].lstrip('/')}"
+             for c in client.api.containers(all=True, filters={"label": job_labels})]
+    spare = spare_network(server)
+    for network in client.api.networks(filters={"label": labels}):
+        try:
+            attached = client.api.inspect_network(network["Id"]).get("Containers")
+        except docker.errors.NotFound:
+            continue
+        if not attached and network["Name"] != spare:
+            found.append(f"network {network['Name']}")
     jobs_dir = server.data_dir / "jobs"
     if jobs_dir.is_dir():
         found += [f"folder {d}" for d in jobs_dir.iterdir() if job is None or d.name.startswith(job + ".")]
@@ -237,7 +257,8 @@ def test_training_reads_hyperparameters_and_channel_and_uploads_model(
     assert all(isinstance(e["timestamp"], int) and e["timestamp"] > 1_600_000_000_000 for e in events)
     [stream] = stream_files(runner_server.data_dir, name)
     assert stream.name.startswith("algo-1-") and stream.name[len("algo-1-"):].isdigit()
-    assert leftovers(docker_engine, runner_server, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
 
 
 def test_config_files_environment_and_network_as_sagemaker_sets_them(
@@ -487,7 +508,8 @@ def test_failure_file_becomes_the_failure_reason_and_partial_model_is_kept(
               "printf 'ValueError: learning rate must be positive' > /opt/ml/output/failure; exit 2")
     job = run_job(sm, sh_job(name, script))
     assert job["TrainingJobStatus"] == job["SecondaryStatus"] == "Failed"
-    assert job["FailureReason"] == "ValueError: learning rate must be positive"
+    # SageMaker's shape: the failure file's text, then the exit code.
+    assert job["FailureReason"] == "AlgorithmError: ValueError: learning rate must be positive, exit code: 2"
     assert model_files(s3, name) == {"partial.txt": b"partial\n"}
 
 
@@ -512,7 +534,10 @@ def test_missing_image_fails_with_a_clear_reason(sm: Any, unique_name: Callable[
     assert job["TrainingJobStatus"] == "Failed"
     expected = f"ClientError: Image {image} could not be found locally or pulled: "
     assert job["FailureReason"].startswith(expected)
-    assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == ["Starting", "Failed"]
+    # The image is pulled in the Training phase, as SageMaker shows it.
+    assert [(t["Status"], t["StatusMessage"]) for t in job["SecondaryStatusTransitions"]] == [
+        ("Starting", "Preparing the instances for training"), ("Downloading", "Downloading input data"),
+        ("Training", "Downloading the training image..."), ("Failed", "Training job failed")]
 
 
 # ---- stopping --------------------------------------------------------------------------------
@@ -549,7 +574,8 @@ def test_stop_training_job_kills_an_algorithm_that_ignores_sigterm(
     assert "ignoring SIGTERM" in log_messages(runner_server, name)
     # Saved during the grace period, before SIGKILL.
     assert model_files(s3, name) == {"p.txt": b"partial\n"}
-    assert leftovers(docker_engine, runner_server, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
 
 
 # ---- concurrency -----------------------------------------------------------------------------
@@ -580,16 +606,19 @@ def test_jobs_run_concurrently_up_to_the_cap_and_the_rest_wait(
     assert secondary()[2] == "Starting"  # the cap holds the third back
 
     # While running: labelled container on its own network, named after the job, host algo-1.
-    [container] = docker_engine.containers.list(filters={"label": f"smlocal.job-name={names[0]}"})
+    # (Training starts just before the containers do.)
+    [container] = wait_until(lambda: docker_engine.containers.list(filters={"label": f"smlocal.job-name={names[0]}"}),
+                             30, "the first job's container to run")
     labels = container.labels
     assert labels["smlocal.job-arn"].endswith(f"training-job/{names[0]}")
     assert (labels["smlocal.managed"], labels["smlocal.host"]) == ("true", "algo-1")
     assert container.attrs["Config"]["Hostname"] == "algo-1"
     assert "host.docker.internal:host-gateway" in container.attrs["HostConfig"]["ExtraHosts"]
     [network_name] = container.attrs["NetworkSettings"]["Networks"]
-    assert network_name.startswith(f"smlocal-{names[0]}-")
+    assert labels["smlocal.network"] == network_name  # a network of the job's own, taken from the pool
     network = docker_engine.networks.get(network_name)
-    assert network.attrs["Labels"]["smlocal.job-name"] == names[0]
+    assert network.attrs["Labels"]["smlocal.data-dir"] == str(capped_server.data_dir.resolve())
+    assert [c.name for c in network.containers] == [container.name]
     # What SageMaker provides under /opt/ml, and no more (the image's /opt/ml/code stays visible).
     assert sorted(m["Destination"] for m in container.attrs["Mounts"]) == [
         "/opt/ml/input", "/opt/ml/model", "/opt/ml/output"]

@@ -22,6 +22,7 @@ from runner import artifacts
 from runner.channels import stage_channels
 from runner.layout import HostLayout, prepare
 from runner.metrics import MetricCollector, final_of_all
+from runner.spec import JobSpec, MetricDefinition
 from server.local_channels import LocalChannelRoots
 from tests.support.jobs import wait_for_status
 from tests.support.logs import stream_files
@@ -129,7 +130,8 @@ def test_two_hosts_resolve_each_other_and_their_models_merge(
     assert all(s.rsplit("-", 1)[1].isdigit() for s in streams)
     assert messages_of(runner_server, name, "algo-1") == ["algo-1 sees algo-2"]
     assert messages_of(runner_server, name, "algo-2") == ["algo-2 sees algo-1"]
-    assert leftovers(docker_engine, runner_server, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
 
 
 def test_heterogeneous_groups_and_sharded_channel(
@@ -194,7 +196,8 @@ def test_one_failing_host_fails_the_job_and_stops_the_others(
     job = run_job(sm, sh_job(name, FAILING_SCRIPT.format(failure=failure), s3=s3, ResourceConfig=TWO_HOSTS))
     assert job["TrainingJobStatus"] == job["SecondaryStatus"] == "Failed"
     if with_file:
-        assert job["FailureReason"] == "algo-2: ValueError: shard is empty"
+        assert job["FailureReason"] == ("AlgorithmError: algo-2: ValueError: shard is empty, exit code: 3\n"
+                                        "Last log lines:\nalgo-2 about to fail")
     else:
         assert job["FailureReason"] == (
             "AlgorithmError: the training container on algo-2 exited with a non-zero status, exit code: 3\n"
@@ -203,7 +206,8 @@ def test_one_failing_host_fails_the_job_and_stops_the_others(
     # algo-1 was told to stop and saved its model in the grace period; it is uploaded as a failed job's is.
     assert messages_of(runner_server, name, "algo-1") == ["algo-1 up", "algo-1 caught SIGTERM"]
     assert model_files(s3, name) == {"from-algo-1": b"saved\n"}
-    assert leftovers(docker_engine, runner_server, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
 
 
 def test_stop_training_job_stops_every_host(
@@ -235,7 +239,9 @@ def test_stop_training_job_stops_every_host(
         assert sorted(m["Destination"] for m in container.attrs["Mounts"]) == [
             "/opt/ml/input", "/opt/ml/model", "/opt/ml/output"]
     [network] = networks
-    assert network.startswith(f"smlocal-{name}-")
+    assert all(c.labels["smlocal.network"] == network for c in containers.values())
+    assert sorted(c.name for c in docker_engine.networks.get(network).containers) == sorted(
+        c.name for c in containers.values())  # the job's own
     sources = {m["Source"] for c in containers.values() for m in c.attrs["Mounts"]}
     assert len(sources) == 6  # each host has its own input, model and output
 
@@ -244,7 +250,8 @@ def test_stop_training_job_stops_every_host(
     assert (job["TrainingJobStatus"], job["SecondaryStatus"]) == ("Stopped", "Stopped")
     assert messages_of(runner_server, name, "algo-2") == ["algo-2 up", "ignoring SIGTERM"]
     assert model_files(s3, name) == {"a1": b"saved\n", "a2": b"partial\n"}
-    assert leftovers(docker_engine, runner_server, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
 
 
 def test_max_runtime_stops_every_host(
@@ -296,7 +303,8 @@ def test_restart_adopts_every_host(
     assert len(host_logs(restartable, name)) == 2
     for host in ("algo-1", "algo-2"):
         assert messages_of(restartable, name, host) == [f"{host} before", f"{host} after"]
-    assert leftovers(docker_engine, restartable, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, restartable, name) == [], 30, "cleanup")
 
 
 def test_restart_with_a_host_gone_fails_the_job(
@@ -328,7 +336,7 @@ def raw_s3(s3_server: S3Server) -> Any:
 def _hosts(tmp_path: Path, request: dict[str, Any], count: int) -> list[HostLayout]:
     layouts = [HostLayout(tmp_path / "job", f"algo-{i}") for i in range(1, count + 1)]
     for layout in layouts:
-        prepare(layout, request)
+        prepare(layout, JobSpec.from_request(request))
     return layouts
 
 
@@ -349,7 +357,7 @@ def test_sharding_splits_whole_objects_round_robin(tmp_path: Path, raw_s3: Any, 
     request = {"InputDataConfig": [_channel(f"s3://{BUCKET}/shard/", "ShardedByS3Key")],
                "ResourceConfig": {"InstanceCount": count}}
     layouts = _hosts(tmp_path, request, count)
-    stage_channels(request, layouts, lambda: minio, "us-east-1", lambda: False)
+    stage_channels(JobSpec.from_request(request), layouts, lambda: minio, lambda: False)
     got = [_files(layout.channel_dir("train")) for layout in layouts]
     for index, files in enumerate(got):
         assert files == {key: key.encode() for key in keys[index::count]}
@@ -362,10 +370,10 @@ def test_fully_replicated_gives_every_host_everything(tmp_path: Path, raw_s3: An
     request = {"InputDataConfig": [_channel(f"s3://{BUCKET}/full/", "FullyReplicated")],
                "ResourceConfig": {"InstanceCount": 3}}
     layouts = _hosts(tmp_path, request, 3)
-    stage_channels(request, layouts, lambda: minio, "us-east-1", lambda: False)
+    stage_channels(JobSpec.from_request(request), layouts, lambda: minio, lambda: False)
     for layout in layouts:
         assert _files(layout.channel_dir("train")) == {"a.csv": b"full/a.csv", "sub/b.csv": b"full/sub/b.csv"}
-        assert (layout.channel_dir("train") / "sub" / "b.csv").stat().st_mode & 0o666 == 0o666
+        assert (layout.channel_dir("train") / "sub" / "b.csv").stat().st_mode & 0o777 == 0o644
     # Copies, not links: one host changing its data leaves the others' alone.
     (layouts[0].channel_dir("train") / "a.csv").write_text("changed")
     assert (layouts[1].channel_dir("train") / "a.csv").read_bytes() == b"full/a.csv"
@@ -379,7 +387,8 @@ def test_local_folder_channel_is_sharded_by_file(tmp_path: Path, minio: Minio) -
     request = {"InputDataConfig": [_channel(f"file://{source}", "ShardedByS3Key")],
                "ResourceConfig": {"InstanceCount": 2}}
     layouts = _hosts(tmp_path, request, 2)
-    stage_channels(request, layouts, lambda: minio, "us-east-1", lambda: False, LocalChannelRoots.of([source]))
+    stage_channels(JobSpec.from_request(request), layouts, lambda: minio, lambda: False,
+                   LocalChannelRoots.of([source]))
     assert [_files(layout.channel_dir("train")) for layout in layouts] == [
         {"a": b"a", "sub/c": b"sub/c"}, {"b": b"b", "sub/d": b"sub/d"}]
 
@@ -402,8 +411,9 @@ def test_hosts_models_merge_and_algo_1_wins(tmp_path: Path, raw_s3: Any, minio: 
     _write(layouts[1].output_data_dir, {"metrics.json": "2"})
     _write(layouts[0].checkpoints_dir, {"step-1": "1"})
     _write(layouts[1].checkpoints_dir, {"step-1": "2", "step-2": "2"})
-    artifacts.upload_outputs(minio, request, job, layouts, always_model=True)
-    artifacts.upload_checkpoints(minio, request, layouts)
+    spec = JobSpec.from_request(request, name=job)
+    artifacts.upload_outputs(minio, spec, layouts, always_model=True)
+    artifacts.upload_checkpoints(minio, spec, layouts)
 
     expected_model = {"model.bin": b"1", "shared/one.txt": b"1", "shared/two.txt": b"2", "clash": b"file from 1",
                       "only-3.txt": b"3"}
@@ -425,7 +435,7 @@ def test_hosts_models_merge_and_algo_1_wins(tmp_path: Path, raw_s3: Any, minio: 
 
 
 def test_final_metrics_take_the_latest_value_over_all_hosts() -> None:
-    definitions = [{"Name": "loss", "Regex": r"loss=([0-9.]+)"}, {"Name": "acc", "Regex": r"acc=([0-9.]+)"}]
+    definitions = [MetricDefinition("loss", r"loss=([0-9.]+)"), MetricDefinition("acc", r"acc=([0-9.]+)")]
     hosts = [MetricCollector(definitions), MetricCollector(definitions)]
     hosts[0].feed(1000, "loss=0.5 acc=0.1")
     hosts[1].feed(2000, "loss=0.25")

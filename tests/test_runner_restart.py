@@ -72,7 +72,8 @@ def test_restart_mid_job_adopts_the_running_container(
     # One stream, each line once: the new process continued where the old one stopped reading.
     assert log_messages(server, name) == ["before", "after"]
     assert len(stream_files(server.data_dir, name)) == 1
-    assert leftovers(docker_engine, server, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, server, name) == [], 30, "cleanup")
 
 
 def test_container_that_finished_while_the_server_was_down_completes_the_job(
@@ -89,7 +90,8 @@ def test_container_that_finished_while_the_server_was_down_completes_the_job(
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
     assert model_files(s3_client(server), name) == {"model.txt": b"trained\n"}
     assert log_messages(server, name) == ["before", "after"]
-    assert leftovers(docker_engine, server, name) == []
+    # The terminal status is written first, then the job is cleaned up.
+    assert wait_until(lambda: leftovers(docker_engine, server, name) == [], 30, "cleanup")
 
 
 def test_job_whose_container_vanished_fails_and_is_cleaned_up(

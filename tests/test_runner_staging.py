@@ -14,6 +14,7 @@ from minio import Minio
 from runner import artifacts
 from runner.channels import DataDownloadError, DownloadCancelled, stage_channels
 from runner.layout import HostLayout, prepare
+from runner.spec import JobSpec
 from server.local_channels import LocalChannelRoots
 from tests.support.s3server import S3Server
 
@@ -27,7 +28,7 @@ def s3(s3_server: S3Server) -> Any:
 
 def _layout(tmp_path: Path, request: dict[str, Any]) -> HostLayout:
     layout = HostLayout(tmp_path / "job")
-    prepare(layout, request)
+    prepare(layout, JobSpec.from_request(request))
     return layout
 
 
@@ -36,7 +37,7 @@ def _channel(uri: str, data_type: str = "S3Prefix", name: str = "train") -> dict
 
 
 def _stage(request: dict[str, Any], layout: HostLayout, minio: Minio, stop: bool = False) -> None:
-    stage_channels(request, [layout], lambda: minio, "us-east-1", lambda: stop)
+    stage_channels(JobSpec.from_request(request), [layout], lambda: minio, lambda: stop)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -61,7 +62,7 @@ def test_a_single_object_uri_lands_under_its_own_name(tmp_path: Path, s3: Any, m
     layout = _layout(tmp_path, request)
     _stage(request, layout, minio)
     assert _files(layout.channel_dir("train")) == {"file.parquet": b"pq"}
-    assert (layout.channel_dir("train") / "file.parquet").stat().st_mode & 0o666 == 0o666
+    assert (layout.channel_dir("train") / "file.parquet").stat().st_mode & 0o777 == 0o644
 
 
 def test_a_stop_request_cancels_the_download(tmp_path: Path, s3: Any, minio: Minio) -> None:
@@ -98,7 +99,8 @@ def test_file_uris_copy_a_local_folder(tmp_path: Path, minio: Minio) -> None:
     (source / "sub" / "b.txt").write_text("b")
     request = {"InputDataConfig": [_channel(f"file://{source}")]}
     layout = _layout(tmp_path, request)
-    stage_channels(request, [layout], lambda: minio, "us-east-1", lambda: False, LocalChannelRoots.of([source]))
+    stage_channels(JobSpec.from_request(request), [layout], lambda: minio, lambda: False,
+                   LocalChannelRoots.of([source]))
     assert _files(layout.channel_dir("train")) == {"a.txt": b"a", "sub/b.txt": b"b"}
 
 
@@ -121,7 +123,7 @@ def test_model_folder_replaced_by_a_symlink_uploads_an_empty_model(
     layout.model_dir.symlink_to(host_dir)
     layout.output_data_dir.rmdir()
     layout.output_data_dir.symlink_to(host_dir)
-    artifacts.upload_outputs(minio, request, "symlinked", [layout], always_model=True)
+    artifacts.upload_outputs(minio, JobSpec.from_request(request, name="symlinked"), [layout], always_model=True)
     body = s3.get_object(Bucket=BUCKET, Key="out/symlinked/output/model.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         assert tar.getnames() == []
@@ -130,5 +132,6 @@ def test_model_folder_replaced_by_a_symlink_uploads_an_empty_model(
 
 def test_failed_job_with_empty_folders_uploads_nothing(tmp_path: Path, s3: Any, minio: Minio) -> None:
     request = {"OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/out"}}
-    artifacts.upload_outputs(minio, request, "empty", [_layout(tmp_path, request)], always_model=False)
+    artifacts.upload_outputs(minio, JobSpec.from_request(request, name="empty"), [_layout(tmp_path, request)],
+                             always_model=False)
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="out/empty/")

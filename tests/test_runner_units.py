@@ -7,21 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from runner.backend import LogChunk, container_command
 from runner.channels import relative_key, safe_relative_path
-from runner.docker_backend import container_command
+from runner.docker_backend import parse_docker_time
 from runner.environment import container_environment, container_s3_endpoint
 from runner.failure import algorithm_error, failure_reason
 from runner.layout import HostLayout, input_data_config, prepare, resource_config
-from runner.logs import (
-    DockerLogAssembler,
-    LogStreamWriter,
-    list_streams,
-    read_events,
-    split_docker_timestamp,
-    stream_path,
-)
+from runner.log_follower import MAX_EVENT_BYTES, LineAssembler
+from runner.logs import LogStreamWriter, list_streams, read_events, split_docker_timestamp, stream_path
 from runner.metrics import MetricCollector
 from runner.s3 import parse_s3_uri
+from runner.spec import JobSpec, MetricDefinition
 from server.config import Settings
 from server.logstore import JobLogKey
 from server.store import JobRecord
@@ -73,7 +69,7 @@ def test_s3_uris_parse_in_all_model_forms() -> None:
     ({"ContainerEntrypoint": ["python"], "ContainerArguments": ["x.py", "1"]}, ["python"], ["x.py", "1"]),
 ])
 def test_invocation_follows_sagemaker(spec: dict, entrypoint: list | None, command: list | None) -> None:
-    assert container_command(spec) == (entrypoint, command)
+    assert container_command(spec.get("ContainerEntrypoint"), spec.get("ContainerArguments")) == (entrypoint, command)
 
 
 # ---- config files ----------------------------------------------------------------------------
@@ -94,7 +90,7 @@ REQUEST = {
 
 
 def test_inputdataconfig_has_per_channel_mode_and_defaults() -> None:
-    assert input_data_config(REQUEST) == {
+    assert input_data_config(JobSpec.from_request(REQUEST)) == {
         "train": {"ContentType": "text/csv", "TrainingInputMode": "File",
                   "S3DistributionType": "ShardedByS3Key", "RecordWrapperType": "None"},
         "eval": {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
@@ -103,7 +99,7 @@ def test_inputdataconfig_has_per_channel_mode_and_defaults() -> None:
 
 
 def test_resourceconfig_lists_every_host_of_the_cluster() -> None:
-    assert resource_config(REQUEST, "algo-1") == {
+    assert resource_config(JobSpec.from_request(REQUEST), "algo-1") == {
         "current_host": "algo-1", "current_instance_type": "ml.c5.xlarge",
         "current_group_name": "homogeneousCluster", "hosts": ["algo-1", "algo-2", "algo-3"],
         "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": "ml.c5.xlarge",
@@ -117,28 +113,39 @@ def test_resourceconfig_of_heterogeneous_cluster_names_the_hosts_group() -> None
         {"InstanceGroupName": "cpu", "InstanceType": "ml.c5.xlarge", "InstanceCount": 1},
         {"InstanceGroupName": "gpu", "InstanceType": "ml.p3.2xlarge", "InstanceCount": 2},
     ]}}
-    config = resource_config(request, "algo-2")
+    config = resource_config(JobSpec.from_request(request), "algo-2")
     assert config["current_group_name"] == "gpu"
     assert config["current_instance_type"] == "ml.p3.2xlarge"
     assert config["hosts"] == ["algo-1", "algo-2", "algo-3"]
     assert [g["hosts"] for g in config["instance_groups"]] == [["algo-1"], ["algo-2", "algo-3"]]
 
 
-def test_prepare_writes_the_tree_writable_by_any_uid(tmp_path: Path) -> None:
+def test_prepare_writes_the_tree_opening_only_what_any_uid_needs(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "jobs" / "j")
-    prepare(layout, REQUEST)
+    prepare(layout, JobSpec.from_request(REQUEST))
     config = layout.config_dir
     assert json.loads((config / "hyperparameters.json").read_text()) == {"epochs": "3", "lr": "0.1"}
     assert json.loads((config / "checkpointconfig.json").read_text()) == {
         "LocalPath": "/opt/ml/checkpoints", "S3Uri": "s3://b/ckpt"}
-    for d in (layout.channel_dir("train"), layout.channel_dir("eval"), layout.model_dir,
-              layout.output_data_dir, layout.checkpoints_dir):
-        assert d.is_dir() and d.stat().st_mode & 0o777 == 0o777
+
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    # The algorithm (any uid) writes these...
+    for d in (layout.model_dir, layout.output_dir, layout.output_data_dir, layout.checkpoints_dir):
+        assert mode(d) == 0o777, d
+    # ...reads these...
+    for d in (layout.opt_ml, layout.config_dir, layout.channel_dir("train"), layout.channel_dir("eval")):
+        assert mode(d) == 0o755, d
+    assert mode(config / "resourceconfig.json") == 0o644
+    # ...and nobody else enters the folders above the mounted tree.
+    for d in (layout.job_root, layout.job_root / "algo-1", layout.opt_ml.parent, layout.staging_dir):
+        assert mode(d) == 0o700, d
 
 
 def test_prepare_without_hyperparameters_or_checkpoints(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "j")
-    prepare(layout, {"ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1}})
+    prepare(layout, JobSpec.from_request({"ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1}}))
     assert json.loads((layout.config_dir / "hyperparameters.json").read_text()) == {}
     assert json.loads((layout.config_dir / "inputdataconfig.json").read_text()) == {}
     assert not (layout.config_dir / "checkpointconfig.json").exists()
@@ -169,13 +176,13 @@ def _job(request: dict) -> JobRecord:
                      account_id="123456789012", region="eu-west-1", request=request, status="InProgress",
                      secondary_status="Starting", failure_reason=None, creation_time=0.0,
                      last_modified_time=0.0, training_start_time=None, training_end_time=None,
-                     runner_state="claimed")
+                     runner_state="preparing")
 
 
 def test_environment_carries_identity_region_s3_and_the_users_variables() -> None:
     settings = Settings(s3_endpoint="http://localhost:9000", s3_access_key="ak", s3_secret_key="sk")
-    env = container_environment(_job({"Environment": {"MY_VAR": "1", "TRAINING_JOB_NAME": "spoofed"}}),
-                                settings)
+    job = _job({"Environment": {"MY_VAR": "1", "TRAINING_JOB_NAME": "spoofed"}})
+    env = container_environment(JobSpec.from_job(job), settings)
     assert env == {
         "TRAINING_JOB_NAME": "j",
         "TRAINING_JOB_ARN": "arn:aws:sagemaker:eu-west-1:123456789012:training-job/j",
@@ -195,15 +202,37 @@ def test_docker_timestamps_become_epoch_milliseconds() -> None:
     assert payload == b"hello\n"
 
 
-def test_partial_frames_of_a_long_line_are_joined() -> None:
-    asm = DockerLogAssembler()
-    assert asm.feed(b"2024-03-01T12:00:00.100000000Z " + b"a" * 10, 0) == []
-    assert asm.feed(b"2024-03-01T12:00:00.200000000Z " + b"b" * 10 + b"\n", 0) == [
-        (1709294400100, "a" * 10 + "b" * 10)]
-    assert asm.feed(b"2024-03-01T12:00:01.000000000Z \xff bad utf8\r\n", 0) == [
-        (1709294401000, "\ufffd bad utf8")]
-    assert asm.feed(b"2024-03-01T12:00:02.000000000Z no newline", 0) == []
+def test_docker_container_times_parse_to_epoch_seconds() -> None:
+    assert parse_docker_time("2024-03-01T12:00:00.123456789Z") == pytest.approx(1709294400.123456)
+    assert parse_docker_time("0001-01-01T00:00:00Z") is None
+
+
+def test_partial_chunks_of_a_long_line_are_joined() -> None:
+    asm = LineAssembler()
+    assert asm.feed(LogChunk(1709294400100, b"a" * 10), 0) == []
+    assert asm.feed(LogChunk(1709294400200, b"b" * 10 + b"\n"), 0) == [(1709294400100, "a" * 10 + "b" * 10)]
+    assert asm.feed(LogChunk(1709294401000, b"\xff bad utf8\r\n"), 0) == [(1709294401000, "\ufffd bad utf8")]
+    assert asm.feed(LogChunk(None, b"two\nlines\n"), 5) == [(5, "two"), (5, "lines")]
+    assert asm.feed(LogChunk(1709294402000, b"no newline"), 0) == []
     assert asm.flush() == [(1709294402000, "no newline")]
+    assert asm.flush() == []
+
+
+def test_a_huge_line_is_cut_at_256_kib_and_memory_stays_bounded() -> None:
+    asm = LineAssembler()
+    frame = LogChunk(1, b"x" * 16 * 1024)  # Docker's partial frames of a line with no end in sight
+    most = 0
+    for _ in range(640):  # 10 MiB
+        assert asm.feed(frame, 0) == []
+        most = max(most, asm.pending_bytes)
+    assert most == MAX_EVENT_BYTES
+    [(ts, line)] = asm.feed(LogChunk(2, b"tail\nnext\n"), 0)[:1]
+    assert ts == 1 and line == "x" * MAX_EVENT_BYTES
+    assert MAX_EVENT_BYTES + 26 == 256 * 1024  # CloudWatch's event limit, overhead included
+    # A cut through a multi-byte character never makes the event longer than the limit.
+    asm = LineAssembler(limit=5)
+    [(_, cut)] = asm.feed(LogChunk(1, "abcd\u00e9\u00e9\n".encode()), 0)
+    assert cut == "abcd" and len(cut.encode()) <= 5
 
 
 def test_stream_files_round_trip(tmp_path: Path) -> None:
@@ -229,9 +258,9 @@ def test_stream_files_round_trip(tmp_path: Path) -> None:
 
 
 def test_final_metrics_keep_the_last_value_of_each_definition() -> None:
-    metrics = MetricCollector([{"Name": "loss", "Regex": r"loss=([0-9.]+)"},
-                               {"Name": "acc", "Regex": r"acc: (\S+)"},
-                               {"Name": "broken", "Regex": "("}])
+    metrics = MetricCollector([MetricDefinition("loss", r"loss=([0-9.]+)"),
+                               MetricDefinition("acc", r"acc: (\S+)"),
+                               MetricDefinition("broken", "(")])
     for i, line in enumerate(["loss=0.9", "acc: 0.5", "loss=0.3 acc: nan-ish?", "acc: oops"]):
         metrics.feed(1000 * (i + 1), line)
     assert metrics.final() == [{"MetricName": "loss", "Value": 0.3, "Timestamp": 3.0},
@@ -243,14 +272,15 @@ def test_final_metrics_keep_the_last_value_of_each_definition() -> None:
 
 def test_failure_file_wins_and_is_cut_at_1024(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "j")
-    prepare(layout, {})
+    prepare(layout, JobSpec.from_request({}))
     layout.failure_file.write_text("E" * 3000)
-    assert failure_reason(layout, 1, ["ignored"]) == "E" * 1024
+    reason = failure_reason(layout, 1, ["ignored"])
+    assert reason == "AlgorithmError: " + "E" * (1024 - len("AlgorithmError: "))
 
 
 def test_failure_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
     layout = HostLayout(tmp_path / "j")
-    prepare(layout, {})
+    prepare(layout, JobSpec.from_request({}))
     secret = tmp_path / "host-secret"
     secret.write_text("do not leak")
     layout.failure_file.symlink_to(secret)

@@ -295,6 +295,9 @@ def test_containerised_service_trains_a_job(service: ServiceContainer, train_ima
 
     # The database went to the mounted data dir, at the path the host sees.
     assert (service.data_dir / "smlocal.db").is_file()
-    # A terminal status means the runner already removed the job's container, network and tree.
+    # The terminal status is on record first; then the runner removes the job's container, network and tree.
+    deadline = time.monotonic() + 30
+    while leftovers(test_images, {"smlocal.managed": "true", "smlocal.job-name": name}) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert leftovers(test_images, {"smlocal.managed": "true", "smlocal.job-name": name}) == []
     assert not (service.data_dir / "jobs" / name).exists()

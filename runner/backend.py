@@ -1,0 +1,173 @@
+"""What the job flow asks of a container engine: the `Backend` interface and the values it trades in.
+
+Handles are smlocal's own dataclasses (`ContainerRef`, `NetworkRef`, `LogChunk`); no engine SDK type
+crosses this line, so a cluster engine (Docker Swarm, Kubernetes) can implement `Backend` without the
+job flow changing. Everything an engine creates for a job carries the labels of `job_labels`, which is
+how a restarted server finds (`containers` / `networks`) what to adopt or remove.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+LABEL_JOB_NAME = "smlocal.job-name"
+LABEL_JOB_ARN = "smlocal.job-arn"
+LABEL_MANAGED = "smlocal.managed"
+LABEL_HOST = "smlocal.host"
+# Tells apart the jobs of several smlocal instances (each with its own data dir) on one engine.
+LABEL_DATA_DIR = "smlocal.data-dir"
+
+
+class BackendUnavailable(Exception):
+    """The engine does not answer. Jobs keep their state; the runner retries later."""
+
+
+class ImageUnavailable(Exception):
+    """The training image is neither local nor pullable; `reason` is the job's FailureReason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ContainerGone(Exception):
+    """The container was removed behind smlocal's back."""
+
+
+@dataclass
+class ContainerSpec:
+    image: str
+    name: str
+    network: str
+    host: str  # the hostname, and its alias on the job's network
+    labels: dict[str, str]
+    environment: dict[str, str]
+    entrypoint: list[str] | None
+    command: list[str] | None
+    # host path -> container path
+    mounts: dict[str, str] = field(default_factory=dict)
+    # Its fixed address on the job's network, and the other hosts' (name -> address) for /etc/hosts.
+    address: str | None = None
+    peers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str = "created"  # created | running | exited | paused | ... (the engine's words)
+    started_at: float | None = None  # epoch seconds; None if it never started
+
+    @property
+    def host(self) -> str | None:
+        return self.labels.get(LABEL_HOST)
+
+
+@dataclass(frozen=True)
+class NetworkRef:
+    id: str
+    name: str
+    labels: dict[str, str]
+    # Set when the network was made with a subnet of its own, so containers can get fixed addresses.
+    subnet: str | None = None
+    gateway: str | None = None
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A piece of a container's output: a whole line (with its newline) or, for long lines, a part of one."""
+
+    timestamp_ms: int | None
+    data: bytes
+
+
+class LogStream(ABC):
+    """A container's output from a point on, following it until it exits (`close()` ends it early)."""
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[LogChunk]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    """A container engine, as the job flow uses it. Every method may raise BackendUnavailable."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Return if the engine answers, else raise BackendUnavailable (with what is wrong)."""
+
+    @abstractmethod
+    def has_image(self, image: str) -> bool: ...
+
+    @abstractmethod
+    def pull_image(self, image: str) -> None:
+        """Fetch the image; ImageUnavailable (with the FailureReason) when it cannot be had."""
+
+    @abstractmethod
+    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False) -> NetworkRef:
+        """A bridge network; with `own_subnet`, one whose subnet is fixed (`NetworkRef.subnet`), so that
+        containers on it can be given addresses (`ContainerSpec.address`)."""
+
+    @abstractmethod
+    def create(self, spec: ContainerSpec) -> ContainerRef: ...
+
+    @abstractmethod
+    def start(self, container: ContainerRef) -> ContainerRef:
+        """Start it; the returned ref has `started_at`."""
+
+    @abstractmethod
+    def wait(self, container: ContainerRef) -> int:
+        """Block until a started container exits; its exit code. ContainerGone if it was removed."""
+
+    @abstractmethod
+    def signal(self, container: ContainerRef, sig: str) -> None:
+        """Send SIGTERM / SIGKILL; a container that already exited is not an error."""
+
+    @abstractmethod
+    def logs(self, container: ContainerRef, since_ms: int | None = None) -> LogStream: ...
+
+    @abstractmethod
+    def remove(self, container: ContainerRef) -> None:
+        """Remove it, running or not; one already gone is not an error."""
+
+    @abstractmethod
+    def remove_network(self, network: NetworkRef) -> None: ...
+
+    @abstractmethod
+    def containers(self, labels: dict[str, str]) -> list[ContainerRef]:
+        """Every container (running or not) carrying all these labels."""
+
+    @abstractmethod
+    def networks(self, labels: dict[str, str]) -> list[NetworkRef]: ...
+
+
+def job_labels(job_name: str, job_arn: str, host: str | None, data_dir: str) -> dict[str, str]:
+    """A container's labels (with its host), or the job network's (host None)."""
+    labels = {LABEL_JOB_NAME: job_name, LABEL_JOB_ARN: job_arn, LABEL_MANAGED: "true", LABEL_DATA_DIR: data_dir}
+    if host is not None:
+        labels[LABEL_HOST] = host
+    return labels
+
+
+def resource_name(job_name: str) -> str:
+    """`smlocal-<job>-<shortid>`: unique on the engine even when a job name is reused."""
+    return f"smlocal-{job_name}-{uuid.uuid4().hex[:8]}"
+
+
+def container_command(entrypoint: tuple[str, ...] | list[str] | None, arguments: tuple[str, ...] | list[str] | None,
+                      ) -> tuple[list[str] | None, list[str] | None]:
+    """(entrypoint, command) exactly as SageMaker invokes the image.
+
+    `train` by default; ContainerEntrypoint replaces the image's entrypoint and drops `train`;
+    ContainerArguments replace `train`. With an entrypoint given, Docker does not fall back to the
+    image's CMD, so no command means none.
+    """
+    if entrypoint:
+        return list(entrypoint), list(arguments) if arguments else None
+    return None, list(arguments) if arguments else ["train"]

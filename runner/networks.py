@@ -1,0 +1,139 @@
+"""The networks jobs run on: one per job, taken from a pool that keeps one made in advance.
+
+Creating a bridge network costs Docker ~0.1 s (interfaces, iptables), most of a short job's overhead.
+The pool creates the next job's network in the background when a job ends, so the next job takes a
+ready network. A network is never shared: a job's network is removed with the job.
+
+Several hosts get fixed addresses, listed in every host's /etc/hosts (`host_addresses`): Docker's DNS
+answers only for running containers, but on SageMaker every host's name resolves for the whole job. The
+training toolkit looks up every host before it runs the script (retrying for 15 minutes), so a host
+whose algorithm finished first must not vanish from the others' view. Fixed addresses need a network
+with a subnet of its own, which costs a second network creation: the spare is always made that way
+(in the background), a network made on demand only for a job with several hosts.
+
+A network's labels cannot change after it is made, so a pooled network carries smlocal's labels
+(`smlocal.managed`, `smlocal.data-dir`, `smlocal.pool-network`) and the job's containers name it in
+their `smlocal.network` label; that is how cleanup and recovery find a job's network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from runner.backend import LABEL_DATA_DIR, LABEL_MANAGED, Backend, BackendUnavailable, NetworkRef
+
+log = logging.getLogger("smlocal.runner")
+
+LABEL_POOL = "smlocal.pool-network"
+# On a job's containers: the name of the network they are on.
+LABEL_NETWORK = "smlocal.network"
+
+
+class NetworkPool:
+    def __init__(self, backend: Backend, data_dir_label: str) -> None:
+        self._backend = backend
+        self.labels = {LABEL_MANAGED: "true", LABEL_DATA_DIR: data_dir_label, LABEL_POOL: "true"}
+        self._lock = threading.Lock()
+        # Held while a network is being made, so a sweep never sees one that nobody owns yet.
+        self._creating = threading.Lock()
+        self._spare: NetworkRef | None = None
+        self._in_use: set[str] = set()
+        self._refill_thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def spare(self) -> str | None:
+        with self._lock:
+            return self._spare.name if self._spare is not None else None
+
+    def take(self, own_subnet: bool = False) -> NetworkRef:
+        """A network for one job: the spare if there is one (`own_subnet`: one that can fix addresses).
+
+        The next spare is not made here: the engine would make it while it creates and starts this job's
+        containers, and slow them down. The job calls `refill` once it is done."""
+        with self._lock:
+            network, self._spare = self._spare, None
+            if network is not None:
+                self._in_use.add(network.name)
+        if network is None:
+            with self._creating:
+                network = self._create(own_subnet)
+                with self._lock:
+                    self._in_use.add(network.name)
+        return network
+
+    def release(self, name: str) -> None:
+        """The job that took `name` is done with it: remove it."""
+        self._remove(NetworkRef(name, name, {}))
+        with self._lock:
+            self._in_use.discard(name)
+
+    def refill(self) -> None:
+        """Make the spare in the background, unless there is one (or one is on its way)."""
+        with self._lock:
+            busy = self._refill_thread is not None and self._refill_thread.is_alive()
+            if self._spare is not None or busy or self._closed:
+                return
+            self._refill_thread = threading.Thread(target=self._refill, name="smlocal-network-pool", daemon=True)
+            self._refill_thread.start()
+
+    @contextmanager
+    def owned(self) -> Iterator[set[str]]:
+        """The names of the networks the pool holds or handed out, stable while the block runs (for a sweep)."""
+        with self._creating, self._lock:
+            names = set(self._in_use)
+            if self._spare is not None:
+                names.add(self._spare.name)
+        yield names
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Remove the spare (server shutdown); networks in use stay with their jobs."""
+        with self._lock:
+            self._closed = True
+            refilling = self._refill_thread
+        if refilling is not None:
+            refilling.join(timeout)  # a spare on its way is removed by it, or becomes the spare removed here
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            self._remove(spare)
+
+    def _create(self, own_subnet: bool) -> NetworkRef:
+        return self._backend.create_network(f"smlocal-net-{uuid.uuid4().hex[:12]}", self.labels,
+                                            own_subnet=own_subnet)
+
+    def _refill(self) -> None:
+        network = None
+        try:
+            with self._creating:
+                network = self._create(own_subnet=True)
+                with self._lock:
+                    if not self._closed:
+                        self._spare, network = network, None
+        except BackendUnavailable as e:
+            log.debug("no spare network: %s", e)
+        except Exception:
+            log.exception("could not create a spare network")
+        if network is not None:  # closed meanwhile
+            self._remove(network)
+
+    def _remove(self, network: NetworkRef) -> None:
+        try:
+            self._backend.remove_network(network)
+        except Exception as e:
+            log.warning("could not remove network %s: %s", network.name, e)
+
+
+def host_addresses(network: NetworkRef, hosts: list[str]) -> dict[str, str]:
+    """A fixed address per host (name -> address) for a job with several hosts, on a network that has a
+    subnet of its own; none otherwise (one host needs no peers; without a subnet, Docker's DNS serves)."""
+    if len(hosts) < 2 or network.subnet is None:
+        return {}
+    free = (str(a) for a in ipaddress.ip_network(network.subnet).hosts() if str(a) != network.gateway)
+    addresses = dict(zip(hosts, free, strict=False))
+    return addresses if len(addresses) == len(hosts) else {}
