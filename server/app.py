@@ -16,6 +16,7 @@ from server.auth import Authenticator
 from server.cloudwatch_logs import CloudWatchLogs
 from server.cloudwatch_metrics import CloudWatchMetrics
 from server.config import Settings
+from server.console import mount_console
 from server.errors import ApiError
 from server.lifecycle import Lifecycle
 from server.local_channels import LocalChannelRoots
@@ -61,6 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.lifecycle = lifecycle
     app.state.services = registry
+    # Before the catch-all API route below, which would take /console too.
+    mount_console(app, settings, registry)
 
     def handle(route: protocol.Route, body: bytes, ctx: RequestContext, request_id: str) -> Response:
         service, op = route.service, route.operation

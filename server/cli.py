@@ -153,8 +153,11 @@ def _banner(settings: Settings, embedded_s3: str | None) -> None:
     jobs = (f"{settings.max_concurrent_jobs} at once, in Docker" if settings.run_jobs
             else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
     local = escape(", ".join(str(r) for r in settings.local_channel_roots)) or "off (no --local-channel-root)"
+    web = f"{api}/console/"
+    if settings.access_key:
+        web += " (sign in with the access key / secret key; from this machine only)"
     console.print(Panel.fit(
-        f"SageMaker API  {api}\nS3 store       {s3_line}\n"
+        f"SageMaker API  {api}\nweb console    {web}\nS3 store       {s3_line}\n"
         f"S3 keys        {settings.s3_access_key} / {shown_secret}\n"
         f"data dir       {settings.data_dir.resolve()}\ndatabase       {Path(settings.db_path).resolve()}\n"
         f"auth           {auth}\njobs           {jobs}\nfile:// from   {local}",
