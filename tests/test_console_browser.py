@@ -7,7 +7,6 @@ import io
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,7 +53,8 @@ def wait(what: str, predicate: Callable[[], Any], timeout: float = 60.0, driver:
 
 
 def test_watch_a_running_job_live_and_stop_it(runner_server: SmlocalServer, browser: Any,
-                                              unique_name: Callable[[str], str]) -> None:
+                                              unique_name: Callable[[str], str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     from selenium.webdriver.common.by import By
 
     driver = browser
@@ -130,5 +130,7 @@ def test_watch_a_running_job_live_and_stop_it(runner_server: SmlocalServer, brow
     driver.get(f"{console}?status=Stopped&name={name}")
     row = driver.find_element(By.CSS_SELECTOR, f'tr[data-job="{name}"]')
     assert [c.text for c in row.find_elements(By.TAG_NAME, "td")][1:3] == ["Stopped", "Stopped"]
-    screenshot(driver, "04-list-stopped")
-    assert Path(screenshot(driver, "04-list-stopped")).stat().st_size > 10_000
+    shot = screenshot(driver, "04-list-stopped")
+    assert shot.stat().st_size > 10_000
+    with capsys.disabled():
+        print(f"\nconsole screenshots: {shot.parent}")

@@ -94,6 +94,12 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
         return render("error.html", 400, code="InvalidRegion",
                       message=f"'{exc}' is not an AWS region name (e.g. {settings.region}).")
 
+    @console.exception_handler(Exception)
+    async def failed(_request: Request, exc: Exception) -> HTMLResponse:
+        log.exception("console request failed", exc_info=exc)
+        return render("error.html", 500, code="InternalFailure",
+                      message="The console could not answer this request; the server's log says why.")
+
     # ---- the job list ---------------------------------------------------------------------------
 
     def job_list(request: Request) -> dict[str, Any]:

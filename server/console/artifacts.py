@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from minio import Minio
 from minio.error import S3Error
+from urllib3.exceptions import HTTPError
 
 from server.config import Settings
 
@@ -94,8 +95,8 @@ class ArtifactStore:
         for name, ref in artifact_refs(job).items():
             try:
                 stat = client.stat_object(ref.bucket, ref.key)
-            except (S3Error, ValueError, OSError):
-                continue
+            except (S3Error, ValueError, OSError, HTTPError):
+                continue  # not there, or the store does not answer: no link either way
             modified = stat.last_modified.timestamp() if stat.last_modified else 0.0
             if modified + _CLOCK_SLACK_SECONDS >= created:
                 found.append(Artifact(name, ref, stat.size or 0))
