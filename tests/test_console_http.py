@@ -82,6 +82,8 @@ def test_a_filter_the_api_refuses_shows_the_apis_own_error(api_server: SmlocalSe
     page = get(api_server, "/console/", params={"name": "no_underscores"})
     assert page.status_code == 400
     assert f"ValidationException: {info.value.response['Error']['Message']}" in text_of(page.text)
+    # The page still refreshes from the same (refused) filter, not from anything else.
+    assert 'data-live="/console/fragments/jobs?name=no_underscores"' in page.text
 
 
 def test_region_picker_shows_that_regions_jobs_only(api_server: SmlocalServer,

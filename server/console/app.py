@@ -39,10 +39,8 @@ METRIC_QUERIES_PER_CALL = 500
 
 
 def _templates() -> Environment:
-    env = Environment(loader=PackageLoader("server.console", "templates"),
-                      autoescape=select_autoescape(["html"], default_for_string=True, default=True))
-    env.filters["urlencode_params"] = urlencode
-    return env
+    return Environment(loader=PackageLoader("server.console", "templates"),
+                       autoescape=select_autoescape(["html"], default_for_string=True, default=True))
 
 
 def _not_found(error: ApiError) -> bool:
@@ -114,8 +112,9 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             params["NameContains"] = name
         if token:
             params["NextToken"] = token
-        context: dict[str, Any] = {"region": region, "status": status, "name": name, "next_token": token,
-                                   "rows": [], "error": None, "more": None}
+        context: dict[str, Any] = {
+            "region": region, "status": status, "name": name, "rows": [], "error": None, "more": None,
+            "fragment_url": link("/fragments/jobs", region, status=status, name=name, next=token)}
         try:
             page = api.list_jobs(region, **params)
         except ApiError as error:
@@ -130,7 +129,6 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             context["rows"].append(views.job_row(job, now))
         if page.get("NextToken"):
             context["more"] = link("/", region, status=status, name=name, next=page["NextToken"])
-        context["fragment_url"] = link("/fragments/jobs", region, status=status, name=name, next=token)
         return context
 
     @console.get("/", response_class=HTMLResponse)
