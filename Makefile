@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint docker images service-image bench clean sdk-venvs
+.PHONY: install run test lint docker images service-image bench clean sdk-venvs chromium
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -50,7 +50,11 @@ run: install
 	@bash scripts/ensure-docker.sh || echo "warning: no Docker engine: the API works, jobs will fail"
 	$(VENV)/bin/smlocal serve --host 127.0.0.1 --port 8080
 
-test: install images sdk-venvs
+# Debian's chromium and chromium-driver, for the web console's browser tests (installed when missing; needs root).
+chromium:
+	bash scripts/ensure-chromium.sh
+
+test: install images sdk-venvs chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
@@ -61,4 +65,4 @@ bench: install images
 
 # Not .smlocal: it holds the jobs and the S3 store's data (`rm -rf .smlocal` forgets them all).
 clean:
-	rm -rf $(VENV) .venv-sdk2 .venv-sdk3 .pytest_cache
+	rm -rf $(VENV) .venv-sdk2 .venv-sdk3 .pytest_cache test-artifacts

@@ -17,6 +17,7 @@ from server.auth import Authenticator
 from server.cloudwatch_logs import CloudWatchLogs
 from server.cloudwatch_metrics import CloudWatchMetrics
 from server.config import Settings
+from server.console import mount_console
 from server.errors import ApiError
 from server.lifecycle import Lifecycle
 from server.local_channels import LocalChannelRoots
@@ -80,6 +81,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/health")
     async def health() -> Response:
         return JSONResponse(await run_in_threadpool(health_report))
+
+    # Before the catch-all API route below, which would take /console too.
+    mount_console(app, settings, registry)
 
     def handle(route: protocol.Route, body: bytes, ctx: RequestContext, request_id: str) -> Response:
         service, op = route.service, route.operation

@@ -173,8 +173,11 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
         jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"
                  "               jobs stay InProgress until it answers; smlocal retries (GET /health tells)")
     local = escape(", ".join(str(r) for r in settings.local_channel_roots)) or "off (no --local-channel-root)"
+    web = f"{api}/console/"
+    if settings.access_key:
+        web += " (sign in with the access key / secret key; from this machine only)"
     console.print(Panel.fit(
-        f"SageMaker API  {api}\nS3 store       {s3_line}\n"
+        f"SageMaker API  {api}\nweb console    {web}\nS3 store       {s3_line}\n"
         f"S3 keys        {settings.s3_access_key} / {shown_secret}\n"
         f"data dir       {settings.data_dir.resolve()}\ndatabase       {Path(settings.db_path).resolve()}\n"
         f"auth           {auth}\njobs           {jobs}\nfile:// from   {local}",

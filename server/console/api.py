@@ -1,0 +1,71 @@
+"""The console's way to the services: the registry's providers, called as the API calls them.
+
+Each call is validated against the botocore model, handed to the provider's handler with a request
+context (the server's account, the region the console shows) and shaped to the modelled output, the
+same three steps the wire dispatcher takes for a client. The console has no other way to jobs, logs
+or metrics: no SQL, no file of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.operations import RequestContext
+from server.protocol import shape_output
+from server.services import Service, ServiceRegistry
+from server.validation import validate_input
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+METRIC_NAMESPACE = "/aws/sagemaker/TrainingJobs"
+
+
+class ConsoleApi:
+    def __init__(self, registry: ServiceRegistry, account_id: str) -> None:
+        self._services: dict[str, Service] = {service.name: service for service in registry}
+        self.account_id = account_id
+
+    def call(self, service_name: str, operation: str, region: str, **params: Any) -> dict[str, Any]:
+        """Run `operation` of a served service for `region`; raises the ApiError a client would get."""
+        service = self._services[service_name]
+        model = service.operation_model(operation)
+        valid = validate_input(model.input_shape, params, service.extra_required(operation),
+                               service.validation_error)
+        result = service.handlers[operation](RequestContext(region=region, account_id=self.account_id), valid)
+        return shape_output(model.output_shape, result) or {}
+
+    # ---- SageMaker ----------------------------------------------------------------------------
+
+    def list_jobs(self, region: str, **params: Any) -> dict[str, Any]:
+        return self.call("sagemaker", "ListTrainingJobs", region, **params)
+
+    def describe_job(self, region: str, name: str) -> dict[str, Any]:
+        return self.call("sagemaker", "DescribeTrainingJob", region, TrainingJobName=name)
+
+    def stop_job(self, region: str, name: str) -> None:
+        self.call("sagemaker", "StopTrainingJob", region, TrainingJobName=name)
+
+    # ---- CloudWatch Logs ----------------------------------------------------------------------
+
+    def log_streams(self, region: str, job_name: str) -> list[str]:
+        """The job's stream names (`<job>/algo-<n>-<epoch>`), by name; none before its first line."""
+        names: list[str] = []
+        params: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamNamePrefix": f"{job_name}/",
+                                  "orderBy": "LogStreamName"}
+        while True:
+            page = self.call("logs", "DescribeLogStreams", region, **params)
+            names += [s["logStreamName"] for s in page.get("logStreams", [])]
+            if not page.get("nextToken"):
+                return names
+            params["nextToken"] = page["nextToken"]
+
+    def log_events(self, region: str, stream: str, token: str | None, limit: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "limit": limit}
+        params.update({"nextToken": token} if token else {"startFromHead": True})
+        return self.call("logs", "GetLogEvents", region, **params)
+
+    # ---- CloudWatch metrics -------------------------------------------------------------------
+
+    def metric_data(self, region: str, queries: list[dict[str, Any]], start: float, end: float) -> list[dict[str, Any]]:
+        page = self.call("cloudwatch", "GetMetricData", region, MetricDataQueries=queries, StartTime=start,
+                         EndTime=end, ScanBy="TimestampAscending")
+        return page.get("MetricDataResults", [])
