@@ -249,3 +249,5 @@ def test_embedded_stores_accept_the_sdks_kms_encrypted_upload(
     s3.put_object(Bucket=bucket, Key="small", Body=b"x", ServerSideEncryption="aws:kms")
     assert s3.get_object(Bucket=bucket, Key="job/source/sourcedir.tar.gz")["Body"].read() == archive.read_bytes()
     assert s3.get_object(Bucket=bucket, Key="small")["Body"].read() == b"x"
+    if store == "files":  # a plain file in the store's folder, as everything it keeps
+        assert (server.data_dir / "s3" / bucket / "job/source/sourcedir.tar.gz").read_bytes() == archive.read_bytes()
