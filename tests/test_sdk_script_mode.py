@@ -127,12 +127,19 @@ def test_readme_v3_script_mode_ships_code_and_drivers_as_channels_and_validates_
         files_server: SmlocalServer, tmp_path: Path, unique_name: Callable[[str], str]) -> None:
     bucket = unique_name("script3")
     upload_quickstart_data(files_server, bucket, tmp_path)
-    run = run_guarded(3, script_mode_snippet(3), files_server, bucket, tmp_path)
+    # The snippet as written, with v3's debug lines on for the role validation and the staging check.
+    debug = "".join(f"logging.getLogger({name!r}).setLevel(logging.DEBUG)\n"
+                    for name in ("sagemaker.core.helper.iam_role_resolver", "sagemaker.core.utils.utils"))
+    run = run_guarded(3, "import logging\n" + debug + script_mode_snippet(3), files_server, bucket, tmp_path)
     assert run.result.returncode == 0, run.output[-6000:] + files_server.log()
     # No connection left the machine: the role validation and the staging checks went to smlocal's IAM,
     # the default bucket came from the SDK config (no STS).
     assert run.guard.report() == []
+    # v3 validated the role (SimulatePrincipalPolicy and GetRole's trust policy), and its staging check
+    # for each uploaded folder got an answer (a failed one is logged and falls back).
+    assert "Role 'arn:aws:iam::123456789012:role/SageMakerRole' validated for training. Using it." in run.output
     assert "Skipping IAM role validation" not in run.output
+    assert "Could not verify role access to default bucket" not in run.output
     job, seen = only_job(run)
     assert_walked_to(seen, "Completed/Completed")
     # train(logs=True) printed v3's driver and the script's own lines.
