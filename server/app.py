@@ -19,6 +19,7 @@ from server.cloudwatch_metrics import CloudWatchMetrics
 from server.config import Settings
 from server.console import mount_console
 from server.errors import ApiError
+from server.iam import Iam
 from server.lifecycle import Lifecycle
 from server.local_channels import LocalChannelRoots
 from server.operations import JobLimits, Operations, RequestContext
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
                                            data_dir=data_dir, limits=limits)),
         Service.of("logs", CloudWatchLogs(store, data_dir)),
         Service.of("cloudwatch", CloudWatchMetrics(store)),
+        Service.of("iam", Iam()),
     ])
     authenticator = Authenticator(settings.region, settings.access_key, settings.secret_key)
 
@@ -89,12 +91,12 @@ def create_app(settings: Settings) -> FastAPI:
         service, op = route.service, route.operation
         assert service is not None and op is not None
         operation_model = service.operation_model(op)
-        params = route.wire.parse(body)
+        params = route.wire.parse(body, operation_model.input_shape)
         params = validate_input(operation_model.input_shape, params, service.extra_required(op),
                                 service.validation_error)
         result = service.handlers[op](ctx, params)
         shaped = protocol.shape_output(operation_model.output_shape, result) or {}
-        return route.wire.response(service, operation_model.output_shape, shaped, request_id)
+        return route.wire.response(service, operation_model, shaped, request_id)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
     async def dispatch(request: Request, path: str) -> Response:
@@ -102,7 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         body = await request.body()
         # Resolved before auth so the check knows the service (route.service.signing_name), and so an
         # error is answered in the wire protocol the client speaks.
-        route = protocol.resolve(registry, request.method, path, request.headers)
+        route = protocol.resolve(registry, request.method, path, request.headers, body)
         try:
             # The scope's service must be the one the target belongs to: its botocore signing name.
             region = authenticator.authenticate(

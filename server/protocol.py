@@ -1,10 +1,12 @@
 """The wire layer's front: which service, operation and wire protocol a request is, and the shared bits.
 
-Every AWS RPC protocol names the service by its model's target prefix: AWS JSON 1.0/1.1 in the
-`X-Amz-Target` header (`SageMaker.CreateTrainingJob`), Smithy RPC v2 CBOR in the path
-(`/service/GraniteServiceVersion20100801/operation/GetMetricStatistics`). `resolve` tries each wire
-protocol, looks the prefix up in the service registry and checks that the service speaks that protocol
-(its model's `protocols`) and serves that operation. Nothing here knows any particular service.
+Every AWS RPC protocol names the service: AWS JSON 1.0/1.1 by the model's target prefix in the
+`X-Amz-Target` header (`SageMaker.CreateTrainingJob`), Smithy RPC v2 CBOR by the same prefix in the path
+(`/service/GraniteServiceVersion20100801/operation/GetMetricStatistics`), the query protocol by the API
+version in its form body (`Action=GetRole&Version=2010-05-08`). `resolve` tries each wire protocol and
+looks the name up in the service registry, which only finds services that speak that protocol (their
+model's `protocols`); then it checks the service serves that operation. Nothing here knows any
+particular service.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from botocore.model import Shape
 from server.errors import ApiError
 from server.protocol_cbor import RpcV2Cbor
 from server.protocol_json import AwsJson, WireMatch, WireProtocol
+from server.protocol_query import AwsQuery
 from server.services import Service, ServiceRegistry
 
 JSON = AwsJson()
 CBOR = RpcV2Cbor()
-# Path-routed protocols first: AWS JSON claims every `POST /`.
-WIRE_PROTOCOLS: tuple[WireProtocol, ...] = (CBOR, JSON)
+QUERY = AwsQuery()
+# Path-routed protocols first, then the form-encoded query protocol: AWS JSON claims every other `POST /`.
+WIRE_PROTOCOLS: tuple[WireProtocol, ...] = (CBOR, QUERY, JSON)
 
 
 def new_request_id() -> str:
@@ -47,22 +51,22 @@ class Route:
             raise self.error
 
 
-def resolve(registry: ServiceRegistry, method: str, path: str, headers: Mapping[str, str]) -> Route:
+def resolve(registry: ServiceRegistry, method: str, path: str, headers: Mapping[str, str],
+            body: bytes = b"") -> Route:
     """Never raises: an unknown operation is a Route with `error` set, answered in the request's protocol."""
     for wire in WIRE_PROTOCOLS:
-        match = wire.match(method, path, headers)
+        match = wire.match(method, path, headers, body)
         if match is not None:
             return _route(registry, wire, match)
     return Route(JSON, None, None, ApiError("UnknownOperationException", f"Unknown operation {method} /{path}"))
 
 
 def _route(registry: ServiceRegistry, wire: WireProtocol, match: WireMatch) -> Route:
-    service = registry.by_target_prefix(match.target_prefix) if match.target_prefix else None
-    unknown = ApiError("UnknownOperationException", f"Unknown operation {match.label}".rstrip())
-    if service is None or wire.name not in service.protocols:
-        return Route(wire, None, None, unknown)
+    service = registry.find(wire.name, match.service_key) if match.service_key else None
+    if service is None:
+        return Route(wire, None, None, wire.unknown_operation(match))
     if not service.serves(match.operation):
-        return Route(wire, service, None, unknown)
+        return Route(wire, service, None, wire.unknown_operation(match))
     return Route(wire, service, match.operation)
 
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 import regex
-from botocore.model import Shape
+from botocore.model import OperationModel, Shape, StructureShape
 from fastapi.responses import Response
 
 from server.errors import ApiError
-from server.protocol_json import WireMatch, error_headers
+from server.protocol_json import WireMatch, error_headers, unknown_operation_exception
 
 if TYPE_CHECKING:
     from server.services import Service
@@ -50,7 +50,7 @@ def to_cbor_value(shape: Shape | None, value: Any) -> Any:
 class RpcV2Cbor:
     name = "smithy-rpc-v2-cbor"
 
-    def match(self, method: str, path: str, headers: Mapping[str, str]) -> WireMatch | None:
+    def match(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> WireMatch | None:
         found = _PATH.fullmatch(path)
         if found is None:
             return None
@@ -59,7 +59,10 @@ class RpcV2Cbor:
             return WireMatch("", "", label)
         return WireMatch(found["service"], found["operation"], label)
 
-    def parse(self, body: bytes) -> dict[str, Any]:
+    def unknown_operation(self, match: WireMatch) -> ApiError:
+        return unknown_operation_exception(match)
+
+    def parse(self, body: bytes, shape: StructureShape | None) -> dict[str, Any]:
         if not body:
             return {}
         try:
@@ -75,9 +78,9 @@ class RpcV2Cbor:
         headers = {"x-amzn-requestid": request_id, "smithy-protocol": "rpc-v2-cbor", **(extra or {})}
         return Response(content=cbor2.dumps(payload), status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
-    def response(self, service: Service, shape: Shape | None, payload: dict[str, Any],
+    def response(self, service: Service, operation: OperationModel, payload: dict[str, Any],
                  request_id: str) -> Response:
-        return self._cbor_response(to_cbor_value(shape, payload), request_id, 200)
+        return self._cbor_response(to_cbor_value(operation.output_shape, payload), request_id, 200)
 
     def error_response(self, error: ApiError, request_id: str, service: Service | None) -> Response:
         return self._cbor_response({"__type": error.code, "message": error.message}, request_id, error.status,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from botocore.model import Shape
+from botocore.model import OperationModel, StructureShape
 from fastapi.responses import Response
 
 from server.errors import ApiError
@@ -24,9 +24,12 @@ DEFAULT_JSON_VERSION = "1.1"
 
 @dataclass(frozen=True)
 class WireMatch:
-    """A request recognised as one wire protocol: the target prefix and operation it names."""
+    """A request recognised as one wire protocol: the service key and operation it names.
 
-    target_prefix: str
+    The key is how the protocol names a service: the model's target prefix for AWS JSON and RPC v2 CBOR,
+    its API version for the query protocol (`Service.route_key`)."""
+
+    service_key: str
     operation: str
     label: str  # how an unknown operation is named back to the client
 
@@ -34,14 +37,21 @@ class WireMatch:
 class WireProtocol(Protocol):
     name: str
 
-    def match(self, method: str, path: str, headers: Mapping[str, str]) -> WireMatch | None: ...
+    def match(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> WireMatch | None: ...
 
-    def parse(self, body: bytes) -> dict[str, Any]: ...
+    def unknown_operation(self, match: WireMatch) -> ApiError: ...
 
-    def response(self, service: Service, shape: Shape | None, payload: dict[str, Any],
+    def parse(self, body: bytes, shape: StructureShape | None) -> dict[str, Any]: ...
+
+    def response(self, service: Service, operation: OperationModel, payload: dict[str, Any],
                  request_id: str) -> Response: ...
 
     def error_response(self, error: ApiError, request_id: str, service: Service | None) -> Response: ...
+
+
+def unknown_operation_exception(match: WireMatch) -> ApiError:
+    """How AWS JSON and RPC v2 CBOR services answer an operation they do not have."""
+    return ApiError("UnknownOperationException", f"Unknown operation {match.label}".rstrip())
 
 
 def content_type(service: Service | None) -> str:
@@ -82,7 +92,7 @@ def error_headers(error: ApiError, service: Service | None) -> dict[str, str]:
 class AwsJson:
     name = "json"
 
-    def match(self, method: str, path: str, headers: Mapping[str, str]) -> WireMatch | None:
+    def match(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> WireMatch | None:
         if method != "POST" or path:
             return None
         target = headers.get("x-amz-target") or ""
@@ -91,10 +101,13 @@ class AwsJson:
             return WireMatch("", "", target)
         return WireMatch(prefix, operation, target)
 
-    def parse(self, body: bytes) -> dict[str, Any]:
+    def unknown_operation(self, match: WireMatch) -> ApiError:
+        return unknown_operation_exception(match)
+
+    def parse(self, body: bytes, shape: StructureShape | None) -> dict[str, Any]:
         return parse_body(body)
 
-    def response(self, service: Service, shape: Shape | None, payload: dict[str, Any],
+    def response(self, service: Service, operation: OperationModel, payload: dict[str, Any],
                  request_id: str) -> Response:
         return json_response(payload, request_id, media_type=content_type(service))
 

@@ -47,8 +47,16 @@ class Service:
         return self.model.signing_name
 
     @property
-    def target_prefix(self) -> str:
-        return self.model.metadata["targetPrefix"]
+    def target_prefix(self) -> str | None:
+        """AWS JSON's and RPC v2 CBOR's name for the service; query-protocol services have none."""
+        return self.model.metadata.get("targetPrefix")
+
+    def route_key(self, protocol: str) -> str | None:
+        """How requests in `protocol` name this service: every query-protocol request carries the API
+        version (`Version=2010-05-08`), the RPC protocols the target prefix."""
+        if protocol == "query":
+            return self.model.metadata.get("apiVersion")
+        return self.target_prefix
 
     @property
     def protocols(self) -> list[str]:
@@ -83,17 +91,26 @@ class Service:
 
 
 class ServiceRegistry:
-    """The services on one port, found by the target prefix every AWS RPC protocol carries."""
+    """The services on one port, found by what each wire protocol names them by (`Service.route_key`)."""
 
     def __init__(self, services: Iterable[Service]) -> None:
-        self._by_prefix: dict[str, Service] = {}
-        for service in services:
-            if service.target_prefix in self._by_prefix:
-                raise ValueError(f"two services with target prefix {service.target_prefix}")
-            self._by_prefix[service.target_prefix] = service
+        self._services = list(services)
+        self._by_route: dict[tuple[str, str], Service] = {}
+        for service in self._services:
+            for protocol in service.protocols:
+                key = service.route_key(protocol)
+                if key is None:
+                    continue
+                if (protocol, key) in self._by_route:
+                    raise ValueError(f"two services named {key} in protocol {protocol}")
+                self._by_route[protocol, key] = service
+
+    def find(self, protocol: str, key: str) -> Service | None:
+        """The service a request in `protocol` names by `key`; None when no served service speaks it."""
+        return self._by_route.get((protocol, key))
 
     def by_target_prefix(self, prefix: str) -> Service | None:
-        return self._by_prefix.get(prefix)
+        return next((s for s in self._services if s.target_prefix == prefix), None)
 
     def __iter__(self):  # noqa: ANN204 - an iterator of Service
-        return iter(self._by_prefix.values())
+        return iter(self._services)

@@ -7,7 +7,7 @@ Fixtures (one smlocal per test session, started on first use):
   `wait_for_job(name)`, `require_docker()`;
 - `smlocal_sagemaker`, `smlocal_s3`, `smlocal_logs`: boto3 clients bound to it.
 
-While it runs, `AWS_ENDPOINT_URL_SAGEMAKER`, `_S3`, `_CLOUDWATCH_LOGS` and `_CLOUDWATCH` point at it,
+While it runs, `AWS_ENDPOINT_URL_SAGEMAKER`, `_S3`, `_CLOUDWATCH_LOGS`, `_CLOUDWATCH` and `_IAM` point at it,
 with its keys and region in `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_DEFAULT_REGION`, so
 the code under test reaches it with a plain `boto3.client("sagemaker")`. At the end of the session the
 service stops, the containers and networks of its jobs are removed, and its data dir (store included)
@@ -39,7 +39,7 @@ import pytest
 from server.s3_files import die_with_parent
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
-                      "AWS_ENDPOINT_URL_CLOUDWATCH")
+                      "AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ENDPOINT_URL_IAM")
 # These would take the code under test elsewhere (a profile may not exist here; a session token
 # belongs to other keys).
 _CLEARED_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -104,6 +104,7 @@ class Smlocal:
             "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
             "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": self.endpoint,
             "AWS_ENDPOINT_URL_CLOUDWATCH": self.endpoint,
+            "AWS_ENDPOINT_URL_IAM": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,

@@ -1,5 +1,6 @@
-"""Training metrics over time through CloudWatch's API: AWS JSON 1.0 (what botocore picks today) and
-Smithy RPC v2 CBOR (the model's first protocol), both with real botocore clients over HTTP."""
+"""Training metrics over time through CloudWatch's API: AWS JSON 1.0 (what botocore picks today), Smithy
+RPC v2 CBOR (the model's first protocol) and the query protocol (what older botocore releases speak), all
+with real botocore clients over HTTP."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import botocore.session
 import cbor2
@@ -34,22 +36,27 @@ DEFINITIONS = [{"Name": "train:loss", "Regex": r"loss=([0-9.]+)"},
                {"Name": "train:accuracy", "Regex": r"accuracy: (\S+)"}]
 
 
-def cbor_cloudwatch(server: SmlocalServer, folder: Path, access_key: str = "test", secret_key: str = "test") -> Any:
-    """A botocore CloudWatch client that speaks RPC v2 CBOR (its model reduced to that one protocol)."""
+def cloudwatch_speaking(protocol: str, server: SmlocalServer, folder: Path, access_key: str = "test",
+                        secret_key: str = "test") -> Any:
+    """A botocore CloudWatch client that speaks `protocol` (its model reduced to that one protocol)."""
     session = botocore.session.get_session()
     loader = session.get_component("data_loader")
     model = loader.load_service_model("cloudwatch", "service-2")
-    model["metadata"]["protocols"] = ["smithy-rpc-v2-cbor"]
-    model["metadata"]["protocol"] = "smithy-rpc-v2-cbor"
-    target = folder / "cloudwatch" / model["metadata"]["apiVersion"]
+    model["metadata"]["protocols"] = [protocol]
+    model["metadata"]["protocol"] = protocol
+    target = folder / protocol / "cloudwatch" / model["metadata"]["apiVersion"]
     target.mkdir(parents=True, exist_ok=True)
     (target / "service-2.json").write_text(json.dumps(model))
-    loader.search_paths.insert(0, str(folder))
+    loader.search_paths.insert(0, str(folder / protocol))
     client = session.create_client("cloudwatch", endpoint_url=server.endpoint, region_name="us-east-1",
                                    aws_access_key_id=access_key, aws_secret_access_key=secret_key,
                                    config=Config(retries={"max_attempts": 1}))
-    assert client.meta.service_model.resolved_protocol == "smithy-rpc-v2-cbor"
+    assert client.meta.service_model.resolved_protocol == protocol
     return client
+
+
+def cbor_cloudwatch(server: SmlocalServer, folder: Path, access_key: str = "test", secret_key: str = "test") -> Any:
+    return cloudwatch_speaking("smithy-rpc-v2-cbor", server, folder, access_key, secret_key)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +85,17 @@ def cbor_client(runner_server: SmlocalServer, tmp_path_factory: pytest.TempPathF
     return cbor_cloudwatch(runner_server, tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="module")
+def query_client(runner_server: SmlocalServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return cloudwatch_speaking("query", runner_server, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture()
+def cloudwatch(request: pytest.FixtureRequest, wire: str) -> Any:
+    """The module's CloudWatch client for the wire protocol a test is parametrized with."""
+    return request.getfixturevalue({"json": "json_cloudwatch", "cbor": "cbor_client", "query": "query_client"}[wire])
+
+
 def window(job: dict[str, Any]) -> dict[str, Any]:
     # As TrainingJobAnalytics asks: from the training start to a minute after its end.
     return {"StartTime": job["TrainingStartTime"], "EndTime": job["TrainingEndTime"] + dt.timedelta(minutes=1)}
@@ -91,10 +109,9 @@ def job_dims(job: dict[str, Any]) -> list[dict[str, str]]:
     return [{"Name": "TrainingJobName", "Value": job["TrainingJobName"]}]
 
 
-@pytest.mark.parametrize("wire", ["json", "cbor"])
-def test_every_value_of_every_host_is_served(metric_job: dict[str, Any], json_cloudwatch: Any, cbor_client: Any,
+@pytest.mark.parametrize("wire", ["json", "cbor", "query"])
+def test_every_value_of_every_host_is_served(metric_job: dict[str, Any], cloudwatch: Any,
                                              wire: str) -> None:
-    cloudwatch = json_cloudwatch if wire == "json" else cbor_client
     for n in (1, 2):
         per_second = cloudwatch.get_metric_statistics(
             Namespace=NAMESPACE, MetricName="train:loss", Dimensions=host_dims(metric_job, f"algo-{n}"), Period=1,
@@ -125,10 +142,9 @@ def test_every_value_of_every_host_is_served(metric_job: dict[str, Any], json_cl
                                                 **other, **window(metric_job))["Datapoints"] == []
 
 
-@pytest.mark.parametrize("wire", ["json", "cbor"])
-def test_get_metric_data_and_list_metrics(metric_job: dict[str, Any], json_cloudwatch: Any, cbor_client: Any,
+@pytest.mark.parametrize("wire", ["json", "cbor", "query"])
+def test_get_metric_data_and_list_metrics(metric_job: dict[str, Any], cloudwatch: Any,
                                           wire: str) -> None:
-    cloudwatch = json_cloudwatch if wire == "json" else cbor_client
     name = metric_job["TrainingJobName"]
     results = cloudwatch.get_metric_data(MetricDataQueries=[
         {"Id": "host2", "MetricStat": {"Metric": {"Namespace": NAMESPACE, "MetricName": "train:loss",
@@ -150,10 +166,9 @@ def test_get_metric_data_and_list_metrics(metric_job: dict[str, Any], json_cloud
     assert {d["Value"] for m in hosts for d in m["Dimensions"]} >= {f"{name}/algo-1", f"{name}/algo-2"}
 
 
-@pytest.mark.parametrize("wire", ["json", "cbor"])
-def test_errors_are_the_models_exceptions(metric_job: dict[str, Any], json_cloudwatch: Any, cbor_client: Any,
+@pytest.mark.parametrize("wire", ["json", "cbor", "query"])
+def test_errors_are_the_models_exceptions(metric_job: dict[str, Any], cloudwatch: Any,
                                           wire: str) -> None:
-    cloudwatch = json_cloudwatch if wire == "json" else cbor_client
     base = {"Namespace": NAMESPACE, "MetricName": "train:loss", "Dimensions": job_dims(metric_job)}
     with pytest.raises(cloudwatch.exceptions.InvalidParameterValueException) as info:
         cloudwatch.get_metric_statistics(**base, Period=7, Statistics=["Average"], **window(metric_job))
@@ -220,21 +235,77 @@ def test_json_1_0_on_the_wire(runner_server: SmlocalServer) -> None:
     assert response.headers["x-amzn-query-error"] == "ValidationError;Sender"
 
 
+def _query_post(server: SmlocalServer, fields: dict[str, str]) -> requests.Response:
+    return requests.post(server.endpoint + "/", data=fields, timeout=10,
+                         headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+
+
+def _query_error(response: requests.Response) -> tuple[str, str, str]:
+    root = ElementTree.fromstring(response.content)
+    namespace = {"cw": "http://monitoring.amazonaws.com/doc/2010-08-01/"}
+    error = root.find("cw:Error", namespace)
+    assert root.tag == "{http://monitoring.amazonaws.com/doc/2010-08-01/}ErrorResponse" and error is not None
+    assert root.findtext("cw:RequestId", namespaces=namespace) == response.headers["x-amzn-requestid"]
+    return tuple(error.findtext(f"cw:{part}", namespaces=namespace) or "" for part in ("Type", "Code", "Message"))
+
+
+def test_query_on_the_wire(runner_server: SmlocalServer, metric_job: dict[str, Any]) -> None:
+    start = metric_job["TrainingStartTime"].astimezone(dt.UTC)
+    ok = _query_post(runner_server, {
+        "Action": "GetMetricStatistics", "Version": "2010-08-01", "Namespace": NAMESPACE, "MetricName": "train:loss",
+        "Dimensions.member.1.Name": "Host", "Dimensions.member.1.Value": f"{metric_job['TrainingJobName']}/algo-1",
+        "StartTime": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "EndTime": (start + dt.timedelta(minutes=2)).isoformat(),
+        "Period": "60", "Statistics.member.1": "Maximum"})
+    assert ok.status_code == 200 and ok.headers["content-type"].startswith("text/xml")
+    namespace = {"cw": "http://monitoring.amazonaws.com/doc/2010-08-01/"}
+    result = ElementTree.fromstring(ok.content).find("cw:GetMetricStatisticsResult", namespace)
+    assert result is not None and result.findtext("cw:Label", namespaces=namespace) == "train:loss"
+    points = result.findall("cw:Datapoints/cw:member", namespace)
+    assert max(float(p.findtext("cw:Maximum", namespaces=namespace) or 0) for p in points) == 1.4
+    assert all((p.findtext("cw:Timestamp", namespaces=namespace) or "").endswith("Z") for p in points)
+
+    # A constraint failure is the query protocol's ValidationError; the model's errors go by their query codes.
+    invalid = _query_post(runner_server, {"Action": "GetMetricStatistics", "Version": "2010-08-01", "Period": "7"})
+    assert invalid.status_code == 400
+    kind, code, message = _query_error(invalid)
+    assert (kind, code) == ("Sender", "ValidationError") and message.startswith("4 validation errors detected: ")
+    modelled = _query_post(runner_server, {
+        "Action": "GetMetricStatistics", "Version": "2010-08-01", "Namespace": NAMESPACE, "MetricName": "m",
+        "StartTime": "2026-01-01T00:00:00Z", "EndTime": "2026-01-01T01:00:00Z", "Period": "7",
+        "Statistics.member.1": "Average"})
+    assert _query_error(modelled)[:2] == ("Sender", "InvalidParameterValue")
+    # Unknown and missing actions, in the query protocol's words; SageMaker does not speak it at all.
+    unserved = _query_post(runner_server, {"Action": "PutMetricData", "Version": "2010-08-01"})
+    assert _query_error(unserved)[1:] == ("InvalidAction", "Could not find operation PutMetricData for version "
+                                                           "2010-08-01")
+    assert _query_error(_query_post(runner_server, {"Version": "2010-08-01"}))[1] == "MissingAction"
+    sagemaker = _query_post(runner_server, {"Action": "ListTrainingJobs", "Version": "2017-07-24"})
+    assert sagemaker.status_code == 400
+    assert ElementTree.fromstring(sagemaker.content).findtext("Error/Code") == "InvalidAction"
+
+
 def test_sigv4_holds_for_every_service_and_wire_protocol(smlocal_factory: Any, tmp_path: Path) -> None:
-    """Signed with the configured keys, Logs, CloudWatch JSON and CloudWatch CBOR requests pass; signed
-    with another secret, each is refused in its own protocol."""
+    """Signed with the configured keys, Logs, CloudWatch JSON, CBOR and query, and IAM (query) requests
+    pass; signed with another secret, each is refused in its own protocol."""
     secured = smlocal_factory("--no-run-jobs", env={"SMLOCAL_ACCESS_KEY": "AKIDLOCAL", "SMLOCAL_SECRET_KEY": "s3cr3t"})
 
     def clients(secret: str) -> list[Any]:
         return [secured.client("logs", access_key="AKIDLOCAL", secret_key=secret),
                 secured.client("cloudwatch", access_key="AKIDLOCAL", secret_key=secret),
-                cbor_cloudwatch(secured, tmp_path / secret, "AKIDLOCAL", secret)]
+                cbor_cloudwatch(secured, tmp_path / secret, "AKIDLOCAL", secret),
+                cloudwatch_speaking("query", secured, tmp_path / secret, "AKIDLOCAL", secret),
+                secured.client("iam", access_key="AKIDLOCAL", secret_key=secret)]
 
-    logs, cloudwatch, cbor = clients("s3cr3t")
+    logs, cloudwatch, cbor, query, iam = clients("s3cr3t")
     assert logs.describe_log_groups()["logGroups"] == []
     assert cloudwatch.list_metrics()["Metrics"] == []
     assert cbor.list_metrics()["Metrics"] == []
-    for client, call in zip(clients("wrong"), ("describe_log_groups", "list_metrics", "list_metrics"), strict=True):
+    assert query.list_metrics()["Metrics"] == []
+    assert iam.get_role(RoleName="SageMakerRole")["Role"]["RoleName"] == "SageMakerRole"
+    calls = ("describe_log_groups", "list_metrics", "list_metrics", "list_metrics", "get_role")
+    # The query protocol's name for a signature that does not match (the JSON protocols' InvalidSignatureException).
+    codes = ["InvalidSignatureException"] * 3 + ["SignatureDoesNotMatch"] * 2
+    for client, call, code in zip(clients("wrong"), calls, codes, strict=True):
         with pytest.raises(ClientError) as info:
-            getattr(client, call)()
-        assert info.value.response["Error"]["Code"] == "InvalidSignatureException"
+            getattr(client, call)(**({"RoleName": "SageMakerRole"} if call == "get_role" else {}))
+        assert info.value.response["Error"]["Code"] == code

@@ -1,9 +1,9 @@
 """SageMaker Python SDK v3 (`sagemaker>=3`, ModelTrainer, in .venv-sdk3), unmodified, against smlocal.
 
 v3 keeps its SageMaker and CloudWatch Logs clients in process-wide singletons built from plain boto3
-sessions, so only the AWS_ENDPOINT_URL_* variables reach them. An image-only job needs no STS or IAM
-call when the README's settings are used; the guard proves that nothing else was asked of AWS, and the
-last tests show what happens without them (the guard refuses IAM's and STS's addresses).
+sessions, so only the AWS_ENDPOINT_URL_* variables reach them. With the README's settings its IAM calls
+(role validation) go to smlocal and it needs no STS call; the guard proves that nothing else was asked
+of AWS, and the last tests show what happens without them (the guard refuses IAM's and STS's addresses).
 """
 
 from __future__ import annotations
@@ -48,24 +48,40 @@ def test_readme_v3_snippet_trains_streams_logs_and_downloads_the_model(
     assert described["HyperParameters"]["alpha"] in ("0.5", '"0.5"')
 
 
-@pytest.mark.parametrize(("change", "asked"), [
-    # Why the README sets SAGEMAKER_VALIDATE_ROLE=false: v3 asks IAM about the role first.
-    ("import os\nos.environ.pop('SAGEMAKER_VALIDATE_ROLE')\n", "iam.amazonaws.com"),
-    # Why it gives output_data_config: the default bucket's name comes from STS, at an explicit regional
-    # endpoint that AWS_ENDPOINT_URL_STS does not move.
-    ("", "sts.us-east-1.amazonaws.com"),
-], ids=["role-validation", "default-bucket"])
+# The SDK config without the default bucket (telemetry stays off).
+TELEMETRY_ONLY_CONFIG = """SchemaVersion: '1.0'
+SageMaker:
+  PythonSDK:
+    Modules:
+      TelemetryOptOut: true
+"""
+
+
+@pytest.mark.parametrize(("setting", "asked"), [
+    # Why the README points AWS_ENDPOINT_URL_IAM at smlocal: v3 validates the role with IAM first.
+    ("iam-endpoint", "iam.amazonaws.com"),
+    # Why the SDK config names a default bucket: without it (and without output_data_config) the bucket's
+    # name comes from STS, at an explicit regional endpoint that AWS_ENDPOINT_URL_STS does not move.
+    ("default-bucket", "sts.us-east-1.amazonaws.com"),
+])
 def test_without_the_readme_settings_v3_would_ask_aws(server: SmlocalServer, tmp_path: Path,
-                                                      unique_name: Callable[[str], str], change: str,
+                                                      unique_name: Callable[[str], str], setting: str,
                                                       asked: str) -> None:
     bucket = unique_name("sdk3-aws")
     upload_quickstart_data(server, bucket, tmp_path)
-    script = change + readme_snippet(3)
-    if asked.startswith("sts"):
+    script = readme_snippet(3)
+    # Even with STS's endpoint variable pointing here, the default bucket's lookup goes to AWS.
+    prelude = "import os\nos.environ['AWS_ENDPOINT_URL_STS'] = os.environ['AWS_ENDPOINT_URL_SAGEMAKER']\n"
+    if setting == "iam-endpoint":
+        prelude += "os.environ.pop('AWS_ENDPOINT_URL_IAM')\n"
+    else:
+        # Beside the config the README's exports name (paths in the script are rewritten, so no literal).
+        (tmp_path / "telemetry-only.yaml").write_text(TELEMETRY_ONLY_CONFIG)
+        prelude += ("os.environ['SAGEMAKER_USER_CONFIG_OVERRIDE'] = os.environ['SAGEMAKER_USER_CONFIG_OVERRIDE']"
+                    ".replace('sagemaker-config.yaml', 'telemetry-only.yaml')\n")
         script = script.replace('output_data_config=OutputDataConfig(s3_output_path="s3://workshop/output"),', "")
         assert "OutputDataConfig(" not in script.split("ModelTrainer(", 1)[1].split("trainer.train(", 1)[0]
-    # Even with STS's endpoint variable pointing here, the default bucket's lookup goes to AWS.
-    moved_sts = "import os\nos.environ['AWS_ENDPOINT_URL_STS'] = os.environ['AWS_ENDPOINT_URL_SAGEMAKER']\n"
-    run = run_guarded(3, moved_sts + script, server, bucket, tmp_path)
+    run = run_guarded(3, prelude + script, server, bucket, tmp_path)
     refused = {entry["host"] for entry in run.guard.report()}
     assert asked in refused, (refused, run.output[-3000:])
+    assert run.result.returncode != 0

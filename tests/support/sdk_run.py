@@ -17,6 +17,12 @@ from tests.support.smlocal import SmlocalServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SDK_SECTION = "The SageMaker Python SDK"
+SCRIPT_MODE_SECTION = "Script mode (workshop, part 2)"
+# The SDK defaults file the README's exports name, and the bucket it makes the SDK's default.
+SDK_CONFIG = REPO_ROOT / "examples" / "sdk" / "sagemaker-config.yaml"
+SDK_CONFIG_IN_README = "$PWD/examples/sdk/sagemaker-config.yaml"
+DEFAULT_BUCKET_LINE = "DefaultS3Bucket: workshop"
+NOTEBOOKS = {2: REPO_ROOT / "examples" / "sdk" / "notebook_v2.py", 3: REPO_ROOT / "examples" / "sdk" / "notebook_v3.py"}
 
 
 def readme_environment() -> str:
@@ -28,6 +34,21 @@ def readme_environment() -> str:
 def readme_snippet(version: int) -> str:
     v2, v3 = code_blocks(section(SDK_SECTION), "python")
     return {2: v2, 3: v3}[version]
+
+
+def script_mode_snippet(version: int) -> str:
+    """The README's script-mode snippets, next to the aws CLI's script-mode steps."""
+    v2, v3 = code_blocks(section(SCRIPT_MODE_SECTION), "python")
+    return {2: v2, 3: v3}[version]
+
+
+def localized_sdk_config(bucket: str, tmp: Path, text: str | None = None) -> Path:
+    """examples/sdk/sagemaker-config.yaml (or `text`) with the test's bucket as the SDK's default bucket."""
+    text = SDK_CONFIG.read_text() if text is None else text
+    assert DEFAULT_BUCKET_LINE in text, "the SDK config no longer names the default bucket"
+    path = tmp / "sagemaker-config.yaml"
+    path.write_text(text.replace(DEFAULT_BUCKET_LINE, f"DefaultS3Bucket: {bucket}"))
+    return path
 
 
 def upload_quickstart_data(server: SmlocalServer, bucket: str, tmp: Path) -> None:
@@ -63,6 +84,8 @@ def run_guarded(version: int, script: str, server: SmlocalServer, bucket: str, t
     guard, guard_env = make_guard(tmp / "guard", allowed)
     env = {**clean_environment(tmp / "home"), **guard_env}
     exports = localize(readme_environment(), api=server.endpoint, s3=server.s3_endpoint, bucket=bucket, tmp=tmp)
+    assert SDK_CONFIG_IN_README in exports
+    exports = exports.replace(SDK_CONFIG_IN_README, str(localized_sdk_config(bucket, tmp)))
     script_path = tmp / f"sdk{version}_script.py"
     script_path.write_text(localize(script, api=server.endpoint, s3=server.s3_endpoint, bucket=bucket, tmp=tmp))
     command = f'{exports}\nexec "{python}" -u "{script_path}"'
