@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,22 @@ def check_create_rules(params: dict[str, Any]) -> None:
             raise ApiError("ValidationException", f"Channel name '{name}' is not valid: a channel name cannot be "
                            "'.' or '..'.")
     _check_instances(params["ResourceConfig"])
+    _check_checkpoint_path(params.get("CheckpointConfig"))
+
+
+# What the platform mounts into a training container; a checkpoint folder cannot take their place.
+PLATFORM_PATHS = ("/", "/opt/ml", "/opt/ml/input", "/opt/ml/model", "/opt/ml/output")
+
+
+def _check_checkpoint_path(checkpoint: dict[str, Any] | None) -> None:
+    local = (checkpoint or {}).get("LocalPath")
+    if local is None:
+        return
+    normal = posixpath.normpath(local) if local else ""
+    if not local.startswith("/") or normal in PLATFORM_PATHS or normal.startswith("//"):
+        raise ApiError("ValidationException",
+                       f"Invalid CheckpointConfig.LocalPath '{local}': it must be an absolute path in the container "
+                       f"other than {', '.join(PLATFORM_PATHS[1:])} (the default is /opt/ml/checkpoints).")
 
 
 def _check_instances(resource: dict[str, Any]) -> None:

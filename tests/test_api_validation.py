@@ -324,3 +324,26 @@ def test_inter_container_traffic_encryption_is_accepted(sm, unique_name):
     name = unique_name()
     sm.create_training_job(**job_request(name, EnableInterContainerTrafficEncryption=True))
     assert sm.describe_training_job(TrainingJobName=name)["EnableInterContainerTrafficEncryption"] is True
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("local_path", ["/opt/ml/model", "/opt/ml/output/", "/opt/ml//input", "/opt/ml", "/",
+                                        "checkpoints", "/opt/ml/model/../model"])
+def test_a_checkpoint_path_cannot_replace_what_the_platform_mounts(sm, unique_name, local_path):
+    name = unique_name("bad-ckpt")
+    request = job_request(name, CheckpointConfig={"S3Uri": "s3://bucket/ckpt", "LocalPath": local_path})
+    code, message = rejected(sm, **request)
+    assert code == "ValidationException"
+    assert message.startswith(f"Invalid CheckpointConfig.LocalPath '{local_path}': it must be an absolute path")
+    with pytest.raises(ClientError):
+        sm.describe_training_job(TrainingJobName=name)
+
+
+@pytest.mark.parametrize("n, local_path", list(enumerate(["/opt/ml/checkpoints", "/opt/ml/checkpoints/", "/data/ckpt",
+                                                           "/opt/ml/model/ck"])))
+def test_checkpoint_paths_of_its_own_are_accepted(sm, unique_name, n, local_path):
+    checkpoints = {"S3Uri": "s3://bucket/ckpt", "LocalPath": local_path}
+    request = job_request(unique_name(f"ckpt{n}"), CheckpointConfig=checkpoints)
+    assert sm.create_training_job(**request)["TrainingJobArn"]
