@@ -89,7 +89,12 @@ echo "written by $me" > model/shared.txt
 echo "$me output" > output/data/$me.txt
 echo "$me sees $peer"
 if [ "$me" = algo-1 ]; then
-  nc -l -p 7000 > model/algo-1/message
+  # nc's stdin held open: at EOF busybox nc half-closes at once, and a peer that sees that FIN before it
+  # has read its own input exits without sending it.
+  mkfifo /tmp/hold
+  nc -l -p 7000 < /tmp/hold > model/algo-1/message &
+  exec 3> /tmp/hold
+  wait $!
 else
   for i in $(seq 1 100); do echo "hello from algo-2" | nc algo-1 7000 2>/dev/null && exit 0; sleep 0.1; done
   exit 8
