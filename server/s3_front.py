@@ -36,6 +36,7 @@ log = logging.getLogger("smlocal.s3")
 MAX_HEAD = 64 * 1024
 HEAD_TIMEOUT = 60.0
 IDLE_TIMEOUT = 600.0
+MAX_CONNECTIONS = 256
 CHUNK = 256 * 1024
 METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 # Bucket names as S3 accepts them (legacy upper case included; no underscore, which moto reads as
@@ -175,6 +176,17 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _FrontServer
 
     def handle(self) -> None:
+        # A container that opens connections without end gets them closed, not a thread each.
+        if not self.server.slots.acquire(blocking=False):
+            log.warning("S3 front: more than %d connections at once; closing one from %s",
+                        MAX_CONNECTIONS, self.client_address[0])
+            return
+        try:
+            self._handle()
+        finally:
+            self.server.slots.release()
+
+    def _handle(self) -> None:
         client: socket.socket = self.request
         client.settimeout(HEAD_TIMEOUT)
         try:
@@ -204,7 +216,9 @@ class _Handler(socketserver.BaseRequestHandler):
         lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in _HOP_BY_HOP]
         lines.append("Connection: close")
         length = head.one("content-length")
-        remaining = int(length) if length is not None else None  # None: chunked or no body, sent as it comes
+        chunked = bool(head.all("transfer-encoding"))
+        # Without a length a request has no body (RFC 9112 6.3); a chunked one is sent as it comes.
+        remaining = int(length) if length is not None else None if chunked else 0
         if remaining is not None:
             rest = rest[:remaining]
             remaining -= len(rest)
@@ -254,6 +268,7 @@ class _FrontServer(socketserver.ThreadingTCPServer):
         self.tls = parts.scheme == "https"
         self.upstream_port = parts.port or (443 if self.tls else 80)
         self.allowed_hosts = allowed_hosts
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def connect_upstream(self) -> socket.socket:
         try:

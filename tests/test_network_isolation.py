@@ -356,3 +356,26 @@ def test_only_the_encryption_flag_brings_a_notice() -> None:
     assert platform_notices(_spec()) == ()
     assert platform_notices(_spec(EnableNetworkIsolation=True)) == ()
     assert platform_notices(_spec(EnableInterContainerTrafficEncryption=True)) == (ENCRYPTION_NOTICE,)
+
+
+def test_the_notice_heads_a_new_stream_and_is_not_the_algorithms_output(tmp_path: Path) -> None:
+    from runner.backend import ContainerRef
+    from runner.log_follower import LogFollower
+    from runner.logs import LogStreamWriter, read_events
+    from runner.metrics import MetricCollector
+
+    container = ContainerRef("id", "c", {}, "running", started_at=1_700_000_000.25)
+    stream = tmp_path / "algo-1-1700000000"
+    fresh = LogFollower(None, container, LogStreamWriter(stream), MetricCollector(None),  # type: ignore[arg-type]
+                        (ENCRYPTION_NOTICE,))
+    fresh.write_notices()
+    LogStreamWriter(stream).write(1_700_000_001_000, "loss=0.5")  # what the follower would have written
+    assert [(e["timestamp"], e["message"]) for e in read_events(stream)] == [
+        (1_700_000_000_250, ENCRYPTION_NOTICE), (1_700_000_001_000, "loss=0.5")]
+
+    # A restarted server continues the stream: the notice is not the log's tail (FailureReason's lines).
+    resumed = LogFollower(None, container, LogStreamWriter(stream), MetricCollector(None),  # type: ignore[arg-type]
+                          (ENCRYPTION_NOTICE,))
+    resumed.resume_from_file()
+    assert list(resumed.last_lines) == ["loss=0.5"]
+    assert [e["message"] for e in read_events(stream)].count(ENCRYPTION_NOTICE) == 1

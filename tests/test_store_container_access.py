@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import tarfile
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -165,8 +168,6 @@ def moto_on_loopback():  # noqa: ANN201 - an S3Server
 
 def _raw(address: str, port: int, request: bytes) -> bytes:
     """Send bytes as they are, read the answer until the front closes."""
-    import socket
-
     with socket.create_connection((address, port), timeout=10) as sock:
         sock.sendall(request)
         answer = b""
@@ -236,8 +237,19 @@ def test_the_front_forwards_the_s3_api_and_nothing_else(moto_on_loopback) -> Non
         target = presigned.split(str(port), 1)[1].encode()
         hidden = (b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.2:%d\r\nContent-Length: 0\r\n\r\n"
                   b"POST /moto-api/reset HTTP/1.1\r\nHost: 127.0.0.2:%d\r\nContent-Length: 0\r\n\r\n")
-        answer = _raw("127.0.0.2", port, hidden.replace(b"%d", str(port).encode()))
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"through the front"), answer[-300:]
+        for request in (hidden, hidden.replace(b"Content-Length: 0\r\n", b"", 1)):  # no length: no body
+            answer = _raw("127.0.0.2", port, request.replace(b"%d", str(port).encode()))
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"through the front"), answer[-300:]
+        # A container holding connections open gets the extra ones closed, not a thread each without end.
+        front._server.slots = threading.BoundedSemaphore(1)  # noqa: SLF001 - the cap, made small
+        with socket.create_connection(("127.0.0.2", port), timeout=10):  # holds the one slot, sends nothing
+            time.sleep(0.3)
+            try:
+                extra = _raw("127.0.0.2", port, hidden.replace(b"%d", str(port).encode()))
+            except (ConnectionResetError, BrokenPipeError):
+                extra = b""  # closed before or while the request was sent
+            assert extra == b""
+        front._server.slots = threading.BoundedSemaphore(8)  # noqa: SLF001
 
         # Nothing was reset: the store has what it had, and its own admin routes are still there on loopback.
         assert host_side.get_object(Bucket="kept", Key="a/b.txt")["Body"].read() == b"through the front"
@@ -245,3 +257,22 @@ def test_the_front_forwards_the_s3_api_and_nothing_else(moto_on_loopback) -> Non
             assert response.status == 200
     finally:
         front.stop()
+
+
+def test_the_front_keeps_its_port_across_a_restart(tmp_path, moto_on_loopback) -> None:
+    """Containers a restarted server adopts keep the endpoint they were started with."""
+    from tests.support.docker_env import docker_client, host_address_for_containers
+
+    gateway = host_address_for_containers(docker_client())
+    server = SmlocalServer(tmp_path / "data", moto_on_loopback.endpoint, ["--embedded-s3-port", "0"]).start()
+    try:
+        port = int((server.data_dir / "s3-front.port").read_text())
+        server.client("s3").create_bucket(Bucket="before")
+        server.restart(kill=True)
+        assert int((server.data_dir / "s3-front.port").read_text()) == port
+        through_front = boto3.client("s3", endpoint_url=f"http://{gateway}:{port}", region_name="us-east-1",
+                                     aws_access_key_id=STORE_KEY, aws_secret_access_key=STORE_KEY)
+        assert [b["Name"] for b in through_front.list_buckets()["Buckets"]] == ["before"]
+        assert f"S3 for jobs    http://host.docker.internal:{port} (S3 API only" in server.log()
+    finally:
+        server.stop()
