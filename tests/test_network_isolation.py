@@ -271,11 +271,12 @@ def restartable(tmp_path: Path, docker_engine: docker.DockerClient) -> Iterator[
         server.stop()
 
 
-def _start_isolated(server: SmlocalServer, name: str, client: docker.DockerClient) -> tuple[list[str], str]:
+def _start_isolated(server: SmlocalServer, name: str, client: docker.DockerClient, hosts: int = 2,
+                    ) -> tuple[list[str], str]:
     sm = server.client()
     s3_client(server)
-    sm.create_training_job(**sh_job(name, SLEEPER, ResourceConfig=TWO_HOSTS, EnableNetworkIsolation=True,
-                                    EnableInterContainerTrafficEncryption=True))
+    sm.create_training_job(**sh_job(name, SLEEPER, ResourceConfig={**TWO_HOSTS, "InstanceCount": hosts},
+                                    EnableNetworkIsolation=True, EnableInterContainerTrafficEncryption=True))
     seen: list[str] = []
 
     def both_started() -> bool:
@@ -285,7 +286,7 @@ def _start_isolated(server: SmlocalServer, name: str, client: docker.DockerClien
             messages = stream_messages(logs, name)
         except logs.exceptions.ResourceNotFoundException:  # no stream of any job yet
             return False
-        return len(messages) == 2 and all("before" in m for m in messages.values())
+        return len(messages) == hosts and all("before" in m for m in messages.values())
 
     wait_until(both_started, 90, "both hosts to start")
     return seen, job_network(client, name)["Name"]
@@ -318,7 +319,9 @@ def test_an_isolated_job_whose_containers_vanished_in_a_restart_fails_and_its_ne
         docker_engine: docker.DockerClient) -> None:  # noqa: F811
     server = restartable
     name = unique_name("isolated-vanished")
-    seen, network = _start_isolated(server, name, docker_engine)
+    seen, network = _start_isolated(server, name, docker_engine, hosts=1)  # one host: a network without a subnet
+    inspected = docker_engine.api.inspect_network(network)
+    assert inspected["Internal"] is True and inspected["Options"]["com.docker.network.bridge.inhibit_ipv4"] == "true"
     server.stop(kill=True)
     for container in docker_engine.containers.list(all=True, filters={"label": f"smlocal.job-name={name}"}):
         container.remove(force=True)
