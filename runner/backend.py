@@ -52,6 +52,9 @@ class ContainerSpec:
     # Its fixed address on the job's network, and the other hosts' (name -> address) for /etc/hosts.
     address: str | None = None
     peers: dict[str, str] = field(default_factory=dict)
+    # EnableNetworkIsolation: on an isolated network (`create_network(internal=True)`), and no name for
+    # the host (`host.docker.internal`) either.
+    isolated: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,11 @@ class Backend(ABC):
         """Fetch the image; ImageUnavailable (with the FailureReason) when it cannot be had."""
 
     @abstractmethod
-    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False) -> NetworkRef:
+    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False,
+                       internal: bool = False) -> NetworkRef:
         """A bridge network; with `own_subnet`, one whose subnet is fixed (`NetworkRef.subnet`), so that
-        containers on it can be given addresses (`ContainerSpec.address`)."""
+        containers on it can be given addresses (`ContainerSpec.address`). With `internal`, its containers
+        reach each other and nothing else: not the host, not the S3 store, not the internet."""
 
     @abstractmethod
     def create(self, spec: ContainerSpec) -> ContainerRef: ...

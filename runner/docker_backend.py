@@ -127,10 +127,19 @@ class DockerBackend(Backend):
         if not self.has_image(image):
             raise ImageUnavailable(f"ClientError: Image {image} could not be found locally or pulled.")
 
-    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False) -> NetworkRef:
+    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False,
+                       internal: bool = False) -> NetworkRef:
         api = self.client.api
+        kwargs: dict[str, Any] = {"driver": "bridge", "labels": labels}
+        if internal:
+            # `internal` alone only stops forwarding out of the bridge: the host's own addresses (the bridge's
+            # gateway address, docker0's, every other one) still answer a container, whatever listens on
+            # 0.0.0.0 included (checked on Docker 20.10). With no IPv4 address on the bridge the host is not
+            # on the containers' network at all ("No route to host"); containers still reach each other, and
+            # the embedded DNS does not forward names it does not know.
+            kwargs.update(internal=True, options={"com.docker.network.bridge.inhibit_ipv4": "true"})
         with _engine():
-            created = api.create_network(name, driver="bridge", labels=labels)
+            created = api.create_network(name, **kwargs)
             if not own_subnet:
                 return NetworkRef(created["Id"], name, dict(labels))
             # Fixed addresses need a network with a user-configured subnet; rather than guess a free one,
@@ -143,11 +152,11 @@ class DockerBackend(Backend):
                 subnet, gateway = pools[0]["Subnet"], pools[0].get("Gateway")
                 api.remove_network(created["Id"])
                 try:
-                    created = api.create_network(name, driver="bridge", labels=labels, ipam=IPAMConfig(
+                    created = api.create_network(name, **kwargs, ipam=IPAMConfig(
                         pool_configs=[IPAMPool(subnet=subnet, gateway=gateway)]))
                 except APIError as e:
                     log.info("subnet %s for network %s was taken meanwhile (%s); trying another", subnet, name, e)
-                    created = api.create_network(name, driver="bridge", labels=labels)
+                    created = api.create_network(name, **kwargs)
                     continue
                 if gateway is None:  # Docker gives the bridge the subnet's first address
                     gateway = str(next(ipaddress.ip_network(subnet).hosts()))
@@ -170,8 +179,10 @@ class DockerBackend(Backend):
                 host_config=api.create_host_config(
                     binds={host: {"bind": path, "mode": "rw"} for host, path in spec.mounts.items()},
                     network_mode=spec.network,
-                    # Lets the algorithm reach smlocal's S3 store on the host, whatever the network.
-                    extra_hosts={"host.docker.internal": "host-gateway", **spec.peers},
+                    # Lets the algorithm reach smlocal's S3 store on the host, whatever the network (an
+                    # isolated job has no route to the host, and no name for it either).
+                    extra_hosts={**({} if spec.isolated else {"host.docker.internal": "host-gateway"}),
+                                 **spec.peers},
                 ),
                 networking_config=api.create_networking_config(
                     {spec.network: api.create_endpoint_config(aliases=[spec.host], ipv4_address=spec.address)}),
@@ -179,12 +190,15 @@ class DockerBackend(Backend):
         return ContainerRef(created["Id"], spec.name, dict(spec.labels))
 
     def start(self, container: ContainerRef) -> ContainerRef:
+        # Taken before the start, so no line the container prints is older than its `started_at` (the
+        # platform's own first lines in its log stream carry this time).
+        started_at = time.time()
         with _engine():
             try:
                 self.client.api.start(container.id)
             except NotFound:
                 raise ContainerGone(container.name) from None
-        return ContainerRef(container.id, container.name, container.labels, "running", time.time())
+        return ContainerRef(container.id, container.name, container.labels, "running", started_at)
 
     def wait(self, container: ContainerRef) -> int:
         with _engine():

@@ -36,8 +36,16 @@ def container_s3_endpoint(settings: Settings) -> str | None:
 
 
 def container_environment(job: JobSpec, settings: Settings) -> dict[str, str]:
+    """What the platform sets, then the request's Environment, then the job's identity.
+
+    With EnableNetworkIsolation the container gets no store address and no keys: SageMaker makes no AWS
+    credentials available to an isolated container (runner.networks cites the guide). The request's
+    Environment is passed as given, isolated or not: SageMaker sets it in the container as asked, and
+    what a user writes there is theirs to choose (the API's documentation of the field warns against
+    secrets in it); with no route out of the job's network it reaches nothing anyway.
+    """
     env: dict[str, str] = {"AWS_REGION": job.region, "AWS_DEFAULT_REGION": job.region}
-    endpoint = container_s3_endpoint(settings)
+    endpoint = None if job.network_isolation else container_s3_endpoint(settings)
     if endpoint:
         env.update({
             # boto3 >= 1.28 honours AWS_ENDPOINT_URL_S3; the training toolkit reads S3_ENDPOINT_URL.

@@ -41,6 +41,7 @@ from runner.logs import LogStreamWriter, list_streams, stream_path
 from runner.metrics import MetricCollector, final_of_all
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
+from runner.notices import platform_notices
 from runner.policies import DeadlinePolicy, Detach, FailurePolicy, GracePolicy, StopPolicy, StopRequested
 from runner.s3 import make_client
 from runner.spec import JobSpec
@@ -239,7 +240,7 @@ class JobExecution:
         for host in self.hosts:
             prepare_layout(host.layout, self.spec)
         self.stop.check()
-        self.network = self.networks.take(own_subnet=len(self.hosts) > 1)
+        self.network = self.networks.take(own_subnet=len(self.hosts) > 1, internal=self.spec.network_isolation)
         if self.backend.has_image(image):
             # Created before staging: Docker syncs the page cache when it creates a container, and after
             # a large download that costs ~0.4 s per GiB of freshly written data.
@@ -457,7 +458,7 @@ class JobExecution:
                 labels={**host.labels, LABEL_NETWORK: self.network.name}, environment=dict(environment),
                 entrypoint=entrypoint, command=command,
                 mounts=mounts, address=addresses.get(host.name),
-                peers={h: a for h, a in addresses.items() if h != host.name},
+                peers={h: a for h, a in addresses.items() if h != host.name}, isolated=self.spec.network_isolation,
             ))
 
     def _follow(self, host: _Host, stream: Path, *, resume: bool) -> None:
@@ -466,9 +467,12 @@ class JobExecution:
         host.series = (MetricSeriesWriter(self.lifecycle.store, self.arn, self.job.creation_time, host.name)
                        if definitions else None)
         host.metrics = MetricCollector(definitions, sink=host.series.add if host.series is not None else None)
-        host.follower = LogFollower(self.backend, host.container, LogStreamWriter(stream), host.metrics)
+        host.follower = LogFollower(self.backend, host.container, LogStreamWriter(stream), host.metrics,
+                                    platform_notices(self.spec))
         if resume:
             host.follower.resume_from_file()
+        else:
+            host.follower.write_notices()
 
     def _stream_path(self, host: str, started_at: float) -> Path:
         return stream_path(self.data_dir, self.log_key, host, started_at)

@@ -79,11 +79,14 @@ class LineAssembler:
 
 class LogFollower:
     def __init__(self, backend: Backend, container: ContainerRef, writer: LogStreamWriter,
-                 metrics: MetricCollector) -> None:
+                 metrics: MetricCollector, notices: tuple[str, ...] = ()) -> None:
         self._backend = backend
         self._container = container
         self._writer = writer
         self._metrics = metrics
+        # The platform's own lines at the head of the stream (runner.notices): not the algorithm's output,
+        # so never fed to metrics or FailureReason's tail.
+        self._notices = notices
         self.last_lines: deque[str] = deque(maxlen=TAIL_LINES)
         self._since_ms: int | None = None
         # Lines already in the file at the resume instant; the engine's `since` is inclusive.
@@ -93,12 +96,23 @@ class LogFollower:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"smlocal-logs-{container.name}", daemon=True)
 
+    def write_notices(self) -> None:
+        """Start a new stream with the platform's lines, as old as the container's start."""
+        started_ms = int((self._container.started_at or time.time()) * 1000)
+        for notice in self._notices:
+            self._writer.write(started_ms, notice)
+
     def resume_from_file(self) -> None:
         """Continue a stream a previous server process wrote: replay it into metrics, skip what it has."""
         last = None
+        head = list(self._notices)
         for event in read_events(self._writer.path):
-            self._metrics.feed(event["timestamp"], event["message"])
-            self.last_lines.append(event["message"])
+            if head and event["message"] == head[0]:
+                head.pop(0)
+            else:
+                head = []
+                self._metrics.feed(event["timestamp"], event["message"])
+                self.last_lines.append(event["message"])
             if event["timestamp"] != last:
                 last, self._already_written = event["timestamp"], Counter()
             self._already_written[event["message"]] += 1

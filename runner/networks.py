@@ -14,6 +14,17 @@ with a subnet of its own, which costs a second network creation: the spare is al
 A network's labels cannot change after it is made, so a pooled network carries smlocal's labels
 (`smlocal.managed`, `smlocal.data-dir`, `smlocal.pool-network`) and the job's containers name it in
 their `smlocal.network` label; that is how cleanup and recovery find a job's network.
+
+A job with EnableNetworkIsolation gets an isolated network (`Backend.create_network(internal=True)`),
+made on demand with the same labels (so it is removed and swept like any other) while the spare waits
+for the next job. What isolation means follows SageMaker's developer guide, "Run Training and Inference
+Containers in Internet-Free Mode" (docs.aws.amazon.com/sagemaker/latest/dg/mkt-algo-model-internet-free.html)
+and the API's EnableNetworkIsolation: the containers make no outbound call at all, S3 included; the
+platform gives them no AWS credentials; the hosts of a multi-instance job still talk to each other;
+and the platform itself still downloads the inputs and uploads the artifacts, outside the container.
+So here the hosts keep their names and fixed addresses, smlocal stages the inputs and uploads the
+artifacts from the host side as for any job, and `runner.environment` hands the containers no store
+address or keys.
 """
 
 from __future__ import annotations
@@ -51,18 +62,21 @@ class NetworkPool:
         with self._lock:
             return self._spare.name if self._spare is not None else None
 
-    def take(self, own_subnet: bool = False) -> NetworkRef:
+    def take(self, own_subnet: bool = False, internal: bool = False) -> NetworkRef:
         """A network for one job: the spare if there is one (`own_subnet`: one that can fix addresses).
+        An `internal` one (EnableNetworkIsolation) is always made for the job; the spare stays.
 
         The next spare is not made here: the engine would make it while it creates and starts this job's
         containers, and slow them down. The job calls `refill` once it is done."""
-        with self._lock:
-            network, self._spare = self._spare, None
-            if network is not None:
-                self._in_use.add(network.name)
+        network = None
+        if not internal:
+            with self._lock:
+                network, self._spare = self._spare, None
+                if network is not None:
+                    self._in_use.add(network.name)
         if network is None:
             with self._creating:
-                network = self._create(own_subnet)
+                network = self._create(own_subnet, internal)
                 with self._lock:
                     self._in_use.add(network.name)
         return network
@@ -103,9 +117,9 @@ class NetworkPool:
         if spare is not None:
             self._remove(spare)
 
-    def _create(self, own_subnet: bool) -> NetworkRef:
+    def _create(self, own_subnet: bool, internal: bool = False) -> NetworkRef:
         return self._backend.create_network(f"smlocal-net-{uuid.uuid4().hex[:12]}", self.labels,
-                                            own_subnet=own_subnet)
+                                            own_subnet=own_subnet, internal=internal)
 
     def _refill(self) -> None:
         network = None

@@ -96,6 +96,8 @@ class JobSpec:
     output: OutputSpec = OutputSpec("", True)
     checkpoint: CheckpointSpec | None = None
     max_runtime_seconds: int = DEFAULT_MAX_RUNTIME
+    network_isolation: bool = False  # EnableNetworkIsolation (runner.networks)
+    inter_container_encryption: bool = False  # EnableInterContainerTrafficEncryption (runner.notices)
 
     @property
     def hosts(self) -> list[str]:
@@ -142,6 +144,8 @@ class JobSpec:
             checkpoint=CheckpointSpec(checkpoint["S3Uri"], checkpoint.get("LocalPath") or DEFAULT_CHECKPOINT_PATH)
             if checkpoint else None,
             max_runtime_seconds=int(stopping.get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME),
+            network_isolation=bool(request.get("EnableNetworkIsolation")),
+            inter_container_encryption=bool(request.get("EnableInterContainerTrafficEncryption")),
         )
 
 

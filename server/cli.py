@@ -14,13 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
+from runner.environment import HOST_ALIAS, container_s3_endpoint
 from server import cli_views
 from server.config import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
 from server.datadir import DataDirInUse, DataDirLock, make_private
 from server.regions import is_valid_region
+from server.s3_front import S3Front, start_front
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
 console = Console()
+log = logging.getLogger("smlocal")
 
 
 @app.callback()
@@ -48,7 +51,9 @@ def serve(
     container_s3_endpoint: Annotated[str | None, _opt(
         "CONTAINER_S3_ENDPOINT", "The S3 store's address as seen from training containers.")] = None,
     embedded_s3_port: Annotated[int, _opt("EMBEDDED_S3_PORT", "Port of the embedded S3 store (on loopback, "
-                                          "and on the Docker bridge gateway for training containers).")] = 9000,
+                                          "and on the Docker bridge gateway for training containers); with "
+                                          "--s3-endpoint, of the S3-only front containers reach that store "
+                                          "through (gateway only; another port when taken).")] = 9000,
     region: Annotated[str, _opt("REGION", "Region for requests that carry no SigV4 scope.")] = "us-east-1",
     account_id: Annotated[str, _opt("ACCOUNT_ID", "The 12-digit account id in ARNs.")] = "123456789012",
     access_key: Annotated[str | None, _opt("ACCESS_KEY", "Require SigV4 with this access key.")] = None,
@@ -106,6 +111,11 @@ def serve(
             console.print(f"[red]{exc}[/red]", highlight=False)
             raise typer.Exit(1) from None
         s3_endpoint = embedded.endpoint
+    front = None
+    if embedded is None and s3_endpoint and run_jobs and not container_s3_endpoint:
+        front = _start_s3_front(s3_endpoint, data_dir, embedded_s3_port)
+        if front is not None:
+            container_s3_endpoint = front.endpoint_for(HOST_ALIAS)
     settings = Settings(
         host=host, port=port, data_dir=data_dir, db=db, region=region, account_id=account_id,
         access_key=access_key, secret_key=secret_key, s3_endpoint=s3_endpoint,
@@ -127,13 +137,34 @@ def serve(
             raise typer.Exit(1) from None
         runner = application.state.runner
         _banner(settings, embedded.describe() if embedded else None,
-                runner.check_engine() if runner is not None else None)
+                runner.check_engine() if runner is not None else None, _containers_s3(settings, front))
         uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                     access_log=log_level.lower() == "debug")
     finally:
         if embedded is not None:
             embedded.stop()
+        if front is not None:
+            front.stop()
         lock.release()
+
+
+def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | None:
+    """The S3-only address training containers get for a store smlocal does not run (server/s3_front.py)."""
+    from server.embedded_s3 import docker_bridge_gateway
+
+    gateway = docker_bridge_gateway()
+    if gateway is None:
+        return None  # no engine yet: containers cannot run, and get the store's own address if they do
+    try:
+        front = start_front(s3_endpoint, gateway, [HOST_ALIAS], [port], Path(data_dir) / "s3-front.port")
+    except OSError as e:
+        log.warning("no S3 front on %s (%s): training containers get the store's own address", gateway, e)
+        return None
+    if front.port != port:
+        log.warning("port %s on the Docker bridge gateway %s is taken (by the S3 store itself, if it listens on "
+                    "every address: then containers can also reach it directly); training containers reach the "
+                    "store through port %s", port, gateway, front.port)
+    return front
 
 
 def _local_root(path: Path) -> Path:
@@ -155,7 +186,20 @@ def _is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
-def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | None) -> None:
+def _containers_s3(settings: Settings, front: S3Front | None) -> str | None:
+    """Where training containers reach the store, and what they find there (for the banner)."""
+    endpoint = container_s3_endpoint(settings)
+    if not settings.run_jobs or endpoint is None:
+        return None
+    if front is not None:
+        return f"{endpoint} (S3 API only, forwarded to {settings.s3_endpoint}; not for EnableNetworkIsolation jobs)"
+    if settings.container_s3_endpoint:
+        return f"{endpoint} (--container-s3-endpoint; not for EnableNetworkIsolation jobs)"
+    return f"{endpoint} (S3 API only; not for EnableNetworkIsolation jobs)"
+
+
+def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | None,
+            containers_s3: str | None = None) -> None:
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     api = f"http://{shown_host}:{settings.port}"
     s3_line = embedded_s3 or str(settings.s3_endpoint)
@@ -178,6 +222,7 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
         web += " (sign in with the access key / secret key; from this machine only)"
     console.print(Panel.fit(
         f"SageMaker API  {api}\nweb console    {web}\nS3 store       {s3_line}\n"
+        + (f"S3 for jobs    {escape(containers_s3)}\n" if containers_s3 else "") +
         f"S3 keys        {settings.s3_access_key} / {shown_secret}\n"
         f"data dir       {settings.data_dir.resolve()}\ndatabase       {Path(settings.db_path).resolve()}\n"
         f"auth           {auth}\njobs           {jobs}\nfile:// from   {local}",
