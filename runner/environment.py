@@ -54,6 +54,11 @@ def container_environment(job: JobSpec, settings: Settings) -> dict[str, str]:
             "AWS_ACCESS_KEY_ID": settings.s3_access_key,
             "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
         })
+        if settings.s3_store == "files":
+            # rclone's S3 answers a ranged GET of an object stored with a checksum with the whole object's
+            # CRC32, which boto3 >= 1.36 checks against the range and rejects: a download_file of more than
+            # 8 MiB (ranged parts), as the training toolkit does for sourcedir.tar.gz, would fail.
+            env["AWS_RESPONSE_CHECKSUM_VALIDATION"] = "when_required"
     # The user may point their code elsewhere, but the job's identity is the platform's to set.
     env.update(job.environment)
     env.update({"TRAINING_JOB_NAME": job.name, "TRAINING_JOB_ARN": job.arn})

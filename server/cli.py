@@ -119,6 +119,7 @@ def serve(
     settings = Settings(
         host=host, port=port, data_dir=data_dir, db=db, region=region, account_id=account_id,
         access_key=access_key, secret_key=secret_key, s3_endpoint=s3_endpoint,
+        s3_store=s3_store if embedded is not None else None,
         s3_access_key=s3_access_key, s3_secret_key=s3_secret_key,
         container_s3_endpoint=container_s3_endpoint,
         max_concurrent_jobs=max_concurrent_jobs or default_max_concurrent_jobs(),

@@ -42,6 +42,8 @@ class Settings:
     access_key: str | None = None
     secret_key: str | None = None
     s3_endpoint: str | None = None
+    # The embedded store serving s3_endpoint (`files` or `memory`); None for a store the operator runs.
+    s3_store: str | None = None
     s3_access_key: str = "minioadmin"
     s3_secret_key: str = "minioadmin"
     # The S3 address as seen from inside training containers (defaults to s3_endpoint rewritten

@@ -3,6 +3,7 @@ survive restarts of smlocal, and the rclone process lives exactly as long as sml
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -220,3 +221,44 @@ def test_banner_names_the_store_its_folder_and_its_keys(tmp_path: Path) -> None:
         assert not (tmp_path / "memory" / "s3").exists()
     finally:
         memory.stop()
+
+
+# A training container's boto3 (the toolkit's, 1.44 here) downloads a large object in ranged parts; rclone
+# answers each part with the whole object's CRC32, which that boto3 would reject unless the container is told
+# to check response checksums only when required (smlocal sets it for the files store).
+CHECK_DOWNLOAD = """
+import boto3, hashlib, os
+boto3.client("s3").download_file(os.environ["BUCKET"], os.environ["KEY"], "/tmp/object")
+with open("/tmp/object", "rb") as f, open("/opt/ml/model/sha256", "w") as out:
+    out.write(hashlib.sha256(f.read()).hexdigest())
+"""
+
+
+@pytest.mark.usefixtures("test_images")
+def test_a_container_downloads_a_large_object_stored_with_a_checksum(server: SmlocalServer) -> None:
+    from tests.support.docker_env import TOOLKIT_IMAGE
+
+    s3, sm = server.client("s3"), server.client()
+    s3.create_bucket(Bucket="ranged")
+    body = os.urandom(9 * 2**20)  # over boto3's 8 MiB multipart threshold: downloaded in ranged parts
+    s3.put_object(Bucket="ranged", Key="big.bin", Body=body, ChecksumAlgorithm="CRC32")
+    s3.put_object(Bucket="ranged", Key="code/check.py", Body=CHECK_DOWNLOAD.encode())
+    code = {"ChannelName": "code", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": "s3://ranged/code/", "S3DataDistributionType": "FullyReplicated"}}}
+
+    def job(name: str, **environment: str) -> dict[str, Any]:
+        request = job_request(name, TOOLKIT_IMAGE, OutputDataConfig={"S3OutputPath": "s3://ranged/out"},
+                              InputDataConfig=[code], Environment={"BUCKET": "ranged", "KEY": "big.bin", **environment})
+        request["AlgorithmSpecification"]["ContainerEntrypoint"] = [
+            "/opt/sagemaker-training/bin/python3", "/opt/ml/input/data/code/check.py"]
+        sm.create_training_job(**request)
+        return wait_for_status(sm, name, FINAL, timeout=120)
+
+    done = job("ranged-get")
+    assert done["TrainingJobStatus"] == "Completed", done.get("FailureReason")
+    model = s3.get_object(Bucket="ranged", Key="out/ranged-get/output/model.tar.gz")["Body"].read()
+    assert _tar_files(model)["sha256"].decode() == hashlib.sha256(body).hexdigest()
+    # What the setting prevents: the same download with boto3's default check fails on this store.
+    strict = job("ranged-get-strict", AWS_RESPONSE_CHECKSUM_VALIDATION="when_supported")
+    assert strict["TrainingJobStatus"] == "Failed"
+    assert "FlexibleChecksumError" in strict["FailureReason"]
