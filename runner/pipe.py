@@ -1,20 +1,26 @@
 """Pipe mode: each channel is a FIFO per epoch, `/opt/ml/input/data/<channel>_<epoch>` from `_0`, fed from S3.
 
-`PipeInput` is the channel's provider on one host. `prepare` lists the channel (once for all hosts) and
-makes the first FIFO; `start` starts a writer thread that, epoch after epoch:
-1. waits for a reader: the FIFO is opened for writing with O_NONBLOCK, which fails (ENXIO) until some
+`PipeInput` is the channel's provider on one host. `prepare` lists the channel (once for all hosts),
+makes the first FIFO and starts a writer thread that, epoch after epoch:
+1. starts fetching the epoch's first entries (runner.pipe_sources), so that the first bytes are ready
+   when a reader comes (for epoch 0: while the container is still starting);
+2. waits for a reader: the FIFO is opened for writing with O_NONBLOCK, which fails (ENXIO) until some
    process has it open for reading, and is tried again every few milliseconds until one has or the
    host stops. So a reader that never opens a channel holds nothing: no thread is stuck in open();
-2. makes the next epoch's FIFO, so that it exists before this one reaches EOF (ml-io counts on it);
-3. streams the epoch's entries (runner.pipe_sources) into it with non-blocking writes, waiting for
-   room with poll() in short slices, so a reader that stops reading never holds a stop up; a reader
-   that closes early (EPIPE) ends the epoch, and the writer goes on to wait for the next one;
-4. closes it: EOF for the reader.
-It goes on as long as the algorithm opens FIFOs; `stop` ends it whatever it is waiting for.
+3. makes the next epoch's FIFO, so that it exists before this one reaches EOF (ml-io counts on it);
+4. streams the entries into it with blocking writes (the kernel fills the FIFO as the reader empties
+   it: one system call per chunk); a reader that closes early (EPIPE) ends the epoch, and the writer
+   goes on to wait for the next one;
+5. closes it: EOF for the reader.
+It goes on as long as the algorithm opens FIFOs. `stop` ends it whatever it is waiting for: a wait for
+a reader or for a chunk looks at the stop flag every `WAIT_SLICE`, and a write blocked on a reader
+that stopped reading is released by opening the FIFO's read end and draining it.
 
-The entries are fetched ahead while the FIFO is written (`PREFETCH` entries at a time, each through a
-queue of at most `QUEUE_CHUNKS` chunks of up to 1 MiB), so the memory a channel takes is bounded
-whatever the size of the data, and small objects do not each wait for a round trip.
+The entries are fetched ahead while the FIFO is written (up to `PREFETCH` entries at a time, the next
+one started when those running have less than `AHEAD_BYTES` left, each through a queue of at most
+`QUEUE_CHUNKS` chunks of up to 1 MiB), so the memory a channel takes is bounded whatever the size of
+the data, small objects do not each wait for a round trip, and a large object's first bytes are not
+slowed by requests for the next ones.
 
 The container owns the folder the FIFOs are in and may swap a FIFO for a link or a file: the writer
 works relative to a descriptor of the folder taken before the container started, opens with
@@ -34,9 +40,9 @@ import logging
 import os
 import queue
 import re
-import select
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -51,6 +57,11 @@ log = logging.getLogger("smlocal.runner")
 
 PREFETCH = 4
 QUEUE_CHUNKS = 4
+# The next entry's request starts when the ones running have less than this left to deliver (sizes from the
+# listing; an entry of unknown size counts as `UNKNOWN_SIZE`): soon enough to hide a request's latency
+# behind the end of a large object, late enough not to slow its first bytes with other requests.
+AHEAD_BYTES = 128 * 1024 * 1024
+UNKNOWN_SIZE = 64 * 1024
 # How long a wait (for a reader, for room in the FIFO, for a fetched chunk) lasts before the stop flag
 # is looked at again.
 WAIT_SLICE = 0.2
@@ -76,6 +87,8 @@ class PipeInput(InputProvider):
         hosts = [layout.host for layout in context.layouts]
         self.host_index, self.host_count = hosts.index(host), len(hosts)
         self._dir_fd = -1
+        self._fd = -1  # the FIFO being written, while it is
+        self._fd_lock = threading.Lock()
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
         self._failure: str | None = None
@@ -98,9 +111,11 @@ class PipeInput(InputProvider):
         self.source.load(cancelled)
         self._open_data_dir()
         self._make_fifo(0)
+        # Fetching starts now; writing when the algorithm opens the FIFO.
+        self._start_writer(0)
 
     def start(self) -> None:
-        self._start_writer(0)
+        self._start_writer(0)  # started by prepare already
 
     def resume(self) -> None:
         try:
@@ -121,12 +136,37 @@ class PipeInput(InputProvider):
         self._stopping.set()
         writer = self._writer
         if writer is not None and writer is not threading.current_thread():
-            writer.join(10)
+            writer.join(WAIT_SLICE * 2)
+            if writer.is_alive():
+                self._release_blocked_write()
+                writer.join(10)
             if writer.is_alive():
                 log.warning("the writer of Pipe channel %s on %s did not stop", self.channel.name, self.host)
         if self._dir_fd >= 0 and (writer is None or not writer.is_alive()):
             os.close(self._dir_fd)
             self._dir_fd = -1
+
+    def _release_blocked_write(self) -> None:
+        """A write blocked on a reader that stopped reading: open the FIFO's read end and drain it until the
+        writer, which sees the stop flag once its write returns, has let go."""
+        with self._fd_lock:
+            if self._fd < 0:
+                return
+            try:
+                # The very FIFO the writer has open (not whatever its name leads to now).
+                drain = os.open(f"/proc/self/fd/{self._fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return
+        try:
+            deadline = time.monotonic() + 10
+            while self._writer is not None and self._writer.is_alive() and time.monotonic() < deadline:
+                try:
+                    if not os.read(drain, PIPE_BUFFER):
+                        time.sleep(0.005)
+                except BlockingIOError:
+                    time.sleep(0.005)
+        finally:
+            os.close(drain)
 
     # ---- FIFOs ------------------------------------------------------------------------------
 
@@ -179,6 +219,7 @@ class PipeInput(InputProvider):
                 return None
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BUFFER)
+            os.set_blocking(fd, True)  # opened without blocking; written with
             return fd
         return None
 
@@ -194,14 +235,20 @@ class PipeInput(InputProvider):
     def _write_epochs(self, epoch: int) -> None:
         try:
             while not self._stopping.is_set():
-                fd = self._open_for_writing(epoch)
-                if fd is None:
-                    return
-                try:
-                    self._make_fifo(epoch + 1)  # there before the reader sees this one's EOF
-                    self._feed(fd, epoch)
-                finally:
-                    os.close(fd)
+                entries = self.source.entries(epoch, self.host_index, self.host_count)
+                with _Prefetcher(self.source, entries, self._stopping) as stream:
+                    fd = self._open_for_writing(epoch)
+                    if fd is None:
+                        return
+                    with self._fd_lock:
+                        self._fd = fd
+                    try:
+                        self._make_fifo(epoch + 1)  # there before the reader sees this one's EOF
+                        self._feed(fd, stream)
+                    finally:
+                        with self._fd_lock:
+                            self._fd = -1
+                            os.close(fd)
                 epoch += 1
         except PipeDataError as e:
             self._fail(e.reason)
@@ -215,29 +262,22 @@ class PipeInput(InputProvider):
         self._failure = reason
         self.context.on_failure(reason)
 
-    def _feed(self, fd: int, epoch: int) -> None:
-        entries = self.source.entries(epoch, self.host_index, self.host_count)
-        with _Prefetcher(self.source, entries, self._stopping) as stream:
-            for chunk in stream:
-                if not self._write_all(fd, chunk):
-                    return  # the reader closed the FIFO early, or the host stops
+    def _feed(self, fd: int, stream: Iterator[bytes]) -> None:
+        for chunk in stream:
+            if not self._write_all(fd, chunk):
+                return  # the reader closed the FIFO early, or the host stops
         if not self._stopping.is_set():
             self.epochs_written += 1
 
     def _write_all(self, fd: int, chunk: bytes) -> bool:
+        """Write all of it (blocking: see `stop` for what releases a write no reader takes); False when the
+        reader closed the FIFO or the host stops."""
         view = memoryview(chunk)
-        poller = None
         while view:
             if self._stopping.is_set():
                 return False
             try:
                 written = os.write(fd, view)
-            except BlockingIOError:
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(fd, select.POLLOUT)
-                poller.poll(WAIT_SLICE * 1000)  # room, the reader gone (POLLERR), or time to look at the flag
-                continue
             except BrokenPipeError:
                 return False
             view = view[written:]
@@ -249,6 +289,8 @@ class _Fetch:
 
     def __init__(self, source: ChannelSource, entry: Entry, stopping: threading.Event) -> None:
         self.queue: queue.Queue[Any] = queue.Queue(QUEUE_CHUNKS)
+        size = source.expected_size(entry)
+        self.left = UNKNOWN_SIZE if size is None else size  # about how much is still to be handed on
         self._cancel = threading.Event()
         self._stopping = stopping
         self._thread = threading.Thread(target=self._run, args=(source, entry), daemon=True,
@@ -286,9 +328,11 @@ class _Fetch:
                     return
                 continue
             if item is _END:
+                self.left = 0
                 return
             if isinstance(item, BaseException):
                 raise item
+            self.left = max(0, self.left - len(item))
             yield item
 
     def cancel(self) -> None:
@@ -307,18 +351,21 @@ class _Prefetcher:
         self._running: deque[_Fetch] = deque()
 
     def _fill(self) -> None:
-        while self._pending and len(self._running) < self._window and not self._stopping.is_set():
+        while (self._pending and len(self._running) < self._window and not self._stopping.is_set()
+               and sum(fetch.left for fetch in self._running) < AHEAD_BYTES):
             self._running.append(_Fetch(self._source, self._pending.popleft(), self._stopping))
 
     def __iter__(self) -> Iterator[bytes]:
         self._fill()
         while self._running:
-            head = self._running[0]
-            yield from head
+            for chunk in self._running[0]:
+                self._fill()
+                yield chunk
             self._running.popleft()
             self._fill()
 
     def __enter__(self) -> _Prefetcher:
+        self._fill()  # fetching begins before a reader is there
         return self
 
     def __exit__(self, *exc: object) -> None:

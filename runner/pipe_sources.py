@@ -63,6 +63,7 @@ class PipeDataError(Exception):
 class LocalFile:
     path: Path  # the real path (checked against the local channel roots when listed)
     name: str  # its path below the channel
+    size: int | None = None
 
 
 # An augmented manifest's line is its index among the manifest's non-empty lines.
@@ -113,7 +114,7 @@ class ChannelSource:
                 raise DataDownloadError(f"ClientError: channel {self.channel.name!r}: {self.channel.source_kind} "
                                         "is not supported by smlocal.")
             if s3.is_local:
-                self._entries = [LocalFile(path, below.as_posix())
+                self._entries = [LocalFile(path, below.as_posix(), _size_of(path))
                                  for below, path in local_files(s3.uri, self._local_roots)]
             elif s3.data_type == "AugmentedManifestFile":
                 self._entries = self._spool_manifest(cancelled)
@@ -129,6 +130,11 @@ class ChannelSource:
                              sort_key)
 
     # ---- an entry's bytes ---------------------------------------------------------------------
+
+    @staticmethod
+    def expected_size(entry: Entry) -> int | None:
+        """About how many bytes an entry streams, when the listing said (for fetching ahead)."""
+        return None if isinstance(entry, int) else entry.size
 
     def chunks(self, entry: Entry, cancelled: Cancelled) -> Iterator[bytes]:
         """The bytes the FIFO gets for one entry (decompressed, wrapped); PipeDataError when it cannot be read."""
@@ -232,6 +238,13 @@ class ChannelSource:
         parsed = json.loads(raw)
         for name in s3.attribute_names:
             yield name, parsed[name]
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _s3_sort_key(obj: S3Object) -> tuple[str, str]:

@@ -56,7 +56,7 @@ def rclone_mounts_of(data_dir: Path) -> list[str]:
                 argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if len(argv) > 3 and argv[1] == b"mount" and argv[3].decode(errors="replace").startswith(root):
+            if len(argv) > 3 and argv[1] in (b"mount", b"mount2") and argv[3].decode(errors="replace").startswith(root):
                 found.append(entry.name)
     return found
 
@@ -182,7 +182,7 @@ def test_the_mount_is_gone_after_every_end(
     name = unique_name(f"ff-{end}")
     put(s3, f"{name}/data", {"first": b"one\n", "second": b"two\n"})
     script = {
-        "failed": f"cat {DATA}/first; exit 3",
+        "failed": f"cat {DATA}/first; while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 3",
         "stopped": f"trap 'exit 0' TERM; cat {DATA}/first; while true; do sleep 0.1; done",
     }.get(end, f"cat {DATA}/first; while [ ! -e /tmp/go ]; do sleep 0.1; done; cat {DATA}/second > /opt/ml/model/s")
     sm.create_training_job(**sh_job(name, script,
@@ -191,7 +191,10 @@ def test_the_mount_is_gone_after_every_end(
     assert mounts_under(server.data_dir) and rclone_mounts_of(server.data_dir)
     expected = {"failed": "Failed", "stopped": "Stopped", "restart-adopted": "Completed",
                 "restart-abandoned": "Failed"}[end]
-    if end == "stopped":
+    if end == "failed":
+        [container] = docker_engine.containers.list(filters={"label": f"smlocal.job-name={name}"})
+        container.exec_run(["touch", "/tmp/go"])
+    elif end == "stopped":
         sm.stop_training_job(TrainingJobName=name)
     elif end.startswith("restart"):
         server.stop(kill=True)

@@ -218,18 +218,19 @@ def test_an_object_gone_while_streaming_fails_the_job_with_sagemakers_reason(
         sm: Any, s3: Any, unique_name: Callable[[str], str], runner_server: SmlocalServer,
         docker_engine: docker.DockerClient) -> None:
     name = unique_name("pipe-gone")
-    put_objects(s3, f"{name}/data", {"a": b"first", "b": b"second"})
+    # Ten objects: the writer fetches a few ahead before the reader comes, never the last one.
+    put_objects(s3, f"{name}/data", {f"o{i}": b"object %d" % i for i in range(10)})
     plan = {"train": {"epochs": 1, "pause_before": 0}}
     request = reader_job(s3, name, [pipe_channel("train", f"s3://{INPUT_BUCKET}/{name}/data/")], plan)
     sm.create_training_job(**request)
     wait_until(lambda: "paused train" in log_messages(runner_server, name), 60, "the reader to wait")
-    s3.delete_object(Bucket=INPUT_BUCKET, Key=f"{name}/data/b")  # listed, then gone before it is read
+    s3.delete_object(Bucket=INPUT_BUCKET, Key=f"{name}/data/o9")  # listed, then gone before it is read
     [container] = docker_engine.containers.list(filters={"label": f"smlocal.job-name={name}"})
     container.exec_run(["touch", "/tmp/go"])
     job, seen = wait_recording(sm, name, FINAL, timeout=60)
     assert job["TrainingJobStatus"] == "Failed"
     assert job["FailureReason"].startswith(
-        f"ClientError: Data download failed: s3://{INPUT_BUCKET}/{name}/data/b: NoSuchKey")
+        f"ClientError: Data download failed: s3://{INPUT_BUCKET}/{name}/data/o9: NoSuchKey")
     assert seen[-1] == "Failed/Failed"
     assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
 

@@ -274,3 +274,36 @@ def test_a_data_folder_swapped_for_a_link_does_not_move_the_fifos(pipe: Any, tmp
     assert not reader.is_alive()
     assert list(elsewhere.iterdir()) == []  # the writer kept to the folder it opened before the start
     stopped_at_once(pipe)
+
+
+def test_the_fifos_are_readable_by_an_algorithm_of_any_uid(pipe: Any) -> None:
+    pipe.start()
+    assert pipe.fifo.stat().st_mode & 0o777 == 0o644
+    with open(pipe.fifo, "rb") as f:
+        f.read()
+    assert pipe.fifo.with_name("train_1").stat().st_mode & 0o777 == 0o644
+    stopped_at_once(pipe)
+
+
+def test_a_local_folder_channel_streams_its_files_in_name_order(tmp_path: Path, minio: Minio) -> None:
+    from server.local_channels import LocalChannelRoots
+
+    source = tmp_path / "local"
+    for rel, body in {"b.csv": b"2\n", "a.csv": b"1\n", "sub/c.csv": b"3\n"}.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(body)
+    request = {"TrainingJobName": "units", "AlgorithmSpecification": {"TrainingInputMode": "Pipe"},
+               "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {
+                   "S3DataType": "S3Prefix", "S3Uri": f"file://{source}"}}}]}
+    spec = JobSpec.from_request(request)
+    layout = HostLayout(tmp_path / "job")
+    prepare_layout(layout, spec)
+    context = InputContext(spec, [layout], lambda: minio, LocalChannelRoots.of([source]))
+    [provider] = PipeInput.for_hosts(spec.channels[0], ["algo-1"], context)
+    provider.prepare(lambda: False)
+    provider.start()
+    try:
+        with open(layout.opt_ml / "input" / "data" / "train_0", "rb") as f:
+            assert f.read() == b"1\n2\n3\n"
+    finally:
+        stopped_at_once(provider)
