@@ -24,6 +24,7 @@ from tests.support.logs import stream_files
 from tests.support.s3server import S3Server
 from tests.support.slow_s3 import SlowS3Proxy
 from tests.support.smlocal import SmlocalServer
+from tests.test_pipe_jobs import completed, ended
 from tests.test_runner_jobs import (
     FINAL,
     INPUT_BUCKET,
@@ -106,8 +107,7 @@ def test_the_prefix_is_mounted_read_only_at_the_file_mode_path(
     sm.create_training_job(**sh_job(name, script, s3=s3,
                                     InputDataConfig=[fastfile_channel(f"s3://{INPUT_BUCKET}/{name}/data/")]))
     job, seen = wait_recording(sm, name, FINAL)
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
-    assert seen[-1] == "Completed/Completed"
+    completed(job, seen)
     files = model_files(s3, name)
     assert files["sums"].decode().splitlines() == [
         f"{hashlib.sha256(objects[k]).hexdigest()}  ./{k}" for k in sorted(objects)]
@@ -135,7 +135,7 @@ def test_a_prefix_that_is_not_a_folder_shows_what_it_matches(
     sm.create_training_job(**sh_job(name, script,
                                     InputDataConfig=[fastfile_channel(f"s3://{INPUT_BUCKET}/{name}/{prefix}")]))
     job, seen = wait_recording(sm, name, FINAL)
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    completed(job, seen)
     assert model_files(s3, name)["files"] == expected
 
 
@@ -156,7 +156,7 @@ def test_one_small_file_of_a_large_prefix_is_read_before_the_rest_could_have_bee
         job, seen = wait_recording(sm, name, FINAL, timeout=60)
     finally:
         slow_s3.release(f"{name}/data/big-")
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    completed(job, seen)
     assert model_files(s3, name)["row"] == b"row 123\n"
     # The timeline: the data phase took no time, the file was read within seconds of the creation, and the
     # whole job ended long before the rest of the prefix could have crossed the wire.
@@ -207,7 +207,7 @@ def test_the_mount_is_gone_after_every_end(
         if end == "restart-adopted":
             container.exec_run(["touch", "/tmp/go"])
     job, seen = wait_recording(server.client(), name, FINAL, timeout=60)
-    assert job["TrainingJobStatus"] == expected, job.get("FailureReason")
+    ended(job, seen, expected)
     if end == "restart-adopted":
         assert model_files(s3, name) == {"s": b"two\n"}  # read through the mount after the restart
     assert wait_until(lambda: leftovers(docker_engine, server, name) == [] and nothing_mounted(server), 30,
@@ -229,7 +229,7 @@ def test_without_fuse_the_channel_is_downloaded_and_the_job_says_so(
         sm.create_training_job(**sh_job(name, script,
                                         InputDataConfig=[fastfile_channel(f"s3://{INPUT_BUCKET}/{name}/data/")]))
         job, seen = wait_recording(sm, name, FINAL, timeout=60)
-        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        completed(job, seen)
         notice = ("FastFile channel 'train' is downloaded as in File mode: FUSE is not available here "
                   "(/nonexistent/fuse: No such file or directory).")
         downloading = job["SecondaryStatusTransitions"][1]

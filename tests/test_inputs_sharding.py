@@ -17,7 +17,7 @@ import pytest
 
 from runner.pipe_sources import epoch_entries
 from tests.support.jobs import wait_recording
-from tests.test_pipe_jobs import pipe_channel, put_objects, reader_job
+from tests.test_pipe_jobs import completed, pipe_channel, put_objects, reader_job
 from tests.test_runner_jobs import (
     FINAL,
     INPUT_BUCKET,
@@ -55,7 +55,7 @@ def test_file_and_fastfile_give_each_object_to_exactly_one_of_three_hosts(
         "S3DataDistributionType": "ShardedByS3Key"}}}
     sm.create_training_job(**sh_job(name, script, InputDataConfig=[channel], ResourceConfig=THREE_HOSTS))
     job, seen = wait_recording(sm, name, FINAL, timeout=120)
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    completed(job, seen)
     files = model_files(s3, name)
     got = {host: [line.split("  ./", 1)[::-1] for line in files.get(f"{host}/sums", b"").decode().splitlines()]
            for host in HOSTS}
@@ -77,7 +77,7 @@ def test_pipe_gives_each_object_to_exactly_one_of_three_hosts_every_epoch(
     request = reader_job(s3, name, channels, {"train": {"epochs": 3, "records": True}}, ResourceConfig=THREE_HOSTS)
     sm.create_training_job(**request)
     job, seen = wait_recording(sm, name, FINAL, timeout=120)
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    completed(job, seen)
     files = model_files(s3, name)
     results = {host: json.loads(files[f"{host}/result.json"]) for host in HOSTS}
     assert all(r["errors"] == [] for r in results.values())

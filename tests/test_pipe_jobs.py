@@ -30,7 +30,6 @@ from tests.test_runner_jobs import (
     leftovers,
     log_messages,
     model_files,
-    run_job,
     runner_server,  # noqa: F401 - a fixture
     s3,  # noqa: F401 - a fixture
     sh_job,
@@ -83,12 +82,22 @@ def result_of(s3: Any, name: str) -> dict[str, Any]:
     return json.loads(model_files(s3, name)["result.json"])
 
 
+# The statuses a job can show, in the order SageMaker moves through them (Stopping may come from any
+# InProgress status; a job fails from any of them).
+_ORDER = ["InProgress/Starting", "InProgress/Downloading", "InProgress/Training", "InProgress/Uploading",
+          "Stopping/Stopping", "Completed/Completed", "Failed/Failed", "Stopped/Stopped"]
+
+
+def ended(job: dict[str, Any], seen: list[str], status: str) -> None:
+    """The job ended in `status`, and every status seen while polling came in an order SageMaker produces."""
+    assert job["TrainingJobStatus"] == status, job.get("FailureReason")
+    assert seen and seen[-1] == f"{status}/{job['SecondaryStatus']}" and seen[-1] in _ORDER, seen
+    ranks = [_ORDER.index(s) for s in seen]
+    assert ranks == sorted(ranks) and sum(s.split("/")[0] in ("Completed", "Failed", "Stopped") for s in seen) == 1
+
+
 def completed(job: dict[str, Any], seen: list[str]) -> None:
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
-    # Every status seen while polling, in an order SageMaker can produce.
-    order = ["InProgress/Starting", "InProgress/Downloading", "InProgress/Training", "InProgress/Uploading",
-             "Completed/Completed"]
-    assert seen[-1] == "Completed/Completed" and [order.index(s) for s in seen] == sorted(order.index(s) for s in seen)
+    ended(job, seen, "Completed")
 
 
 # ---- every byte, every epoch --------------------------------------------------------------------
@@ -187,8 +196,7 @@ def test_readers_that_close_early_never_open_or_stop_reading_do_not_hold_the_job
     assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
     # And the next job runs normally.
     after = unique_name("pipe-after-hostile")
-    job = run_job(sm, sh_job(after, "echo fine > /opt/ml/model/ok"))
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    completed(*run_recording(sm, sh_job(after, "echo fine > /opt/ml/model/ok")))
     assert model_files(s3, after) == {"ok": b"fine\n"}
 
 
@@ -207,8 +215,8 @@ def test_a_stop_ends_a_writer_waiting_on_a_reader_that_stopped_reading(
     wait_until(lambda: "opened" in log_messages(runner_server, name), 60, "the reader to open its FIFO")
     sm.stop_training_job(TrainingJobName=name)
     job, seen = wait_recording(sm, name, FINAL, timeout=60)
-    assert (job["TrainingJobStatus"], job["SecondaryStatus"]) == ("Stopped", "Stopped")
-    assert seen == ["Stopping/Stopping", "Stopped/Stopped"] or seen == ["Stopped/Stopped"]
+    ended(job, seen, "Stopped")
+    assert job["SecondaryStatus"] == "Stopped" and seen[0] in ("Stopping/Stopping", "Stopped/Stopped")
     assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == [
         "Starting", "Downloading", "Training", "Stopping", "Stopped"]
     assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
@@ -228,10 +236,9 @@ def test_an_object_gone_while_streaming_fails_the_job_with_sagemakers_reason(
     [container] = docker_engine.containers.list(filters={"label": f"smlocal.job-name={name}"})
     container.exec_run(["touch", "/tmp/go"])
     job, seen = wait_recording(sm, name, FINAL, timeout=60)
-    assert job["TrainingJobStatus"] == "Failed"
+    ended(job, seen, "Failed")
     assert job["FailureReason"].startswith(
         f"ClientError: Data download failed: s3://{INPUT_BUCKET}/{name}/data/o9: NoSuchKey")
-    assert seen[-1] == "Failed/Failed"
     assert wait_until(lambda: leftovers(docker_engine, runner_server, name) == [], 30, "cleanup")
 
 
@@ -275,10 +282,10 @@ def test_an_augmented_manifest_line_without_an_attribute_fails_at_download(
     uri = f"s3://{INPUT_BUCKET}/{name}/m.jsonl"
     channels = [pipe_channel("train", uri, data_type="AugmentedManifestFile", AttributeNames=["label"])]
     job, seen = run_recording(sm, reader_job(s3, name, channels, {"train": {}}))
-    assert job["TrainingJobStatus"] == "Failed"
+    ended(job, seen, "Failed")
     assert job["FailureReason"] == (f'ClientError: Data download failed: augmented manifest "{uri}", line 2 has no '
                                     "attribute 'label' (AttributeNames).")
-    assert seen[-1] == "Failed/Failed" and "InProgress/Training" not in seen
+    assert "InProgress/Training" not in seen
 
 
 # ---- a restart, and memory ---------------------------------------------------------------------------
@@ -304,7 +311,7 @@ def test_a_restarted_server_goes_on_with_the_next_epoch(
         [container] = docker_engine.containers.list(filters={"label": f"smlocal.job-name={name}"})
         container.exec_run(["touch", "/tmp/go"])
         job, seen = wait_recording(server.client(), name, FINAL, timeout=60)
-        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        completed(job, seen)
         stream = b"".join(objects[k] for k in sorted(objects))
         epochs = result_of(s3, name)["channels"]["train"]
         assert [(e["bytes"], e["sha256"]) for e in epochs] == [(len(stream), sha(stream))] * 3
@@ -328,9 +335,9 @@ def test_memory_stays_bounded_whatever_the_size_of_the_data(
         sm, s3 = server.client(), s3_client(server)
         warm = unique_name("pipe-warm")
         put_objects(s3, f"{warm}/data", {"small": b"warm"})
-        job = run_job(sm, reader_job(s3, warm, [pipe_channel("train", f"s3://{INPUT_BUCKET}/{warm}/data/")],
-                                     {"train": {}}))
-        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        completed(*run_recording(sm, reader_job(s3, warm, [pipe_channel("train",
+                                                                         f"s3://{INPUT_BUCKET}/{warm}/data/")],
+                                                {"train": {}})))
         assert server.process is not None
         before = _peak_rss_kib(server.process.pid)
 
@@ -342,8 +349,8 @@ def test_memory_stays_bounded_whatever_the_size_of_the_data(
         channels = [pipe_channel("large", f"s3://{INPUT_BUCKET}/{name}/data/"),
                     pipe_channel("bomb", f"s3://{INPUT_BUCKET}/{name}/bomb/", CompressionType="Gzip",
                                  RecordWrapperType="RecordIO")]
-        job = run_job(sm, reader_job(s3, name, channels, {"large": {}, "bomb": {"records": True}}), timeout=240)
-        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        completed(*run_recording(sm, reader_job(s3, name, channels, {"large": {}, "bomb": {"records": True}}),
+                                 timeout=240))
         got = result_of(s3, name)["channels"]
         assert got["large"][0]["bytes"] == size
         assert got["bomb"][0]["records"] == [sha(b"\0" * (160 * 2**20))]
