@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 
 from runner.pipe_sources import epoch_entries
 from tests.support.docker_env import PYTHON_BASE_IMAGE
@@ -359,3 +360,36 @@ def test_memory_stays_bounded_whatever_the_size_of_the_data(
         assert grown_mib < 64, f"the server's peak memory grew by {grown_mib:.0f} MiB for 288 MiB streamed"
     finally:
         settle(server, docker_engine)
+
+
+# ---- the embedded stores ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["files", "memory"])
+def test_pipe_and_fastfile_read_the_embedded_stores(tmp_path: Path, kind: str, unique_name: Callable[[str], str],
+                                                      docker_engine: docker.DockerClient) -> None:
+    """What `make run` starts (`--s3-store files`: rclone serve s3 with SigV4 keys; `memory`: moto) serves the
+    runner's streams and mounts as it serves downloads."""
+    from tests.test_runner_jobs import s3_client, settle
+
+    server = SmlocalServer(tmp_path / "data", None, ["--s3-store", kind, "--stop-grace-seconds", "1"]).start()
+    try:
+        sm, s3 = server.client(), s3_client(server)
+        name = unique_name(f"pipe-store-{kind}")
+        objects = {f"part-{i}": os.urandom(300_000 + i) for i in range(3)}
+        put_objects(s3, f"{name}/data", objects)
+        uri = f"s3://{INPUT_BUCKET}/{name}/data/"
+        channels = [pipe_channel("stream", uri, RecordWrapperType="RecordIO"),
+                    pipe_channel("mounted", uri, mode="FastFile")]
+        plan = {"stream": {"epochs": 2, "records": True}, "mounted": {"style": "files"}}
+        job, seen = run_recording(sm, reader_job(s3, name, channels, plan))
+        completed(job, seen)
+        got = result_of(s3, name)
+        assert got["errors"] == []
+        keys = sorted(objects)
+        assert [e["records"] for e in got["channels"]["stream"]] == [[sha(objects[k]) for k in keys]] * 2
+        assert got["channels"]["mounted"][0]["sha256"] == sha(b"".join(objects[k] for k in keys))
+        assert job["SecondaryStatusTransitions"][1]["StatusMessage"] == "Downloading input data"  # mounted, not copied
+    finally:
+        settle(server, docker_engine)
+        server.stop()

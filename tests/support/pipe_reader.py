@@ -10,6 +10,8 @@ object channel -> {"style", "epochs", "records", "close_after", "hold"}:
 - style `pmd`: as sagemaker-tensorflow-extensions' PipeModeDataset: requires the channel's
   TrainingInputMode to be Pipe, keeps the epoch in `/opt/ml/pipe_state/.<channel>-pipe_mode-state`
   under a file lock, and waits up to 120 s for each FIFO to appear;
+- style `files`: not a FIFO but the folder `/opt/ml/input/data/<channel>/` (File, FastFile): its files in
+  name order, read whole, as one stream;
 - `records`: parse the stream as RecordIO (written here from dmlc's recordio.h, independently of
   smlocal's writer): magic 0xced7230a, lrec = cflag << 29 | length, little-endian, 4-byte padding; a
   split record's parts (cflag 1, 2..., 3) joined back to back, as AWS's readers (PipeModeDataset,
@@ -50,6 +52,26 @@ class PlainReader:
 
     def close(self):
         self.file.close()
+
+
+class FolderReader:
+    """Every file below a channel's folder, in path order, as one stream."""
+
+    def __init__(self, folder):
+        paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files)
+        self.files = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed by close()
+
+    def read(self, n):
+        while self.files:
+            chunk = self.files[0].read(n)
+            if chunk:
+                return chunk
+            self.files.pop(0).close()
+        return b""
+
+    def close(self):
+        for f in self.files:
+            f.close()
 
 
 class MlioReader:
@@ -165,7 +187,9 @@ def read_channel(channel, spec, result):
                 time.sleep(0.05)
         path = f"{DATA}/{channel}_{epoch}"
         opened_at = time.time()
-        if spec.get("style") == "mlio":
+        if spec.get("style") == "files":
+            raw = FolderReader(f"{DATA}/{channel}")
+        elif spec.get("style") == "mlio":
             raw = MlioReader(path)
         elif spec.get("style") == "pmd":
             raw = open_pmd(channel)
