@@ -62,8 +62,7 @@ QUEUE_CHUNKS = 4
 # behind the end of a large object, late enough not to slow its first bytes with other requests.
 AHEAD_BYTES = 128 * 1024 * 1024
 UNKNOWN_SIZE = 64 * 1024
-# How long a wait (for a reader, for room in the FIFO, for a fetched chunk) lasts before the stop flag
-# is looked at again.
+# How long a wait (for a fetched chunk, for a stopped writer) lasts before the stop flag is looked at again.
 WAIT_SLICE = 0.2
 # Between tries to open a FIFO for writing: short at first, so a reader is served at once.
 OPEN_RETRY_FIRST = 0.002

@@ -38,7 +38,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from runner import records
-from runner.channels import DataDownloadError, S3Object, list_objects, local_files
+from runner.channels import DataDownloadError, DownloadCancelled, S3Object, list_objects, local_files
 from runner.s3 import parse_s3_uri
 from runner.spec import ChannelSpec
 from server.local_channels import LocalChannelRoots
@@ -195,7 +195,7 @@ class ChannelSource:
             offset = 0
             for number, raw in enumerate(f, start=1):
                 if cancelled():
-                    raise DataDownloadError("ClientError: cancelled")
+                    raise DownloadCancelled()
                 if raw.strip():
                     self._check_line(raw, number, uri)
                     self._line_offsets.append(offset)
