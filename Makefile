@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint docker images service-image bench clean sdk-venvs chromium
+.PHONY: install run test lint docker images service-image bench clean sdk-venvs chromium fuse
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,19 +48,26 @@ service-image: images install
 # objects as plain files in .smlocal/s3/<bucket>/<key> (SMLOCAL_S3_STORE=memory: an in-memory one).
 run: install
 	@bash scripts/ensure-docker.sh || echo "warning: no Docker engine: the API works, jobs will fail"
+	@bash scripts/ensure-fuse.sh || echo "warning: no fuse3: FastFile channels are downloaded as in File mode"
 	$(VENV)/bin/smlocal serve --host 127.0.0.1 --port 8080
 
 # Debian's chromium and chromium-driver, for the web console's browser tests (installed when missing; needs root).
 chromium:
 	bash scripts/ensure-chromium.sh
 
-test: install images sdk-venvs chromium
+# Debian's fuse3 (fusermount3, for FastFile's rclone mounts; installed when missing; needs root).
+fuse:
+	bash scripts/ensure-fuse.sh
+
+test: install images sdk-venvs chromium fuse
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check server runner smlocal tests bench examples examples/sklearn/train
 
+# Also Debian's s3fs: the FUSE choice (bench/fuse_choice.py) measures it against rclone.
 bench: install images
+	bash scripts/ensure-fuse.sh --with-s3fs
 	$(PY) -m bench.run
 
 # Not .smlocal: it holds the jobs and the S3 store's data (`rm -rf .smlocal` forgets them all).

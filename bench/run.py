@@ -6,6 +6,9 @@
 2. File-mode staging: 1 000 small objects, and 1 GiB in a few large objects, against a raw parallel
    GET of the same objects from the same S3 server (the runner's parallelism, the minio client, one
    streamed GET per object into a file).
+3. Pipe throughput against a raw read of the same objects in the same order, and the time to the first
+   byte of a 2 GiB data set in Pipe and FastFile mode against File mode (bench/streaming.py).
+4. The FUSE filesystem behind FastFile: rclone mount / mount2 against s3fs (bench/fuse_choice.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -28,6 +31,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
+from bench import fuse_choice, streaming
 from runner.channels import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -184,19 +188,30 @@ def main() -> None:
                 st = statistics.median(staged)
                 rows.append((label, f"{st:.2f} s", f"{raw:.2f} s raw parallel GET",
                              f"{raw / st * 100:.0f} % of raw speed"))
+
+            rows += streaming.pipe_throughput_rows(sm, client, wait_done, [
+                (f"{LARGE_COUNT} x {LARGE_SIZE // 2**20} MiB", "large"),
+                (f"{SMALL_COUNT} x {SMALL_SIZE // 1024} KiB", "small")])
+            upload_dataset(client, "ttfb", streaming.TTFB_COUNT, streaming.TTFB_SIZE)
+            rows += streaming.first_byte_rows(sm, client, wait_done, "ttfb")
         finally:
             server.stop()
+        fuse_client = Minio(urlparse(s3.endpoint).netloc, access_key="test", secret_key="test", secure=False)
+        fuse_choice.upload(fuse_client)
+        fuse_rows = fuse_choice.compare(s3.endpoint)
 
     cpu = platform.processor() or platform.machine()
     memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     lines = [
         f"Machine: {os.cpu_count()} cores ({cpu}), {memory_gib:.0f} "
         f"GiB, Linux {platform.release()}, Docker {docker.version()['Version']}, S3: moto server; "
-        f"median of {RUNS} (overhead) / 3 (staging) runs.",
+        f"median of {RUNS} (overhead) / 3 (staging, streaming, FUSE) runs.",
         "",
         "| measurement | smlocal | baseline (same run) | result |",
         "| --- | --- | --- | --- |",
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+        *fuse_choice.table(fuse_rows),
     ]
     report = "\n".join(lines)
     print(report)

@@ -1,6 +1,6 @@
 """File mode's staging: a channel's objects downloaded into /opt/ml/input/data/<channel>/ of its hosts.
 
-`runner.inputs.FileInput` drives it (once per channel for all its hosts) before the containers start.
+`runner.file_input.FileInput` drives it (once per channel for all its hosts) before the containers start.
 
 Several hosts: a channel is listed once; each object is downloaded once and copied to every other host
 that gets it. FullyReplicated gives every host every object; ShardedByS3Key gives host i (of n) the
@@ -44,10 +44,17 @@ class DownloadCancelled(Exception):
 
 
 @dataclass(frozen=True)
-class _Object:
+class S3Object:
+    """One object of a channel: where it is, and its path below the channel folder."""
+
     bucket: str
     key: str
-    relative: str  # its path below the channel folder
+    relative: str
+    size: int | None = None  # from the listing (a manifest does not say)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
 
 
 @dataclass(frozen=True)
@@ -102,13 +109,13 @@ def _no_objects(uri: str, bucket: str, region: str, role: str) -> DataDownloadEr
     )
 
 
-def _list_prefix(client: Minio, uri: str, loc: S3Location, region: str, role: str) -> list[_Object]:
+def _list_prefix(client: Minio, uri: str, loc: S3Location, region: str, role: str) -> list[S3Object]:
     objects = []
     try:
         for obj in client.list_objects(loc.bucket, prefix=loc.key, recursive=True):
             if obj.is_dir or obj.object_name.endswith("/"):
                 continue  # zero-byte "folder" markers
-            objects.append(_Object(loc.bucket, obj.object_name, relative_key(loc.key, obj.object_name)))
+            objects.append(S3Object(loc.bucket, obj.object_name, relative_key(loc.key, obj.object_name), obj.size))
     except S3Error as e:
         if e.code in ("NoSuchBucket", "AccessDenied", "NoSuchKey"):
             raise _no_objects(uri, loc.bucket, region, role) from None
@@ -118,7 +125,7 @@ def _list_prefix(client: Minio, uri: str, loc: S3Location, region: str, role: st
     return objects
 
 
-def _list_manifest(client: Minio, uri: str, loc: S3Location, region: str, role: str) -> list[_Object]:
+def _list_manifest(client: Minio, uri: str, loc: S3Location, region: str, role: str) -> list[S3Object]:
     try:
         response = client.get_object(loc.bucket, loc.key)
         try:
@@ -151,18 +158,50 @@ def _list_manifest(client: Minio, uri: str, loc: S3Location, region: str, role: 
         ) from None
     if len(manifest) == 1:
         raise _no_objects(manifest[0]["prefix"], base.bucket, region, role)
-    return [_Object(base.bucket, base.key + rel, rel) for rel in manifest[1:]]
+    return [S3Object(base.bucket, base.key + rel, rel) for rel in manifest[1:]]
 
 
-def _plan(objects: list[_Object], channel_dirs: list[Path], sharded: bool) -> list[_Transfer]:
+def shard_order(objects: list[S3Object]) -> list[S3Object]:
+    """The order ShardedByS3Key deals objects out in: sorted by key, host i of n taking i, i+n, ..."""
+    return sorted(objects, key=lambda o: (o.bucket, o.key))
+
+
+def list_objects(client: Minio, uri: str, data_type: str, region: str, role: str) -> list[S3Object]:
+    """The objects an S3Prefix or ManifestFile channel names, in listing (or manifest) order."""
+    try:
+        loc = parse_s3_uri(uri)
+    except ValueError as e:
+        raise DataDownloadError(f"ClientError: Data download failed: {e}") from None
+    if data_type == "ManifestFile":
+        return _list_manifest(client, uri, loc, region, role)
+    return _list_prefix(client, uri, loc, region, role)
+
+
+def check_prefix_has_objects(client: Minio, uri: str, region: str, role: str) -> S3Location:
+    """Fail as SageMaker does when an S3Prefix names nothing, reading one listing page at most."""
+    try:
+        loc = parse_s3_uri(uri)
+    except ValueError as e:
+        raise DataDownloadError(f"ClientError: Data download failed: {e}") from None
+    try:
+        for obj in client.list_objects(loc.bucket, prefix=loc.key, recursive=True):
+            if not (obj.is_dir or obj.object_name.endswith("/")):
+                return loc
+    except S3Error as e:
+        if e.code in ("NoSuchBucket", "AccessDenied", "NoSuchKey"):
+            raise _no_objects(uri, loc.bucket, region, role) from None
+        raise DataDownloadError(f"ClientError: Data download failed: {e.code}: {e.message} ({uri})") from None
+    raise _no_objects(uri, loc.bucket, region, role)
+
+
+def _plan(objects: list[S3Object], channel_dirs: list[Path], sharded: bool) -> list[_Transfer]:
     """Where each object goes: every host's channel folder, or (sharded) round-robin over the key-sorted list."""
     if sharded:
-        objects = sorted(objects, key=lambda o: (o.bucket, o.key))
+        objects = shard_order(objects)
     transfers = []
     for index, obj in enumerate(objects):
-        source = f"s3://{obj.bucket}/{obj.key}"
         dirs = [channel_dirs[index % len(channel_dirs)]] if sharded else channel_dirs
-        transfers.append(_Transfer(obj.bucket, obj.key, tuple(_dest(d, obj.relative, source) for d in dirs)))
+        transfers.append(_Transfer(obj.bucket, obj.key, tuple(_dest(d, obj.relative, obj.uri) for d in dirs)))
     return transfers
 
 
@@ -219,29 +258,28 @@ def _copy_file(real: Path, dest: Path) -> None:
     os.utime(dest, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
-def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool, roots: LocalChannelRoots) -> None:
+def local_files(uri: str, roots: LocalChannelRoots) -> list[tuple[PurePosixPath, Path]]:
+    """The files of a `file://` channel: (path below the channel, real path to read), in name order.
+
+    Checked at CreateTrainingJob already; again here, as links may have changed since."""
     source = local_path(uri)
-    # Checked at CreateTrainingJob already; again here, as links may have changed since.
     refusal = roots.refusal(source)
     if refusal is not None:
         raise DataDownloadError(f"ClientError: Data download failed: {refusal}.")
     real = roots.resolve(source)
     assert real is not None  # refusal() is None only for paths resolve() admits
     if real.is_dir():
-        files = _local_files(source, real, roots)
-        if sharded and len(channel_dirs) > 1:
-            for index, (below, path) in enumerate(files):
-                _copy_file(path, channel_dirs[index % len(channel_dirs)].joinpath(*below.parts))
-        else:
-            for below, path in files:
-                for channel_dir in channel_dirs:
-                    _copy_file(path, channel_dir.joinpath(*below.parts))
-    elif real.is_file():
-        # A single file cannot be split: with ShardedByS3Key the first host gets it.
-        for channel_dir in channel_dirs[:1] if sharded else channel_dirs:
-            _copy_file(real, channel_dir / source.name)
-    else:
-        raise DataDownloadError(f'ClientError: Data download failed: local path "{source}" does not exist.')
+        return _local_files(source, real, roots)
+    if real.is_file():
+        return [(PurePosixPath(source.name), real)]
+    raise DataDownloadError(f'ClientError: Data download failed: local path "{source}" does not exist.')
+
+
+def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool, roots: LocalChannelRoots) -> None:
+    # Sharded: round-robin over the files in name order (a single file goes to the first host).
+    for index, (below, path) in enumerate(local_files(uri, roots)):
+        for channel_dir in [channel_dirs[index % len(channel_dirs)]] if sharded else channel_dirs:
+            _copy_file(path, channel_dir.joinpath(*below.parts))
 
 
 def _fetch(client: Minio, bucket: str, key: str, dest: Path, cancelled: Callable[[], bool]) -> None:
@@ -311,22 +349,21 @@ def stage_channel(channel: ChannelSpec, channel_dirs: list[Path], client_factory
     if s3.is_local:
         _copy_local(s3.uri, channel_dirs, s3.sharded, local_roots or LocalChannelRoots())
     else:
-        if s3.data_type == "AugmentedManifestFile":
+        if s3.data_type == "AugmentedManifestFile":  # refused at CreateTrainingJob since
             raise DataDownloadError(
-                f"ClientError: channel {name!r}: AugmentedManifestFile is not supported by smlocal yet."
+                f"ClientError: channel {name!r}: AugmentedManifestFile can only be used in Pipe input mode."
             )
-        try:
-            loc = parse_s3_uri(s3.uri)
-        except ValueError as e:
-            raise DataDownloadError(f"ClientError: Data download failed: {e}") from None
         client = client_factory()
-        if s3.data_type == "ManifestFile":
-            objects = _list_manifest(client, s3.uri, loc, region, role)
-        else:
-            objects = _list_prefix(client, s3.uri, loc, region, role)
+        objects = list_objects(client, s3.uri, s3.data_type, region, role)
         _download_all(client, _plan(objects, channel_dirs, s3.sharded), cancelled)
     for channel_dir in channel_dirs:
         _make_tree_readable(channel_dir)
+
+
+def download_objects(client: Minio, objects: list[S3Object], channel_dir: Path, cancelled: Callable[[], bool]) -> None:
+    """These objects (already listed) into one host's channel folder."""
+    _download_all(client, _plan(objects, [channel_dir], False), cancelled)
+    _make_tree_readable(channel_dir)
 
 
 def stage_channels(spec: JobSpec, layouts: Sequence[HostLayout], client_factory: Callable[[], Minio],

@@ -47,6 +47,7 @@ from runner.s3 import make_client
 from runner.spec import JobSpec
 from server.config import Settings
 from server.lifecycle import (
+    DEFAULT_MESSAGES,
     DOWNLOADING,
     FAILED,
     PULLING_IMAGE_MESSAGE,
@@ -141,12 +142,13 @@ class JobExecution:
         label = data_dir_label(settings)
         self.labels = job_labels(job.name, job.arn, None, label)
         self._s3: Minio | None = None
+        self.wake = threading.Event()
         layouts = [HostLayout(self.root, host) for host in self.spec.hosts]
         providers = make_providers(InputContext(
-            self.spec, layouts, self._s3_client, LocalChannelRoots.of(settings.local_channel_roots, self.data_dir)))
+            self.spec, layouts, self._s3_client, LocalChannelRoots.of(settings.local_channel_roots, self.data_dir),
+            settings, on_failure=lambda reason: self.wake.set()))
         self.hosts = [_Host(layout, job_labels(job.name, job.arn, layout.host, label), providers[layout.host])
                       for layout in layouts]
-        self.wake = threading.Event()
         self.stop = StopPolicy(self.wake, shutdown)
         self.deadline = DeadlinePolicy(lifecycle, job.arn, self.spec.max_runtime_seconds)
         self.failures = FailurePolicy()
@@ -247,7 +249,9 @@ class JobExecution:
             self._create_containers(image)
 
     def _stage_inputs(self) -> None:
-        self._enter(DOWNLOADING)
+        # SageMaker's "Downloading input data", and what is not served as asked (a FastFile channel without FUSE).
+        notices = dict.fromkeys(p.notice for h in self.hosts for p in h.inputs if p.notice)
+        self._enter(DOWNLOADING, "; ".join([DEFAULT_MESSAGES[DOWNLOADING], *notices]) if notices else None)
         try:
             for host in self.hosts:
                 for provider in host.inputs:
@@ -319,6 +323,9 @@ class JobExecution:
         if self.stop.requested:
             self._upload_quietly()  # as SageMaker does for a stopped job; the job still reads Stopping
             self._end_stopped()
+        elif (input_failure := self._input_failure()) is not None:  # its hosts were stopped for it
+            self._upload_quietly()
+            self._end(FAILED, input_failure)
         elif failed is None:
             self._finish_completed()
         else:
@@ -337,7 +344,7 @@ class JobExecution:
             if all(h.exited.is_set() for h in self.hosts):
                 return self._first_failed()
             failed = self._first_failed()
-            if failed is not None or self.stop.requested or self.grace.signalled:
+            if failed is not None or self.stop.requested or self.grace.signalled or self._input_failure():
                 self._terminate()
                 return self._first_failed()
             self.wake.wait()
@@ -467,8 +474,10 @@ class JobExecution:
         host.series = (MetricSeriesWriter(self.lifecycle.store, self.arn, self.job.creation_time, host.name)
                        if definitions else None)
         host.metrics = MetricCollector(definitions, sink=host.series.add if host.series is not None else None)
+        # Input notices (a FastFile channel that fell back to File) come after the platform's own.
+        input_notices = tuple(dict.fromkeys(p.notice for p in host.inputs if p.notice))
         host.follower = LogFollower(self.backend, host.container, LogStreamWriter(stream), host.metrics,
-                                    platform_notices(self.spec))
+                                    platform_notices(self.spec) + input_notices)
         if resume:
             host.follower.resume_from_file()
         else:
@@ -487,6 +496,10 @@ class JobExecution:
             exits = [h for h in self._exits if h.error is None]
         failed = self.failures.first_failed(exits)
         return failed if isinstance(failed, _Host) else None
+
+    def _input_failure(self) -> str | None:
+        """The FailureReason of a channel whose data broke off while the algorithm ran (Pipe)."""
+        return next((p.failure for h in self.hosts for p in h.inputs if p.failure), None)
 
     def _record_terminating(self) -> float:
         return self.lifecycle.set_runner_state(self.arn, TERMINATING).runner_since or time.time()

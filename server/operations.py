@@ -153,6 +153,8 @@ def check_create_rules(params: dict[str, Any]) -> None:
             # The model's pattern allows them, but the channel folder /opt/ml/input/data/<name> would not be one.
             raise ApiError("ValidationException", f"Channel name '{name}' is not valid: a channel name cannot be "
                            "'.' or '..'.")
+    for channel in params.get("InputDataConfig", []):
+        _check_channel_mode(channel, algo.get("TrainingInputMode", "File"))
     _check_instances(params["ResourceConfig"])
     _check_checkpoint_path(params.get("CheckpointConfig"))
 
@@ -170,6 +172,43 @@ def _check_checkpoint_path(checkpoint: dict[str, Any] | None) -> None:
         raise ApiError("ValidationException",
                        f"Invalid CheckpointConfig.LocalPath '{local}': it must be an absolute path in the container "
                        f"other than {', '.join(PLATFORM_PATHS[1:])} (the default is /opt/ml/checkpoints).")
+
+
+def _check_channel_mode(channel: dict[str, Any], job_mode: str) -> None:
+    """What each input mode accepts of a channel; the channel's InputMode overrides the job's.
+
+    The one message seen from SageMaker is the compression one (aws/sagemaker-python-sdk#716: "Invalid
+    compression type for channel training: File mode only supports NONE, got Gzip instead"); the others
+    follow its pattern, with the rules of the API reference: CompressionType and RecordWrapperType are for
+    Pipe input mode only ("In File mode, leave this field unset or set it to None"); "AugmentedManifestFile
+    can only be used if the Channel's input mode is Pipe" (S3DataSource.S3DataType), and its AttributeNames
+    are what gets streamed; FastFile reads an S3Prefix ("Augmented manifest files aren't supported",
+    TrainingInputMode; the developer guide's FastFile section names S3 prefixes only).
+    """
+    name = channel["ChannelName"]
+    mode = channel.get("InputMode") or job_mode
+    source = channel["DataSource"].get("S3DataSource") or {}
+    data_type = source.get("S3DataType", "S3Prefix")
+    if data_type == "AugmentedManifestFile":
+        if mode != "Pipe":
+            raise ApiError("ValidationException", f"Invalid S3 data type for channel {name}: AugmentedManifestFile "
+                           f"can only be used in Pipe input mode, got {mode} instead")
+        if not source.get("AttributeNames"):
+            raise ApiError("ValidationException", f"Invalid S3 data source for channel {name}: AttributeNames must "
+                           "name the attributes to stream from an AugmentedManifestFile")
+    if mode == "Pipe":
+        return
+    compression = channel.get("CompressionType", "None")
+    if compression != "None":
+        raise ApiError("ValidationException", f"Invalid compression type for channel {name}: {mode} mode only "
+                       f"supports NONE, got {compression} instead")
+    wrapper = channel.get("RecordWrapperType", "None")
+    if wrapper != "None":
+        raise ApiError("ValidationException", f"Invalid record wrapper type for channel {name}: {mode} mode only "
+                       f"supports NONE, got {wrapper} instead")
+    if mode == "FastFile" and source and data_type != "S3Prefix":
+        raise ApiError("ValidationException", f"Invalid S3 data type for channel {name}: FastFile mode only "
+                       f"supports S3Prefix, got {data_type} instead")
 
 
 def _check_instances(resource: dict[str, Any]) -> None:

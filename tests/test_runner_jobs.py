@@ -272,7 +272,8 @@ def test_config_files_environment_and_network_as_sagemaker_sets_them(
         name, script, HyperParameters={"lr": "0.1", "layers": "[1, 2]"}, Environment={"MY_FLAG": "on"},
         InputDataConfig=[
             s3_channel("train", f"s3://{INPUT_BUCKET}/{name}/a/", ContentType="text/csv"),
-            s3_channel("validation", f"s3://{INPUT_BUCKET}/{name}/b/", InputMode="FastFile",
+            # A Pipe channel the algorithm never opens: its inputdataconfig entry is what counts here.
+            s3_channel("validation", f"s3://{INPUT_BUCKET}/{name}/b/", InputMode="Pipe",
                        RecordWrapperType="RecordIO"),
         ],
         ResourceConfig={"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 5},
@@ -286,7 +287,7 @@ def test_config_files_environment_and_network_as_sagemaker_sets_them(
     assert json.loads(files["inputdataconfig.json"]) == {
         "train": {"ContentType": "text/csv", "TrainingInputMode": "File",
                   "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None"},
-        "validation": {"TrainingInputMode": "FastFile", "S3DistributionType": "FullyReplicated",
+        "validation": {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
                        "RecordWrapperType": "RecordIO"},
     }
     assert json.loads(files["resourceconfig.json"]) == {
