@@ -21,6 +21,7 @@ Options (command line, or the ini key in brackets):
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -47,10 +48,35 @@ KEYS = "minioadmin"
 FINAL_STATUSES = ("Completed", "Failed", "Stopped")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A port free on every address, outside the kernel's ephemeral range.
+
+    smlocal binds its embedded store on loopback *and* the Docker bridge gateway, and an S3 front for an
+    external store takes an ephemeral port on the gateway: a port probed on loopback alone, or drawn
+    from the ephemeral range, can be taken there by the time a server binds it.
+    """
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(20000, 65535) if not low <= p <= high and p not in _handed_out]
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # the wildcard conflicts with a bind on any one address
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port outside the ephemeral range")
 
 
 def docker_available() -> bool:
@@ -114,7 +140,7 @@ class Smlocal:
     def start(self, timeout: float = 60.0) -> Smlocal:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # a port picked free may be taken before smlocal binds it
-            self.port, self.s3_port = _free_port(), _free_port()
+            self.port, self.s3_port = free_port(), free_port()
             cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                    "--data-dir", str(self.data_dir), "--embedded-s3-port", str(self.s3_port),
                    "--s3-store", self.s3_store, "--s3-access-key", self.access_key,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
+from smlocal.testing import free_port
 
 # The embedded store's default keys (`--s3-access-key/--s3-secret-key`); the API accepts any signature.
 STORE_KEY = "minioadmin"
