@@ -11,8 +11,8 @@ import pytest
 from tests.support.s3server import S3Server, start_s3_server
 from tests.support.smlocal import SmlocalServer
 
-# Nothing in the tests may phone home.
-os.environ.setdefault("SAGEMAKER_DISABLE_TELEMETRY", "true")
+# Nothing in the tests may phone home. (The SageMaker SDKs read no variable for telemetry: the SDK
+# tests opt out in their config file, `TelemetryOptOut: true`, and run under tests/support/sdk.py's guard.)
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 

@@ -33,7 +33,7 @@ def run_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[s
     scratch.mkdir()
     notes = tmp_path / "notes.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AWS_", "SMLOCAL_"))}
-    env.update({"TMPDIR": str(scratch), "USER_SUITE_NOTES": str(notes), "SAGEMAKER_DISABLE_TELEMETRY": "true"})
+    env.update({"TMPDIR": str(scratch), "USER_SUITE_NOTES": str(notes)})
     result = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *args], cwd=project,
                             env=env, capture_output=True, text=True, timeout=900)
     return result, scratch, notes
