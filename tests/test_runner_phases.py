@@ -188,6 +188,15 @@ def in_phase(sm: Any, name: str, secondary: str, timeout: float = 60) -> None:
                f"{name} to reach {secondary}")
 
 
+def stop_while_uploading(server: SmlocalServer, sm: Any, client: docker.DockerClient, name: str) -> None:
+    """Run a job with a 12 MiB model whose upload is held (slow_s3), and stop it while it uploads."""
+    sm.create_training_job(**sh_job(name, algorithm(big_model=True)))
+    training(server, sm, name)
+    finish(client, server, name)
+    in_phase(sm, name, "Uploading")
+    sm.stop_training_job(TrainingJobName=name)
+
+
 def slow_channel(s3: Any, name: str) -> list[dict[str, Any]]:
     """Three 4 MiB objects: over a minute and a half through the slowed proxy, under a second once released.
 
@@ -305,11 +314,7 @@ def test_stop_while_uploading_keeps_stopping_until_the_model_is_saved(
     name = unique_name("stop-up")
     slow_s3.slow_down(name)
     with Recorder(server) as recorder:
-        sm.create_training_job(**sh_job(name, algorithm(big_model=True)))
-        training(server, sm, name)
-        finish(docker_engine, server, name)
-        in_phase(sm, name, "Uploading")
-        sm.stop_training_job(TrainingJobName=name)
+        stop_while_uploading(server, sm, docker_engine, name)
         with pytest.raises(ClientError) as err:  # a second stop
             sm.stop_training_job(TrainingJobName=name)
         assert err.value.response["Error"] == {
@@ -406,11 +411,7 @@ def test_a_restart_while_a_stopped_job_uploads_keeps_the_stop(
     name = unique_name("stop-up-kill")
     slow_s3.slow_down(name)
     with Recorder(server) as recorder:
-        sm.create_training_job(**sh_job(name, algorithm(big_model=True)))
-        training(server, sm, name)
-        finish(docker_engine, server, name)
-        in_phase(sm, name, "Uploading")
-        sm.stop_training_job(TrainingJobName=name)
+        stop_while_uploading(server, sm, docker_engine, name)
         server.restart(kill=True)
         slow_s3.release(name)
         job = wait_for_status(sm, name, FINAL, timeout=60)

@@ -21,10 +21,9 @@ from typing import Any
 import docker
 import pytest
 
-from tests.support.jobs import COMPLETED_PATH
 from tests.support.sdk_run import (
     NOTEBOOKS,
-    SdkRun,
+    assert_walked_to,
     run_guarded,
     script_mode_snippet,
     upload_quickstart_data,
@@ -56,21 +55,6 @@ def memory_server(test_images: docker.DockerClient, tmp_path_factory: pytest.Tem
     yield from _server(tmp_path_factory.mktemp("smlocal-memory"), "--s3-store", "memory")
 
 
-def only_job(run: SdkRun) -> tuple[str, list[str]]:
-    """The one job the SDK created, and every status the test saw it in (in order)."""
-    jobs = sorted({name for name, _ in run.statuses})
-    assert len(jobs) == 1, run.statuses
-    return jobs[0], run.statuses_of(jobs[0])
-
-
-def assert_walked_to(seen: list[str], final: str) -> None:
-    """The statuses seen are a forward walk along the completed path (or up to Training), ending `final`."""
-    assert seen[-1] == final and "InProgress/Training" in seen, seen
-    path = [*COMPLETED_PATH[:-1], final]
-    positions = [path.index(status) for status in seen]
-    assert positions == sorted(positions), seen
-
-
 def model_members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         return {m.name.removeprefix("./"): tar.extractfile(m).read()  # type: ignore[union-attr]
@@ -89,7 +73,7 @@ def test_readme_v2_script_mode_ships_the_source_dir_and_prints_the_scripts_outpu
     run = run_guarded(2, script_mode_snippet(2), files_server, bucket, tmp_path)
     assert run.result.returncode == 0, run.output[-6000:] + files_server.log()
     assert run.guard.report() == []
-    job, seen = only_job(run)
+    job, seen = run.only_job()
     assert_walked_to(seen, "Completed/Completed")
 
     # fit(logs="All") printed what the toolkit and the script printed in the container, then the seconds.
@@ -140,7 +124,7 @@ def test_readme_v3_script_mode_ships_code_and_drivers_as_channels_and_validates_
     assert "Role 'arn:aws:iam::123456789012:role/SageMakerRole' validated for training. Using it." in run.output
     assert "Skipping IAM role validation" not in run.output
     assert "Could not verify role access to default bucket" not in run.output
-    job, seen = only_job(run)
+    job, seen = run.only_job()
     assert_walked_to(seen, "Completed/Completed")
     # train(logs=True) printed v3's driver and the script's own lines.
     for line in ("Running Basic Script driver", "train.py --alpha 0.5 --max_iter 200",
@@ -194,7 +178,7 @@ def test_v2_failing_script_raises_the_sdks_error_with_the_toolkits_reason(
     run = run_guarded(2, FAILING_V2, files_server, bucket, tmp_path)
     assert run.result.returncode == 0, run.output[-6000:] + files_server.log()
     assert run.guard.report() == []
-    job, seen = only_job(run)
+    job, seen = run.only_job()
     assert_walked_to(seen, "Failed/Failed")
 
     described = files_server.client().describe_training_job(TrainingJobName=job)
@@ -222,7 +206,7 @@ def test_notebook_example_trains_from_a_fresh_default_bucket(
     run = run_guarded(version, NOTEBOOKS[version].read_text(), memory_server, bucket, tmp_path)
     assert run.result.returncode == 0, run.output[-6000:] + memory_server.log()
     assert run.guard.report() == []
-    job, seen = only_job(run)
+    job, seen = run.only_job()
     assert job.startswith(f"notebook-v{version}-")
     assert_walked_to(seen, "Completed/Completed")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.support.sdk_run import readme_snippet, run_guarded, upload_quickstart_data
+from tests.support.sdk_run import assert_walked_to, readme_snippet, run_guarded, upload_quickstart_data
 from tests.support.smlocal import SmlocalServer
 
 
@@ -32,11 +32,8 @@ def test_readme_v3_snippet_trains_streams_logs_and_downloads_the_model(
     assert run.result.returncode == 0, run.output[-6000:] + server.log()
     assert run.guard.report() == []
 
-    jobs = sorted({name for name, _ in run.statuses})
-    assert len(jobs) == 1, run.statuses
-    job = jobs[0]
-    seen = run.statuses_of(job)
-    assert seen[-1] == "Completed/Completed" and "InProgress/Training" in seen, seen
+    job, seen = run.only_job()
+    assert_walked_to(seen, "Completed/Completed")
     # train(logs=True) printed the container's lines.
     assert "[train] fitting LogisticRegression" in run.output
     assert "train_accuracy=" in run.output

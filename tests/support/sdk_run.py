@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from tests.support.jobs import COMPLETED_PATH
 from tests.support.readme import code_blocks, localize, section
 from tests.support.sdk import Guard, clean_environment, ensure_sdk, make_guard
 from tests.support.smlocal import SmlocalServer
@@ -74,6 +75,20 @@ class SdkRun:
 
     def statuses_of(self, job: str) -> list[str]:
         return [status for name, status in self.statuses if name == job]
+
+    def only_job(self) -> tuple[str, list[str]]:
+        """The one job the SDK created, and every status the test saw it in (in order)."""
+        jobs = sorted({name for name, _ in self.statuses})
+        assert len(jobs) == 1, self.statuses
+        return jobs[0], self.statuses_of(jobs[0])
+
+
+def assert_walked_to(seen: list[str], final: str) -> None:
+    """The statuses seen are a forward walk along the completed path (or up to Training), ending `final`."""
+    assert seen[-1] == final and "InProgress/Training" in seen, seen
+    path = [*COMPLETED_PATH[:-1], final]
+    positions = [path.index(status) for status in seen]
+    assert positions == sorted(positions), seen
 
 
 def run_guarded(version: int, script: str, server: SmlocalServer, bucket: str, tmp: Path,
