@@ -12,7 +12,6 @@ import os
 import subprocess
 import tarfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from runner.channels import DataDownloadError, stage_channels
 from runner.layout import HostLayout, prepare
 from runner.spec import JobSpec
 from server.local_channels import LocalChannelRoots
-from tests.support.jobs import job_request, wait_for_status
+from tests.support.jobs import job_request, wait_for_status, wait_recording
 from tests.test_api_cli import AWS
 
 
@@ -231,20 +230,6 @@ def test_sharded_local_folder_with_a_link_inside_the_root(tmp_path, tree):
 # ---- real jobs -----------------------------------------------------------------------------------------
 
 
-def _statuses_until_done(sm: Any, name: str, timeout: float = 180.0) -> tuple[list[str], dict[str, Any]]:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        job = sm.describe_training_job(TrainingJobName=name)
-        status = f"{job['TrainingJobStatus']}/{job['SecondaryStatus']}"
-        if not seen or seen[-1] != status:
-            seen.append(status)
-        if job["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
-            return seen, job
-        assert time.monotonic() < deadline, f"{name} still {status}"
-        time.sleep(0.1)
-
-
 @pytest.mark.usefixtures("test_images")
 def test_file_uri_channel_is_staged(smlocal_factory, tmp_path):
     source = tmp_path / "dataset"
@@ -262,7 +247,7 @@ def test_file_uri_channel_is_staged(smlocal_factory, tmp_path):
                     "&& cat a.csv nested/b.csv > /opt/ml/model/joined.csv"]
     sm = server.client()
     sm.create_training_job(**request)
-    seen, job = _statuses_until_done(sm, "local-channel-job")
+    job, seen = wait_recording(sm, "local-channel-job", {"Completed", "Failed", "Stopped"}, timeout=180)
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
     assert "InProgress/Training" in seen and seen[-1] == "Completed/Completed"
     body = s3.get_object(Bucket="local-channel-out", Key="models/local-channel-job/output/model.tar.gz")["Body"]
@@ -297,7 +282,7 @@ def test_a_link_out_of_the_root_fails_a_real_job_before_training(smlocal_factory
     request["AlgorithmSpecification"]["ContainerEntrypoint"] = ["sh", "-c", "cp -r /opt/ml/input/data /opt/ml/model/"]
     sm = server.client()
     sm.create_training_job(**request)
-    seen, job = _statuses_until_done(sm, "local-leak")
+    job, seen = wait_recording(sm, "local-leak", {"Completed", "Failed", "Stopped"}, timeout=180)
     assert job["FailureReason"] == (f'ClientError: Data download failed: "{root}/data/leak.txt" is a symbolic link '
                                     "that leads out of the allowed local channel roots (--local-channel-root).")
     # It failed while downloading (a poll may miss so short a phase; the transitions do not), never trained.

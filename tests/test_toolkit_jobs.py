@@ -13,7 +13,6 @@ import json
 import os
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 from runner.layout import HostLayout, container_mounts
 from runner.spec import JobSpec
 from tests.support.docker_env import BUSYBOX_IMAGE, SCRIPT_EXAMPLE_IMAGE, TOOLKIT_IMAGE
-from tests.support.jobs import job_request
+from tests.support.jobs import job_request, wait_recording
 from tests.support.logs import stream_files
 from tests.support.smlocal import SmlocalServer
 from tests.test_runner_jobs import (
@@ -119,17 +118,7 @@ COPY weights.bin /opt/ml/pretrained/weights.bin
 def run_and_watch(sm: Any, request: dict[str, Any], timeout: float = 180.0) -> tuple[dict[str, Any], list[str]]:
     """Create the job and poll it to the end; also every (status/secondary status) seen on the way."""
     sm.create_training_job(**request)
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        job = sm.describe_training_job(TrainingJobName=request["TrainingJobName"])
-        state = f"{job['TrainingJobStatus']}/{job['SecondaryStatus']}"
-        if not seen or seen[-1] != state:
-            seen.append(state)
-        if job["TrainingJobStatus"] in FINAL:
-            return job, seen
-        assert time.monotonic() < deadline, f"still {state} after {timeout}s; seen {seen}"
-        time.sleep(0.1)
+    return wait_recording(sm, request["TrainingJobName"], FINAL, timeout=timeout)
 
 
 def assert_way(seen: list[str], transitions: list[dict[str, Any]], expected: list[str]) -> None:
