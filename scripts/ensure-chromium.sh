@@ -7,17 +7,10 @@
 # without them).
 set -euo pipefail
 
-log() { printf '[ensure-chromium] %s\n' "$*" >&2; }
-die() { printf '[ensure-chromium] ERROR: %s\n' "$*" >&2; exit 1; }
-
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO=(sudo)
-    else
-        die "must run as root (or with sudo available) to install chromium and chromium-driver"
-    fi
-fi
+TAG=ensure-chromium
+NEEDS_ROOT_FOR="install chromium and chromium-driver"
+# shellcheck source=scripts/ensure-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ensure-lib.sh"
 
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -27,11 +20,7 @@ if ((${#missing[@]} == 0)); then
     log "chromium and chromedriver are installed ($(chromium --version 2>/dev/null || echo '?'))"
     exit 0
 fi
-command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and apt-get is not available"
-log "installing: ${missing[*]}"
-"${SUDO[@]}" apt-get update || die "apt-get update failed"
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
-    || die "apt-get install ${missing[*]} failed"
+apt_install "${missing[@]}"
 command -v chromium >/dev/null 2>&1 || die "chromium still not found after the install"
 command -v chromedriver >/dev/null 2>&1 || die "chromedriver still not found after the install"
 log "installed $(chromium --version 2>/dev/null || echo chromium)"

@@ -10,20 +10,13 @@ set -euo pipefail
 DOCKERD_LOG="${SMLOCAL_DOCKERD_LOG:-/tmp/smlocal-dockerd.log}"
 DOCKER_WAIT_SECONDS="${SMLOCAL_DOCKER_WAIT_SECONDS:-60}"
 
-log() { printf '[ensure-docker] %s\n' "$*" >&2; }
-die() { printf '[ensure-docker] ERROR: %s\n' "$*" >&2; exit 1; }
+TAG=ensure-docker
+NEEDS_ROOT_FOR="install packages and start dockerd"
+# shellcheck source=scripts/ensure-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ensure-lib.sh"
 
 # dockerd lives in /usr/sbin, which non-login shells may not have on PATH.
 export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
-
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO=(sudo)
-    else
-        die "must run as root (or with sudo available) to install packages and start dockerd"
-    fi
-fi
 
 pkg_installed() {
     [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
@@ -40,15 +33,7 @@ command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 # rootfs, so check for the static package specifically.
 pkg_installed busybox-static || missing+=(busybox-static)
 
-if ((${#missing[@]} > 0)); then
-    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and apt-get is not available"
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    "${SUDO[@]}" apt-get update \
-        || die "apt-get update failed"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
-        || die "apt-get install ${missing[*]} failed"
-fi
+apt_install "${missing[@]}"
 
 command -v dockerd >/dev/null 2>&1 || die "dockerd still not found after installing docker.io"
 command -v docker >/dev/null 2>&1 || die "docker CLI still not found after installing docker.io"

@@ -8,17 +8,10 @@
 # downloading their data as in File mode; this script says so and does not fail.
 set -euo pipefail
 
-log() { printf '[ensure-fuse] %s\n' "$*" >&2; }
-die() { printf '[ensure-fuse] ERROR: %s\n' "$*" >&2; exit 1; }
-
-SUDO=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO=(sudo)
-    else
-        die "must run as root (or with sudo available) to install fuse3"
-    fi
-fi
+TAG=ensure-fuse
+NEEDS_ROOT_FOR="install fuse3"
+# shellcheck source=scripts/ensure-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ensure-lib.sh"
 
 missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
@@ -26,13 +19,7 @@ if [[ "${1:-}" == "--with-s3fs" ]]; then
     command -v s3fs >/dev/null 2>&1 || missing+=(s3fs)
 fi
 
-if ((${#missing[@]} > 0)); then
-    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and apt-get is not available"
-    log "installing: ${missing[*]}"
-    "${SUDO[@]}" apt-get update || die "apt-get update failed"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
-        || die "apt-get install ${missing[*]} failed"
-fi
+apt_install "${missing[@]}"
 command -v fusermount3 >/dev/null 2>&1 || die "fusermount3 still not found after installing fuse3"
 
 if [[ ! -c /dev/fuse ]]; then
