@@ -173,8 +173,6 @@ class FastFileInput(InputProvider):
     def __init__(self, channel: ChannelSpec, host: str, context: InputContext, plan: _MountPlan) -> None:
         super().__init__(channel, host, context)
         self.plan = plan
-        hosts = [layout.host for layout in context.layouts]
-        self.host_index, self.host_count = hosts.index(host), len(hosts)
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 

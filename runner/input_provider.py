@@ -80,6 +80,15 @@ class InputProvider(ABC):
         return None
 
     @property
+    def host_index(self) -> int:
+        """This host's place among the job's hosts, from 0: which shard of a ShardedByS3Key channel it gets."""
+        return [layout.host for layout in self.context.layouts].index(self.host)
+
+    @property
+    def host_count(self) -> int:
+        return len(self.context.layouts)
+
+    @property
     def folder(self) -> Path:
         """The channel's folder in this host's tree."""
         return self.context.layout(self.host).channel_dir(self.channel.name)

@@ -83,8 +83,6 @@ class PipeInput(InputProvider):
     def __init__(self, channel: ChannelSpec, host: str, context: InputContext, source: ChannelSource) -> None:
         super().__init__(channel, host, context)
         self.source = source
-        hosts = [layout.host for layout in context.layouts]
-        self.host_index, self.host_count = hosts.index(host), len(hosts)
         self._dir_fd = -1
         self._fd = -1  # the FIFO being written, while it is
         self._fd_lock = threading.Lock()
