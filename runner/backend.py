@@ -33,6 +33,10 @@ class ImageUnavailable(Exception):
         self.reason = reason
 
 
+class SubnetTaken(Exception):  # noqa: N818
+    """The engine already has a network overlapping the subnet asked for (another server took it meanwhile)."""
+
+
 class ContainerGone(Exception):
     """The container was removed behind smlocal's back."""
 
@@ -75,7 +79,8 @@ class NetworkRef:
     id: str
     name: str
     labels: dict[str, str]
-    # Set when the network was made with a subnet of its own, so containers can get fixed addresses.
+    # Its IPv4 subnet and gateway (runner.subnets), so containers can get fixed addresses; None for
+    # networks smlocal did not make and that have none (host, none).
     subnet: str | None = None
     gateway: str | None = None
 
@@ -113,11 +118,11 @@ class Backend(ABC):
         """Fetch the image; ImageUnavailable (with the FailureReason) when it cannot be had."""
 
     @abstractmethod
-    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False,
-                       internal: bool = False) -> NetworkRef:
-        """A bridge network; with `own_subnet`, one whose subnet is fixed (`NetworkRef.subnet`), so that
-        containers on it can be given addresses (`ContainerSpec.address`). With `internal`, its containers
-        reach each other and nothing else: not the host, not the S3 store, not the internet."""
+    def create_network(self, name: str, labels: dict[str, str], *, subnet: str, internal: bool = False) -> NetworkRef:
+        """A bridge network on `subnet` (its first address the gateway), so containers on it can be given
+        addresses (`ContainerSpec.address`); SubnetTaken if the engine has a network overlapping it. With
+        `internal`, its containers reach each other and nothing else: not the host, not the S3 store, not
+        the internet."""
 
     @abstractmethod
     def create(self, spec: ContainerSpec) -> ContainerRef: ...
@@ -149,7 +154,8 @@ class Backend(ABC):
         """Every container (running or not) carrying all these labels."""
 
     @abstractmethod
-    def networks(self, labels: dict[str, str]) -> list[NetworkRef]: ...
+    def networks(self, labels: dict[str, str] | None = None) -> list[NetworkRef]:
+        """The networks carrying all these labels (every network of the engine without any), with their subnets."""
 
 
 def job_labels(job_name: str, job_arn: str, host: str | None, data_dir: str) -> dict[str, str]:

@@ -27,6 +27,7 @@ from runner.backend import (
     LogChunk,
     LogStream,
     NetworkRef,
+    SubnetTaken,
 )
 from runner.logs import split_docker_timestamp
 
@@ -127,10 +128,12 @@ class DockerBackend(Backend):
         if not self.has_image(image):
             raise ImageUnavailable(f"ClientError: Image {image} could not be found locally or pulled.")
 
-    def create_network(self, name: str, labels: dict[str, str], *, own_subnet: bool = False,
-                       internal: bool = False) -> NetworkRef:
+    def create_network(self, name: str, labels: dict[str, str], *, subnet: str, internal: bool = False) -> NetworkRef:
         api = self.client.api
-        kwargs: dict[str, Any] = {"driver": "bridge", "labels": labels}
+        gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+        kwargs: dict[str, Any] = {"driver": "bridge", "labels": labels,
+                                  # Explicit, so the engine never takes a block of its default pools (runner.subnets).
+                                  "ipam": IPAMConfig(pool_configs=[IPAMPool(subnet=subnet, gateway=gateway)])}
         if internal:
             # `internal` alone only stops forwarding out of the bridge: the host's own addresses (the bridge's
             # gateway address, docker0's, every other one) still answer a container, whatever listens on
@@ -139,30 +142,13 @@ class DockerBackend(Backend):
             # the embedded DNS does not forward names it does not know.
             kwargs.update(internal=True, options={"com.docker.network.bridge.inhibit_ipv4": "true"})
         with _engine():
-            created = api.create_network(name, **kwargs)
-            if not own_subnet:
-                return NetworkRef(created["Id"], name, dict(labels))
-            # Fixed addresses need a network with a user-configured subnet; rather than guess a free one,
-            # let Docker pick one from its pools, then make the network again with it.
-            for _ in range(5):
-                pools = [c for c in (api.inspect_network(created["Id"]).get("IPAM") or {}).get("Config") or []
-                         if ":" not in c.get("Subnet", ":")]
-                if not pools:
-                    break
-                subnet, gateway = pools[0]["Subnet"], pools[0].get("Gateway")
-                api.remove_network(created["Id"])
-                try:
-                    created = api.create_network(name, **kwargs, ipam=IPAMConfig(
-                        pool_configs=[IPAMPool(subnet=subnet, gateway=gateway)]))
-                except APIError as e:
-                    log.info("subnet %s for network %s was taken meanwhile (%s); trying another", subnet, name, e)
-                    created = api.create_network(name, **kwargs)
-                    continue
-                if gateway is None:  # Docker gives the bridge the subnet's first address
-                    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
-                return NetworkRef(created["Id"], name, dict(labels), subnet, gateway)
-        log.warning("network %s has no subnet of its own: its hosts resolve each other only while running", name)
-        return NetworkRef(created["Id"], name, dict(labels))
+            try:
+                created = api.create_network(name, **kwargs)
+            except APIError as e:
+                if "overlaps" in str(e.explanation or e):  # "Pool overlaps with other one on this address space"
+                    raise SubnetTaken(f"{subnet}: {e.explanation or e}") from None
+                raise
+        return NetworkRef(created["Id"], name, dict(labels), subnet, gateway)
 
     def create(self, spec: ContainerSpec) -> ContainerRef:
         api = self.client.api
@@ -263,7 +249,15 @@ class DockerBackend(Backend):
                                           parse_docker_time(state.get("StartedAt") or "")))
         return found
 
-    def networks(self, labels: dict[str, str]) -> list[NetworkRef]:
+    def networks(self, labels: dict[str, str] | None = None) -> list[NetworkRef]:
+        filters = {"label": _label_filter(labels)} if labels else None
         with _engine():
-            return [NetworkRef(n["Id"], n["Name"], dict(n.get("Labels") or {}))
-                    for n in self.client.api.networks(filters={"label": _label_filter(labels)})]
+            return [_network_ref(n) for n in self.client.api.networks(filters=filters)]
+
+
+def _network_ref(listed: dict[str, Any]) -> NetworkRef:
+    """A network as the engine lists it, with its IPv4 subnet if it has one."""
+    configs = [c for c in (listed.get("IPAM") or {}).get("Config") or [] if ":" not in c.get("Subnet", ":")]
+    subnet = configs[0]["Subnet"] if configs else None
+    gateway = configs[0].get("Gateway") if configs else None
+    return NetworkRef(listed["Id"], listed["Name"], dict(listed.get("Labels") or {}), subnet, gateway)

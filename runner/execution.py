@@ -45,6 +45,7 @@ from runner.notices import platform_notices
 from runner.policies import DeadlinePolicy, Detach, FailurePolicy, GracePolicy, StopPolicy, StopRequested
 from runner.s3 import make_client
 from runner.spec import JobSpec
+from runner.subnets import NoFreeSubnet, RangeTooSmall
 from server.config import Settings
 from server.lifecycle import (
     DEFAULT_MESSAGES,
@@ -53,11 +54,13 @@ from server.lifecycle import (
     PULLING_IMAGE_MESSAGE,
     QUEUED,
     RUNNING,
+    STARTING,
     STOPPING,
     TERMINAL_STATUSES,
     TERMINATING,
     TRAINING,
     UPLOADING,
+    WAITING_FOR_NETWORK_MESSAGE,
     IllegalTransition,
     Lifecycle,
     phase_reached,
@@ -73,6 +76,11 @@ RESTART_FAILURE = "InternalServerError: the training job was interrupted when sm
 # After SIGKILL, how long to wait for the engine to report the exits.
 KILL_WAIT_SECONDS = 30.0
 LOG_DRAIN_SECONDS = 10.0
+# A job waiting for a free network tries again this often (a release by this server wakes it at once).
+NETWORK_RETRY_SECONDS = 2.0
+# The phases whose StatusMessage changes in place: Starting (waiting for a network, then not) and
+# Training (the image download, then the algorithm).
+_MESSAGE_CHANGES_IN_PLACE = (STARTING, TRAINING)
 
 
 def data_dir_label(settings: Settings) -> str:
@@ -242,11 +250,37 @@ class JobExecution:
         for host in self.hosts:
             prepare_layout(host.layout, self.spec)
         self.stop.check()
-        self.network = self.networks.take(own_subnet=len(self.hosts) > 1, internal=self.spec.network_isolation)
+        self._take_network()
         if self.backend.has_image(image):
             # Created before staging: Docker syncs the page cache when it creates a container, and after
             # a large download that costs ~0.4 s per GiB of freshly written data.
             self._create_containers(image)
+
+    def _take_network(self) -> None:
+        """The job's network; while the subnet range has none free, the job waits in Starting and says so."""
+        waiting = False
+        while True:
+            self.wake.clear()
+            # Before asking, so a release between the refusal and the wait is not missed.
+            self.networks.notify_on_release(self.wake)
+            try:
+                # Kept at once: the cleanup releases it whatever happens next.
+                self.network = self.networks.take(len(self.hosts), internal=self.spec.network_isolation)
+                break
+            except NoFreeSubnet as e:
+                if not waiting:
+                    log.info("training job %s waits for a free network: %s", self.job.name, e)
+                    self._enter(STARTING, WAITING_FOR_NETWORK_MESSAGE)
+                    waiting = True
+                # Woken by a release here; another server's (same range, same engine) is seen on the next try.
+                self.wake.wait(NETWORK_RETRY_SECONDS)
+                self.stop.check()
+            except RangeTooSmall as e:
+                raise _JobFailed(str(e)) from None
+            finally:
+                self.networks.stop_notifying(self.wake)
+        if waiting:
+            self._enter(STARTING)  # the message changes back in place
 
     def _stage_inputs(self) -> None:
         # SageMaker's "Downloading input data", and what is not served as asked (a FastFile channel without FUSE).
@@ -411,7 +445,8 @@ class JobExecution:
         if self.stop.requested:
             raise StopRequested()
         current = self._current
-        if phase_reached(current, secondary) and not (secondary == TRAINING == current.secondary_status):
+        if phase_reached(current, secondary) and not (secondary in _MESSAGE_CHANGES_IN_PLACE
+                                                      and secondary == current.secondary_status):
             return
         try:
             self._current = self.lifecycle.advance(self.arn, secondary, message)

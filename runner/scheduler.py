@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from runner.execution import JobExecution, data_dir_label
 from runner.layout import job_folder_name
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool
+from runner.subnets import SubnetAllocator, host_routes, resolve_job_subnets
 from server.config import Settings
 from server.lifecycle import IN_PROGRESS, PREPARING, QUEUED, STOPPING, Lifecycle
 from server.store import JobRecord
@@ -64,8 +66,18 @@ class Runner:
         self._engine_error: str | None = None
         self._engine_checked_at: float | None = None
         self._engine_lost = threading.Event()
-        self.networks = NetworkPool(self.backend, data_dir_label(settings))
+        self.networks = NetworkPool(self.backend, data_dir_label(settings), SubnetAllocator(self._job_subnets()))
         lifecycle.subscribe(self._on_job_change)
+
+    def _job_subnets(self) -> IPv4Network:
+        """The range job networks are carved from: as `serve` checked it, or chosen now (Settings made in code)."""
+        if self.settings.job_subnets:
+            return IPv4Network(self.settings.job_subnets)
+        try:
+            engine_networks = self.backend.networks()
+        except BackendUnavailable:
+            engine_networks = []
+        return resolve_job_subnets(None, host_routes(), engine_networks)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -121,6 +133,7 @@ class Runner:
             "maxConcurrentJobs": self.settings.max_concurrent_jobs,
             # The network made in advance for the next job (runner.networks).
             "spareNetwork": self.networks.spare,
+            "jobSubnets": str(self.networks.subnets.pool),
         }
 
     # ---- events -----------------------------------------------------------------------------

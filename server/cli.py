@@ -70,6 +70,10 @@ def serve(
     stop_grace_seconds: Annotated[float, _opt(
         "STOP_GRACE_SECONDS", "Seconds between SIGTERM and SIGKILL when a job stops.")] = 120.0,
     run_jobs: Annotated[bool, _opt("RUN_JOBS", "Run jobs in Docker (off: API only).")] = True,
+    job_subnets: Annotated[str | None, _opt(
+        "JOB_SUBNETS", "IPv4 range (CIDR) job networks get their subnets from, a /27 per job (more for jobs "
+        "with over 29 hosts); it must not overlap this machine's routes or Docker's networks. Default: "
+        "the first of 10.213.0.0/16 .. 10.249.0.0/16 that is clear.")] = None,
     log_level: Annotated[str, _opt("LOG_LEVEL", "Log level.")] = "info",
 ) -> None:
     """Serve the SageMaker API on HOST:PORT."""
@@ -83,6 +87,7 @@ def serve(
     if max_hosts_per_job is not None and max_hosts_per_job < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--max-hosts-per-job")
     roots = tuple(_local_root(path) for path in local_channel_root or ())
+    job_range = _job_subnets(job_subnets) if run_jobs else None
     if not access_key and not allow_unauthenticated and not _is_loopback(host):
         console.print(f"[red]Refusing to serve {escape(host)} without authentication: anyone who reaches it could run "
                       "containers on this machine. Set --access-key and --secret-key (SigV4 required), or pass "
@@ -124,7 +129,7 @@ def serve(
         container_s3_endpoint=container_s3_endpoint,
         max_concurrent_jobs=max_concurrent_jobs or default_max_concurrent_jobs(),
         max_hosts_per_job=max_hosts_per_job or default_max_hosts_per_job(), local_channel_roots=roots,
-        stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs,
+        stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs, job_subnets=job_range,
     )
 
     from server.app import create_app
@@ -166,6 +171,22 @@ def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | No
                     "every address: then containers can also reach it directly); training containers reach the "
                     "store through port %s", port, gateway, front.port)
     return front
+
+
+def _job_subnets(requested: str | None) -> str:
+    """The range job networks come from, checked against this machine's routes and the engine's networks."""
+    from runner.docker_backend import DockerBackend
+    from runner.subnets import SubnetRangeError, host_routes, resolve_job_subnets
+
+    try:
+        engine_networks = DockerBackend().networks()
+    except Exception as e:  # noqa: BLE001 - no engine (yet): its networks are skipped at each allocation anyway
+        log.debug("no engine networks to check --job-subnets against: %s", e)
+        engine_networks = []
+    try:
+        return str(resolve_job_subnets(requested, host_routes(), engine_networks))
+    except SubnetRangeError as e:
+        raise typer.BadParameter(str(e), param_hint="--job-subnets") from None
 
 
 def _local_root(path: Path) -> Path:
@@ -212,8 +233,8 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
         auth = "[yellow]UNAUTHENTICATED[/yellow] (any signature accepted; loopback only)"
     else:
         auth = f"[red]UNAUTHENTICATED[/red] (any signature accepted from anyone who reaches {escape(settings.host)})"
-    jobs = (f"{settings.max_concurrent_jobs} at once, in Docker" if settings.run_jobs
-            else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
+    jobs = (f"{settings.max_concurrent_jobs} at once, in Docker, networks from {settings.job_subnets}"
+            if settings.run_jobs else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
     if settings.run_jobs and engine_problem:
         jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"
                  "               jobs stay InProgress until it answers; smlocal retries (GET /health tells)")

@@ -56,6 +56,8 @@ class Settings:
     local_channel_roots: tuple[Path, ...] = ()
     stop_grace_seconds: float = 120.0
     run_jobs: bool = True
+    # The IPv4 range job networks are carved from (runner.subnets); None: a default chosen at startup.
+    job_subnets: str | None = None
 
     @property
     def db_path(self) -> str:

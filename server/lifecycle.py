@@ -69,7 +69,7 @@ PRIMARY_OF = {
 # (SageMaker's Training entry starts as "Downloading the training image..." and becomes "Training image
 # download completed. Training in progress."): that is allowed only where listed.
 TRANSITIONS: dict[tuple[str, str], frozenset[str]] = {
-    (IN_PROGRESS, STARTING): frozenset({DOWNLOADING, STOPPING, FAILED}),
+    (IN_PROGRESS, STARTING): frozenset({STARTING, DOWNLOADING, STOPPING, FAILED}),
     (IN_PROGRESS, DOWNLOADING): frozenset({TRAINING, STOPPING, FAILED}),
     (IN_PROGRESS, TRAINING): frozenset({TRAINING, UPLOADING, STOPPING, FAILED}),
     (IN_PROGRESS, UPLOADING): frozenset({COMPLETED, FAILED, STOPPING}),
@@ -116,6 +116,8 @@ DEFAULT_MESSAGES = {
     "Restarting": "Restarting the training job",
 }
 PULLING_IMAGE_MESSAGE = "Downloading the training image..."
+# smlocal's own, in SageMaker's words: every address block for job networks is in use (runner.subnets).
+WAITING_FOR_NETWORK_MESSAGE = f"{DEFAULT_MESSAGES[STARTING]}: waiting for a free network"
 
 
 def training_job_arn(region: str, account_id: str, name: str) -> str:

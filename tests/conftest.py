@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.census import NETWORKS, SERVERS
 from tests.support.s3server import S3Server, start_s3_server
 from tests.support.smlocal import SmlocalServer
 
@@ -41,10 +42,13 @@ def minio(s3_server: S3Server):  # noqa: ANN201 - a minio client, as the runner 
     return make_client(Settings(s3_endpoint=s3_server.endpoint), "us-east-1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def smlocal_factory(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[Callable[..., SmlocalServer]]:
-    """Start extra servers with their own flags; all are stopped at the end of the session."""
+    """Start extra servers with their own flags; all are stopped when the test module ends.
+
+    Module scope at most: a server with jobs holds a network made in advance plus one per running job,
+    and kept for the whole session they add up (tests.support.census prints the peaks)."""
     started: list[SmlocalServer] = []
 
     def start(*args: str, env: dict[str, str] | None = None, data_dir: Path | None = None) -> SmlocalServer:
@@ -59,9 +63,15 @@ def smlocal_factory(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session")
-def api_server(smlocal_factory: Callable[..., SmlocalServer]) -> SmlocalServer:
-    """A server that only serves the API: jobs stay InProgress/Starting, so states are predictable."""
-    return smlocal_factory("--no-run-jobs")
+def api_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmlocalServer]:
+    """A server that only serves the API: jobs stay InProgress/Starting, so states are predictable.
+
+    The one server kept for the whole session: with --no-run-jobs it makes no network and no container,
+    and dozens of API modules share it instead of starting one each."""
+    server = SmlocalServer(tmp_path_factory.mktemp("api"), s3_server.endpoint, ["--no-run-jobs"]).start()
+    SESSION_SERVERS.add(id(server))
+    yield server
+    server.stop()
 
 
 @pytest.fixture()
@@ -88,6 +98,39 @@ def test_images():  # noqa: ANN201 - a docker client
     client = docker_client()
     ensure_test_images(client)
     return client
+
+
+# Servers a session fixture keeps on purpose (api_server); any other one still running when its test module
+# ends was left behind by a test.
+SESSION_SERVERS: set[int] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def servers_end_with_their_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Stop, and report as an error, a server a test module left running (autouse: torn down after the
+    module's own fixtures)."""
+    before = {id(s) for s in SERVERS.live()}
+    yield
+    left = [s for s in SERVERS.live() if id(s) not in before and id(s) not in SESSION_SERVERS]
+    for server in left:
+        server.stop()
+    assert not left, f"{request.node.name} left {len(left)} smlocal server(s) running: " + ", ".join(
+        " ".join(s.args) or "(no flags)" for s in left)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    NETWORKS.start()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    NETWORKS.stop()
+    terminalreporter.write_sep("-", "smlocal census")
+    terminalreporter.write_line(f"smlocal servers: {SERVERS.started} started, at most {SERVERS.peak} alive at once")
+    if NETWORKS.samples:
+        terminalreporter.write_line(f"smlocal networks on the engine: at most {NETWORKS.peak} at once; bridge "
+                                    f"networks in all: at most {NETWORKS.bridges_peak} ({NETWORKS.samples} samples)")
+    else:
+        terminalreporter.write_line("smlocal networks on the engine: not counted (no engine answered)")
 
 
 # A user's suite, run by tests/test_fixture_plugin.py in its own pytest (as a user runs it), not here.

@@ -26,7 +26,8 @@ ACCOUNT, REGION = "123456789012", "us-east-1"
 # MaxRuntimeExceeded, and Training's message changing in place ("Downloading the training image..."
 # -> "Training image download completed. Training in progress.").
 EXPECTED_NEXT: dict[tuple[str, str], set[str]] = {
-    ("InProgress", "Starting"): {"Downloading", "Stopping", "Failed"},
+    # Starting changes its message in place (waiting for a free network, then not: runner.subnets).
+    ("InProgress", "Starting"): {"Starting", "Downloading", "Stopping", "Failed"},
     ("InProgress", "Downloading"): {"Training", "Stopping", "Failed"},
     ("InProgress", "Training"): {"Training", "Uploading", "Stopping", "Failed"},
     ("InProgress", "Uploading"): {"Completed", "Stopping", "Failed"},

@@ -21,6 +21,7 @@ from runner.docker_backend import DockerBackend
 from runner.execution import JobExecution, data_dir_label
 from runner.inputs import FileInput
 from runner.networks import NetworkPool
+from runner.subnets import SubnetAllocator, host_routes, resolve_job_subnets
 from server.config import Settings
 from server.lifecycle import Lifecycle
 from server.store import Store
@@ -62,7 +63,8 @@ def run_job(tmp_path: Path, s3_server: S3Server, test_images: docker.DockerClien
     settings = Settings(data_dir=tmp_path / "data", s3_endpoint=s3_server.endpoint, stop_grace_seconds=1)
     lifecycle = Lifecycle(Store(tmp_path / "smlocal.db"))
     backend = DockerBackend()
-    networks = NetworkPool(backend, data_dir_label(settings))
+    networks = NetworkPool(backend, data_dir_label(settings),
+                           SubnetAllocator(resolve_job_subnets(None, host_routes(), backend.networks())))
     monkeypatch.setattr(RecordingInput, "backend", backend, raising=False)
     monkeypatch.setattr(RecordingInput, "calls", [])
     monkeypatch.setattr(RecordingInput, "gate", None)
@@ -97,8 +99,10 @@ def run_job(tmp_path: Path, s3_server: S3Server, test_images: docker.DockerClien
         return {"status": ended.status, "secondary": ended.secondary_status, "calls": list(RecordingInput.calls),
                 "reason": ended.failure_reason}
 
-    yield run
-    networks.close()
+    try:
+        yield run
+    finally:
+        networks.close()  # the spare the last job's cleanup made
 
 
 def test_hooks_run_in_the_hosts_order_of_life(run_job: Callable[..., dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ import boto3
 from botocore.config import Config
 
 from smlocal.testing import free_port
+from tests.support.census import SERVERS
 
 # The embedded store's default keys (`--s3-access-key/--s3-secret-key`); the API accepts any signature.
 STORE_KEY = "minioadmin"
@@ -50,9 +51,11 @@ class SmlocalServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             stdin=subprocess.DEVNULL)
+        SERVERS.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                SERVERS.remove(self)
                 raise RuntimeError(f"smlocal exited with {self.process.returncode}:\n{self.log()}")
             try:
                 urllib.request.urlopen(urllib.request.Request(self.endpoint + "/", data=b"{}"), timeout=1)
@@ -62,10 +65,12 @@ class SmlocalServer:
                 time.sleep(0.1)
                 continue
             return self
+        self.stop(kill=True)  # not left running behind the failure
         raise RuntimeError(f"smlocal did not answer within {timeout}s:\n{self.log()}")
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:
+            SERVERS.remove(self)
             return
         if kill:
             self.process.kill()
@@ -76,6 +81,7 @@ class SmlocalServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        SERVERS.remove(self)
 
     def restart(self, kill: bool = False) -> SmlocalServer:
         self.stop(kill=kill)

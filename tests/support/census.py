@@ -1,0 +1,78 @@
+"""How many `smlocal serve` processes and smlocal networks the suite holds at once, for the end-of-run summary.
+
+A fresh engine has about 30 bridge networks in its default pools; the suite once kept 53 servers alive
+at the end of a session. Servers register here as they start and stop (tests.support.smlocal), and a
+sampler thread counts the engine's smlocal networks twice a second, so the summary shows the peaks that
+matter and the module-end check (conftest) can name a server a test left running.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from runner.backend import LABEL_MANAGED
+
+SAMPLE_SECONDS = 0.5
+
+
+class ServerCensus:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[int, Any] = {}  # id(server) -> server
+        self.peak = 0
+        self.started = 0
+
+    def add(self, server: Any) -> None:
+        with self._lock:
+            self._live[id(server)] = server
+            self.started += 1
+            self.peak = max(self.peak, len(self._live))
+
+    def remove(self, server: Any) -> None:
+        with self._lock:
+            self._live.pop(id(server), None)
+
+    def live(self) -> list[Any]:
+        with self._lock:
+            return list(self._live.values())
+
+
+class NetworkSampler:
+    """Counts the networks carrying smlocal's label on the engine, from `start()` to `stop()`."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self.samples = 0
+        self.bridges_peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="network-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        import docker
+
+        client = None
+        while not self._stop.wait(SAMPLE_SECONDS):
+            try:
+                client = client or docker.from_env(timeout=5)
+                networks = client.api.networks(filters={"driver": "bridge"})
+            except Exception:  # noqa: BLE001 - no engine yet (or for a while): nothing to count
+                client = None
+                continue
+            ours = sum(1 for n in networks if (n.get("Labels") or {}).get(LABEL_MANAGED) == "true")
+            self.samples += 1
+            self.peak = max(self.peak, ours)
+            self.bridges_peak = max(self.bridges_peak, len(networks))
+
+
+SERVERS = ServerCensus()
+NETWORKS = NetworkSampler()
