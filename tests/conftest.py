@@ -42,13 +42,7 @@ def minio(s3_server: S3Server):  # noqa: ANN201 - a minio client, as the runner 
     return make_client(Settings(s3_endpoint=s3_server.endpoint), "us-east-1")
 
 
-@pytest.fixture(scope="module")
-def smlocal_factory(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Iterator[Callable[..., SmlocalServer]]:
-    """Start extra servers with their own flags; all are stopped when the test module ends.
-
-    Module scope at most: a server with jobs holds a network made in advance plus one per running job,
-    and kept for the whole session they add up (tests.support.census prints the peaks)."""
+def _servers(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SmlocalServer]]:
     started: list[SmlocalServer] = []
 
     def start(*args: str, env: dict[str, str] | None = None, data_dir: Path | None = None) -> SmlocalServer:
@@ -60,6 +54,22 @@ def smlocal_factory(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactor
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture()
+def smlocal_factory(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[Callable[..., SmlocalServer]]:
+    """Start servers with their own flags; they are stopped when the test ends."""
+    yield from _servers(s3_server, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_smlocal_factory(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+                           ) -> Iterator[Callable[..., SmlocalServer]]:
+    """The same for a module's shared server; stopped when the module ends. No longer: a server with jobs
+    holds a network made in advance plus one per running job, and kept for the whole session they add up
+    (tests.support.census prints the peaks)."""
+    yield from _servers(s3_server, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from tests.support.jobs import job_request
 
 
 @pytest.fixture(scope="module")
-def secured(smlocal_factory):  # noqa: ANN001, ANN201
-    return smlocal_factory("--no-run-jobs", env={"SMLOCAL_ACCESS_KEY": "AKIDLOCAL",
+def secured(module_smlocal_factory):  # noqa: ANN001, ANN201
+    return module_smlocal_factory("--no-run-jobs", env={"SMLOCAL_ACCESS_KEY": "AKIDLOCAL",
                                                  "SMLOCAL_SECRET_KEY": "s3cr3t/key+value"})
 
 

@@ -20,8 +20,8 @@ def next_whole_second() -> int:
 
 
 @pytest.fixture(scope="module")
-def listed(smlocal_factory):  # noqa: ANN001, ANN201
-    server = smlocal_factory("--no-run-jobs")
+def listed(module_smlocal_factory):  # noqa: ANN001, ANN201
+    server = module_smlocal_factory("--no-run-jobs")
     sm = server.client()
     names = []
     marks = {}

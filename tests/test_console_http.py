@@ -322,8 +322,8 @@ def test_downloads_only_the_jobs_own_artifacts_written_for_this_job(
 
 
 @pytest.fixture(scope="module")
-def keyed(smlocal_factory: Callable[..., SmlocalServer]) -> SmlocalServer:
-    return smlocal_factory("--no-run-jobs", env={"SMLOCAL_ACCESS_KEY": "AKIDCONSOLE",
+def keyed(module_smlocal_factory: Callable[..., SmlocalServer]) -> SmlocalServer:
+    return module_smlocal_factory("--no-run-jobs", env={"SMLOCAL_ACCESS_KEY": "AKIDCONSOLE",
                                                  "SMLOCAL_SECRET_KEY": "console/secret+key"})
 
 

@@ -154,9 +154,9 @@ def _health(server: SmlocalServer) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def crowded(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
+def crowded(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
             ) -> Iterator[SmlocalServer]:
-    server = smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "40")
+    server = module_smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "40")
     s3_client(server)
     yield server
     settle(server, docker_engine)
@@ -200,11 +200,11 @@ def test_more_jobs_at_once_than_the_default_pools_have_networks(
 
 
 @pytest.fixture(scope="module")
-def small_range(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
+def small_range(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
                 ) -> Iterator[SmlocalServer]:
     assert not any(IPv4Network(SMALL_RANGE).overlaps(r) for r in host_routes()), "pick another SMALL_RANGE"
-    server = smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "4", "--max-hosts-per-job", "62",
-                             "--job-subnets", SMALL_RANGE)
+    server = module_smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "4",
+                                    "--max-hosts-per-job", "62", "--job-subnets", SMALL_RANGE)
     s3_client(server)  # the output bucket
     yield server
     settle(server, docker_engine)

@@ -59,8 +59,8 @@ def root(tmp_path_factory: pytest.TempPathFactory, outside: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rooted(smlocal_factory: Any, root: Path) -> Any:
-    return smlocal_factory("--no-run-jobs", "--local-channel-root", str(root))
+def rooted(module_smlocal_factory: Any, root: Path) -> Any:
+    return module_smlocal_factory("--no-run-jobs", "--local-channel-root", str(root))
 
 
 # ---- CreateTrainingJob --------------------------------------------------------------------------------

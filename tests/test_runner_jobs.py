@@ -177,10 +177,10 @@ def run_job(sm: Any, request: dict[str, Any], timeout: float = 90.0) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def runner_server(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
+def runner_server(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
                   ) -> Iterator[SmlocalServer]:
     build_test_images(docker_engine)
-    server = smlocal_factory("--stop-grace-seconds", "1.5", "--max-concurrent-jobs", "4")
+    server = module_smlocal_factory("--stop-grace-seconds", "1.5", "--max-concurrent-jobs", "4")
     yield server
     settle(server, docker_engine)
 
@@ -585,9 +585,9 @@ def test_stop_training_job_kills_an_algorithm_that_ignores_sigterm(
 
 
 @pytest.fixture(scope="module")
-def capped_server(smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
+def capped_server(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
                   ) -> Iterator[SmlocalServer]:
-    server = smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "2")
+    server = module_smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "2")
     yield server
     settle(server, docker_engine)
 

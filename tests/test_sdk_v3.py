@@ -20,8 +20,8 @@ from tests.support.smlocal import SmlocalServer
 
 
 @pytest.fixture(scope="module")
-def server(smlocal_factory: Callable[..., SmlocalServer], test_images: docker.DockerClient) -> SmlocalServer:
-    return smlocal_factory("--stop-grace-seconds", "2")
+def server(module_smlocal_factory: Callable[..., SmlocalServer], test_images: docker.DockerClient) -> SmlocalServer:
+    return module_smlocal_factory("--stop-grace-seconds", "2")
 
 
 def test_readme_v3_snippet_trains_streams_logs_and_downloads_the_model(
