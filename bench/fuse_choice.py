@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 from minio import Minio
 
 from runner.mounts import mounts_under, unmount
-from server.s3_files import rclone_binary
+from server.s3.files import rclone_binary
 
 BUCKET = "smlocal-fuse-choice"
 SMALL = 2000
@@ -52,7 +52,7 @@ def upload(client: Minio) -> None:
 
 
 def rclone_command(endpoint: str, point: Path, verb: str) -> tuple[list[str], dict[str, str]]:
-    # The flags runner.fastfile uses. `mount` is rclone's bazil/anacrolix FUSE library, `mount2` go-fuse's.
+    # The flags runner.inputs.fastfile uses. `mount` is rclone's bazil/anacrolix FUSE library, `mount2` go-fuse's.
     env = {**os.environ, "RCLONE_S3_PROVIDER": "Other", "RCLONE_S3_ENDPOINT": endpoint,
            "RCLONE_S3_ACCESS_KEY_ID": "test", "RCLONE_S3_SECRET_ACCESS_KEY": "test",
            "RCLONE_S3_REGION": "us-east-1", "RCLONE_S3_FORCE_PATH_STYLE": "true"}

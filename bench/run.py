@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 from minio import Minio
 
 from bench import fuse_choice, streaming
-from runner.channels import CHUNK, DOWNLOAD_WORKERS
+from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
 from tests.support.s3server import start_s3_server

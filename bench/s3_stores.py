@@ -1,7 +1,7 @@
 """The embedded S3 stores side by side: `python -m bench.s3_stores`.
 
 Each store runs in its own process, as under `smlocal serve`, on loopback; the client is the runner's
-(minio, `runner.channels.DOWNLOAD_WORKERS` threads). Measured per store, in the same run:
+(minio, `runner.inputs.file_staging.DOWNLOAD_WORKERS` threads). Measured per store, in the same run:
   - PUT and GET of SMALL_COUNT x 4 KiB objects (objects/s);
   - PUT and GET of LARGE_COUNT x 64 MiB objects (MB/s).
 Stores: moto (the in-memory `--s3-store memory`) through its loopback front and through the S3-only
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from minio import Minio
 
-from runner.channels import DOWNLOAD_WORKERS
+from runner.inputs.file_staging import DOWNLOAD_WORKERS
 from tests.support.smlocal import free_port
 
 SMALL_COUNT = int(os.environ.get("BENCH_SMALL_COUNT", "1000"))
@@ -36,8 +36,8 @@ KEYS = "minioadmin"
 _STORE_MAIN = """
 import sys
 from pathlib import Path
-from server.embedded_s3 import embedded_store
-from server.s3_memory import _WsgiListener, s3_only_app
+from server.s3.embedded import embedded_store
+from server.s3.memory import _WsgiListener, s3_only_app
 kind, root, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 if kind == "memory-s3-only":
     listener = _WsgiListener("127.0.0.1", port, s3_only_app())

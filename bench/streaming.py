@@ -17,7 +17,7 @@ from typing import Any
 
 from minio import Minio
 
-from runner.pipe_sources import CHUNK
+from runner.inputs.pipe_sources import CHUNK
 from tests.support.docker_env import BUSYBOX_IMAGE, PYTHON_BASE_IMAGE
 from tests.support.jobs import job_request
 

@@ -23,7 +23,7 @@ from minio.error import S3Error
 from runner import tree
 from runner.layout import WRITABLE_DIR, WRITABLE_FILE, HostLayout
 from runner.s3 import S3Location, parse_s3_uri
-from runner.spec import JobSpec
+from smlocal.core.jobspec import JobSpec
 
 # Folders of the tree that are uploaded, relative to /opt/ml.
 MODEL = "model"

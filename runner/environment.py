@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit, urlunsplit
 
-from runner.spec import JobSpec
-from server.config import Settings
+from smlocal.core.jobspec import JobSpec
+from smlocal.core.settings import Settings
 
 # Resolves to the host from inside any container (docker's host-gateway); see docker_backend.
 HOST_ALIAS = "host.docker.internal"

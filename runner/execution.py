@@ -44,10 +44,9 @@ from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
 from runner.notices import platform_notices
 from runner.policies import DeadlinePolicy, Detach, FailurePolicy, GracePolicy, StopPolicy, StopRequested
 from runner.s3 import make_client
-from runner.spec import JobSpec
 from runner.subnets import NoFreeSubnet, RangeTooSmall
-from server.config import Settings
-from server.lifecycle import (
+from smlocal.core.jobspec import JobSpec
+from smlocal.core.lifecycle import (
     DEFAULT_MESSAGES,
     DOWNLOADING,
     FAILED,
@@ -65,10 +64,11 @@ from server.lifecycle import (
     Lifecycle,
     phase_reached,
 )
-from server.local_channels import LocalChannelRoots
-from server.logstore import JobLogKey
-from server.metric_series import MetricSeriesWriter
-from server.store import JobRecord
+from smlocal.core.local_channels import LocalChannelRoots
+from smlocal.core.logstore import JobLogKey
+from smlocal.core.metric_series import MetricSeriesWriter
+from smlocal.core.settings import Settings
+from smlocal.core.store import JobRecord
 
 log = logging.getLogger("smlocal.runner")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.spec import JobSpec
+from smlocal.core.jobspec import JobSpec
 
 CONTAINER_ROOT = "/opt/ml"
 PRIVATE = 0o700

@@ -1,4 +1,4 @@
-"""Docker log frames into log lines; where the lines are stored is `server.logstore`.
+"""Docker log frames into log lines; where the lines are stored is `smlocal.core.logstore`.
 
 The storage lives on the state side because the CloudWatch Logs provider reads what the runner
 writes, and the wire layer must not import the runner. Its names are re-exported here for the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from server.logstore import LogStreamWriter, list_streams, read_events, stream_name, stream_path
+from smlocal.core.logstore import LogStreamWriter, list_streams, read_events, stream_name, stream_path
 
 __all__ = ["LogStreamWriter", "list_streams", "read_events", "split_docker_timestamp",
            "stream_name", "stream_path"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import regex
 
-from runner.spec import MetricDefinition
+from smlocal.core.jobspec import MetricDefinition
 
 log = logging.getLogger("smlocal.runner")
 

@@ -7,7 +7,7 @@ started; a server that adopts the job after a restart continues the stream and w
 
 from __future__ import annotations
 
-from runner.spec import JobSpec
+from smlocal.core.jobspec import JobSpec
 
 ENCRYPTION_NOTICE = (
     "smlocal: EnableInterContainerTrafficEncryption is accepted but has no effect locally: the hosts of "

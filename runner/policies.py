@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from server.lifecycle import Lifecycle
+from smlocal.core.lifecycle import Lifecycle
 
 log = logging.getLogger("smlocal.runner")
 

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from minio import Minio
 
-from server.config import Settings
+from smlocal.core.settings import Settings
 
 
 class S3NotConfigured(RuntimeError):

@@ -1,6 +1,6 @@
 """The Runner: picks queued jobs up to the concurrency cap and runs each in its own thread.
 
-Status changes all go through server.lifecycle; the runner never writes a job row itself. It hears of
+Status changes all go through smlocal.core.lifecycle; the runner never writes a job row itself. It hears of
 new jobs and stops from the lifecycle's listeners (at once, no polling), and of container exits from
 its executions. When the container engine does not answer, jobs keep their state: the runner retries
 with backoff, and once the engine answers it recovers what was in flight (as after a restart).
@@ -30,9 +30,9 @@ from runner.layout import job_folder_name
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool
 from runner.subnets import SubnetAllocator, host_routes, resolve_job_subnets
-from server.config import Settings
-from server.lifecycle import IN_PROGRESS, PREPARING, QUEUED, STOPPING, Lifecycle
-from server.store import JobRecord
+from smlocal.core.lifecycle import IN_PROGRESS, PREPARING, QUEUED, STOPPING, Lifecycle
+from smlocal.core.settings import Settings
+from smlocal.core.store import JobRecord
 
 log = logging.getLogger("smlocal.runner")
 

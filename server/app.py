@@ -12,20 +12,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from server import protocol
-from server.auth import Authenticator
-from server.cloudwatch_logs import CloudWatchLogs
-from server.cloudwatch_metrics import CloudWatchMetrics
-from server.config import Settings
+from server.aws import protocol
+from server.aws.auth import Authenticator
+from server.aws.registry import Service, ServiceRegistry
+from server.aws.validation import validate_input
 from server.console import mount_console
-from server.errors import ApiError
-from server.iam import Iam
-from server.lifecycle import Lifecycle
-from server.local_channels import LocalChannelRoots
-from server.operations import JobLimits, Operations, RequestContext
-from server.services import Service, ServiceRegistry
-from server.store import Store
-from server.validation import validate_input
+from server.services.cloudwatch.provider import CloudWatchMetrics
+from server.services.iam.provider import Iam
+from server.services.logs.provider import CloudWatchLogs
+from server.services.sagemaker.provider import JobLimits, Operations, RequestContext
+from smlocal.core.errors import ApiError
+from smlocal.core.lifecycle import Lifecycle
+from smlocal.core.local_channels import LocalChannelRoots
+from smlocal.core.settings import Settings
+from smlocal.core.store import Store
 
 log = logging.getLogger("smlocal.server")
 

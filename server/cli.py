@@ -16,10 +16,10 @@ from rich.panel import Panel
 
 from runner.environment import HOST_ALIAS, container_s3_endpoint
 from server import cli_views
-from server.config import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
+from server.aws.regions import is_valid_region
 from server.datadir import DataDirInUse, DataDirLock, make_private
-from server.regions import is_valid_region
-from server.s3_front import S3Front, start_front
+from server.s3.front import S3Front, start_front
+from smlocal.core.settings import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
 console = Console()
@@ -103,7 +103,7 @@ def serve(
         raise typer.Exit(1) from None
     embedded = None
     if not s3_endpoint:
-        from server.embedded_s3 import STORE_KINDS, StoreStartError, docker_bridge_gateway, embedded_store
+        from server.s3.embedded import STORE_KINDS, StoreStartError, docker_bridge_gateway, embedded_store
 
         if s3_store not in STORE_KINDS:
             raise typer.BadParameter(f"--s3-store must be one of {', '.join(STORE_KINDS)}")
@@ -133,7 +133,7 @@ def serve(
     )
 
     from server.app import create_app
-    from server.store import SchemaTooNew
+    from smlocal.core.store import SchemaTooNew
 
     try:
         try:
@@ -155,8 +155,8 @@ def serve(
 
 
 def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | None:
-    """The S3-only address training containers get for a store smlocal does not run (server/s3_front.py)."""
-    from server.embedded_s3 import docker_bridge_gateway
+    """The S3-only address training containers get for a store smlocal does not run (server/s3/front.py)."""
+    from server.s3.embedded import docker_bridge_gateway
 
     gateway = docker_bridge_gateway()
     if gateway is None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from server.s3_files import die_with_parent
+from server.s3.files import die_with_parent
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
                       "AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ENDPOINT_URL_IAM")

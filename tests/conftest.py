@@ -37,7 +37,7 @@ def s3_server() -> Iterator[S3Server]:
 @pytest.fixture()
 def minio(s3_server: S3Server):  # noqa: ANN201 - a minio client, as the runner makes it
     from runner.s3 import make_client
-    from server.config import Settings
+    from smlocal.core.settings import Settings
 
     return make_client(Settings(s3_endpoint=s3_server.endpoint), "us-east-1")
 

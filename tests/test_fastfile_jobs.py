@@ -17,7 +17,7 @@ from typing import Any
 import docker
 import pytest
 
-from runner.fastfile import FUSE_DEVICE_ENV
+from runner.inputs.fastfile import FUSE_DEVICE_ENV
 from runner.mounts import mounts_under
 from tests.support.jobs import wait_recording
 from tests.support.logs import stream_files
@@ -246,7 +246,7 @@ def test_without_fuse_the_channel_is_downloaded_and_the_job_says_so(
 def test_fastfile_mounts_need_root_and_fusermount3() -> None:
     # What `make test` installs for FastFile (scripts/ensure-fuse.sh): without it every FastFile test above
     # would silently test the download fallback instead.
-    from runner.fastfile import fuse_problem
+    from runner.inputs.fastfile import fuse_problem
 
     assert fuse_problem() is None
     assert subprocess.run(["fusermount3", "--version"], capture_output=True).returncode == 0

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from minio import Minio
 
-from runner.fastfile import FUSE_DEVICE_ENV, FastFileInput, fuse_problem
-from runner.input_provider import InputContext
+from runner.inputs.fastfile import FUSE_DEVICE_ENV, FastFileInput, fuse_problem
+from runner.inputs.provider import InputContext
 from runner.layout import HostLayout
 from runner.layout import prepare as prepare_layout
 from runner.mounts import mounts_under
-from runner.spec import JobSpec
-from server.config import Settings
+from smlocal.core.jobspec import JobSpec
+from smlocal.core.settings import Settings
 from tests.support.s3server import S3Server
 from tests.test_fastfile_jobs import rclone_mounts_of
 

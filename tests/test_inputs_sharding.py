@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from runner.pipe_sources import epoch_entries
+from runner.inputs.pipe_sources import epoch_entries
 from tests.support.jobs import wait_recording
 from tests.test_pipe_jobs import completed, pipe_channel, put_objects, reader_job
 from tests.test_runner_jobs import (

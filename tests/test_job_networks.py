@@ -30,7 +30,7 @@ from runner.subnets import (
     prefix_for_hosts,
     resolve_job_subnets,
 )
-from server.lifecycle import DEFAULT_MESSAGES, WAITING_FOR_NETWORK_MESSAGE
+from smlocal.core.lifecycle import DEFAULT_MESSAGES, WAITING_FOR_NETWORK_MESSAGE
 from tests.support.jobs import wait_for_status, wait_recording
 from tests.support.smlocal import SmlocalServer
 from tests.test_runner_jobs import (  # noqa: F401 - docker_engine: a fixture

@@ -1,7 +1,7 @@
 """The job state machine, without HTTP: every (status, secondary) pair against every SecondaryStatus.
 
 The expected moves are written here from what SageMaker shows (the developer guide's
-SecondaryStatusTransitions), not copied from server.lifecycle, and every SecondaryStatus the botocore
+SecondaryStatusTransitions), not copied from smlocal.core.lifecycle, and every SecondaryStatus the botocore
 model knows is tried from every state a job can be in.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 import botocore.session
 import pytest
 
-from server.errors import ApiError
-from server.lifecycle import IllegalTransition, Lifecycle, training_job_arn
-from server.store import JobRecord, Store
+from smlocal.core.errors import ApiError
+from smlocal.core.lifecycle import IllegalTransition, Lifecycle, training_job_arn
+from smlocal.core.store import JobRecord, Store
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 

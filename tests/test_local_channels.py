@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from runner.channels import DataDownloadError, stage_channels
+from runner.inputs.file_staging import DataDownloadError, stage_channels
 from runner.layout import HostLayout, prepare
-from runner.spec import JobSpec
-from server.local_channels import LocalChannelRoots
+from smlocal.core.jobspec import JobSpec
+from smlocal.core.local_channels import LocalChannelRoots
 from tests.support.jobs import job_request, wait_for_status, wait_recording
 from tests.test_api_cli import AWS
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from server.cloudwatch_metrics import buckets, statistic
-from server.errors import ApiError
-from server.lifecycle import Lifecycle
-from server.log_filter import compile_filter
-from server.logstore import JobLogKey, LogStreamWriter, is_event_boundary, iter_events, last_event, stream_path
-from server.metric_series import MetricPoint, MetricSeriesWriter, points
-from server.store import Store
+from server.services.cloudwatch.provider import buckets, statistic
+from server.services.logs.filter import compile_filter
+from smlocal.core.errors import ApiError
+from smlocal.core.lifecycle import Lifecycle
+from smlocal.core.logstore import JobLogKey, LogStreamWriter, is_event_boundary, iter_events, last_event, stream_path
+from smlocal.core.metric_series import MetricPoint, MetricSeriesWriter, points
+from smlocal.core.store import Store
 
 
 def test_offsets_tail_and_boundaries(tmp_path: Path) -> None:

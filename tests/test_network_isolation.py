@@ -19,8 +19,8 @@ import pytest
 
 from runner.environment import container_environment
 from runner.notices import ENCRYPTION_NOTICE, platform_notices
-from runner.spec import JobSpec
-from server.config import Settings
+from smlocal.core.jobspec import JobSpec
+from smlocal.core.settings import Settings
 from tests.support.docker_env import host_address_for_containers
 from tests.support.jobs import assert_completed_in_order
 from tests.support.smlocal import STORE_KEY, SmlocalServer

@@ -20,7 +20,7 @@ from typing import Any
 import docker
 import pytest
 
-from runner.pipe_sources import epoch_entries
+from runner.inputs.pipe_sources import epoch_entries
 from tests.support.docker_env import PYTHON_BASE_IMAGE
 from tests.support.jobs import job_request, wait_recording
 from tests.support.smlocal import SmlocalServer

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from minio import Minio
 
-from runner import records
-from runner.input_provider import InputContext
+from runner.inputs import records
+from runner.inputs.pipe import PipeInput
+from runner.inputs.pipe_sources import CHUNK, PipeDataError, _gunzip, epoch_entries
+from runner.inputs.provider import InputContext
 from runner.layout import HostLayout
 from runner.layout import prepare as prepare_layout
-from runner.pipe import PipeInput
-from runner.pipe_sources import CHUNK, PipeDataError, _gunzip, epoch_entries
-from runner.spec import JobSpec
+from smlocal.core.jobspec import JobSpec
 from tests.support.s3server import S3Server
 
 MAGIC = 0xCED7230A
@@ -286,7 +286,7 @@ def test_the_fifos_are_readable_by_an_algorithm_of_any_uid(pipe: Any) -> None:
 
 
 def test_a_local_folder_channel_streams_its_files_in_name_order(tmp_path: Path, minio: Minio) -> None:
-    from server.local_channels import LocalChannelRoots
+    from smlocal.core.local_channels import LocalChannelRoots
 
     source = tmp_path / "local"
     for rel, body in {"b.csv": b"2\n", "a.csv": b"1\n", "sub/c.csv": b"3\n"}.items():

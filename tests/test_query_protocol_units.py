@@ -1,5 +1,5 @@
 """The query protocol's parse and serialisation against botocore's own: what botocore's QuerySerializer
-flattens, `server.protocol_query` rebuilds; what it writes, botocore's QueryParser reads back. Driven by
+flattens, `server.aws.protocol_query` rebuilds; what it writes, botocore's QueryParser reads back. Driven by
 real models with nested structures, lists of structures, maps, flattened lists (SimpleDB), timestamps,
 doubles and booleans."""
 
@@ -14,9 +14,9 @@ import pytest
 from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
 
-from server.errors import ApiError
-from server.protocol_query import AwsQuery, error_document, result_document
-from server.services import Service
+from server.aws.protocol_query import AwsQuery, error_document, result_document
+from server.aws.registry import Service
+from smlocal.core.errors import ApiError
 
 SESSION = botocore.session.get_session()
 QUERY = AwsQuery()

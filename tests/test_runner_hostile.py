@@ -27,7 +27,7 @@ from runner.failure import read_failure_file
 from runner.layout import HostLayout, prepare
 from runner.log_follower import MAX_EVENT_BYTES
 from runner.mounts import mounts_under, remove_tree
-from runner.spec import JobSpec
+from smlocal.core.jobspec import JobSpec
 from tests.support.docker_env import BUSYBOX_IMAGE
 from tests.support.logs import stream_files
 from tests.support.smlocal import SmlocalServer

@@ -22,9 +22,9 @@ from runner.execution import JobExecution, data_dir_label
 from runner.inputs import FileInput
 from runner.networks import NetworkPool
 from runner.subnets import SubnetAllocator, host_routes, resolve_job_subnets
-from server.config import Settings
-from server.lifecycle import Lifecycle
-from server.store import Store
+from smlocal.core.lifecycle import Lifecycle
+from smlocal.core.settings import Settings
+from smlocal.core.store import Store
 from tests.support.docker_env import BUSYBOX_IMAGE
 from tests.support.jobs import job_request
 from tests.support.s3server import S3Server

@@ -305,7 +305,7 @@ def test_config_files_environment_and_network_as_sagemaker_sets_them(
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "us-east-1"
     assert env["MY_FLAG"] == "on"
     # A store smlocal does not run (the test's moto, with all its admin routes) is reached through smlocal's
-    # S3-only front on the bridge gateway, on the port it remembers in the data dir (server/s3_front.py).
+    # S3-only front on the bridge gateway, on the port it remembers in the data dir (server/s3/front.py).
     front_port = int((runner_server.data_dir / "s3-front.port").read_text())
     assert env["AWS_ENDPOINT_URL_S3"] == env["S3_ENDPOINT_URL"] == f"http://host.docker.internal:{front_port}"
     assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]

@@ -19,11 +19,11 @@ import pytest
 from minio import Minio
 
 from runner import artifacts
-from runner.channels import stage_channels
+from runner.inputs.file_staging import stage_channels
 from runner.layout import HostLayout, prepare
 from runner.metrics import MetricCollector, final_of_all
-from runner.spec import JobSpec, MetricDefinition
-from server.local_channels import LocalChannelRoots
+from smlocal.core.jobspec import JobSpec, MetricDefinition
+from smlocal.core.local_channels import LocalChannelRoots
 from tests.support.jobs import wait_for_status
 from tests.support.logs import stream_files
 from tests.support.s3server import S3Server

@@ -12,10 +12,10 @@ import pytest
 from minio import Minio
 
 from runner import artifacts
-from runner.channels import DataDownloadError, DownloadCancelled, stage_channels
+from runner.inputs.file_staging import DataDownloadError, DownloadCancelled, stage_channels
 from runner.layout import HostLayout, prepare
-from runner.spec import JobSpec
-from server.local_channels import LocalChannelRoots
+from smlocal.core.jobspec import JobSpec
+from smlocal.core.local_channels import LocalChannelRoots
 from tests.support.s3server import S3Server
 
 BUCKET = "smlocal-test-staging"

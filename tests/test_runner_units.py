@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 
 from runner.backend import LogChunk, container_command
-from runner.channels import relative_key, safe_relative_path
 from runner.docker_backend import parse_docker_time
 from runner.environment import container_environment, container_s3_endpoint
 from runner.failure import algorithm_error, failure_reason
+from runner.inputs.file_staging import relative_key, safe_relative_path
 from runner.layout import HostLayout, input_data_config, prepare, resource_config
 from runner.log_follower import MAX_EVENT_BYTES, LineAssembler
 from runner.logs import LogStreamWriter, list_streams, read_events, split_docker_timestamp, stream_path
 from runner.metrics import MetricCollector
 from runner.s3 import parse_s3_uri
-from runner.spec import JobSpec, MetricDefinition
-from server.config import Settings
-from server.logstore import JobLogKey
-from server.store import JobRecord
+from smlocal.core.jobspec import JobSpec, MetricDefinition
+from smlocal.core.logstore import JobLogKey
+from smlocal.core.settings import Settings
+from smlocal.core.store import JobRecord
 
 # ---- S3 keys -> channel paths ----------------------------------------------------------------
 

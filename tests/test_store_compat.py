@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from minio.error import S3Error
 
 from runner.s3 import make_client
-from server.config import Settings
+from smlocal.core.settings import Settings
 from tests.support.smlocal import STORE_KEY, SmlocalServer
 
 MiB = 1024 * 1024

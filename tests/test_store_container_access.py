@@ -4,7 +4,7 @@ A real job's container (busybox wget, the address smlocal hands it in AWS_ENDPOI
 object with a presigned GET, then tries moto's admin routes (reset, state dump) and rclone's remote
 control port. The host's loopback still has moto's admin routes: only the containers' address is S3-only.
 That holds for both embedded stores and for a store smlocal does not run (`--s3-endpoint`, here a whole
-moto server), which containers reach through smlocal's S3-only front (server/s3_front.py).
+moto server), which containers reach through smlocal's S3-only front (server/s3/front.py).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_the_memory_stores_container_front_is_s3_only() -> None:
     """The same store in this process, its container front on 127.0.0.2 in place of the bridge gateway."""
     import urllib.error
 
-    from server.s3_memory import MemoryStore
+    from server.s3.memory import MemoryStore
     from tests.support.smlocal import free_port
 
     store = MemoryStore(port=free_port(), gateway="127.0.0.2")
@@ -179,7 +179,7 @@ def _raw(address: str, port: int, request: bytes) -> bytes:
 def test_the_front_forwards_the_s3_api_and_nothing_else(moto_on_loopback) -> None:
     import botocore.exceptions
 
-    from server.s3_front import S3Front
+    from server.s3.front import S3Front
 
     front = S3Front(moto_on_loopback.endpoint, "127.0.0.2")
     front.start()

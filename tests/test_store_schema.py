@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from server.lifecycle import Lifecycle
-from server.store import SCHEMA_VERSION, SchemaTooNew, Store
+from smlocal.core.lifecycle import Lifecycle
+from smlocal.core.store import SCHEMA_VERSION, SchemaTooNew, Store
 from tests.support.jobs import job_request
 from tests.support.smlocal import SmlocalServer
 

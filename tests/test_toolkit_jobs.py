@@ -21,7 +21,7 @@ import docker
 import pytest
 
 from runner.layout import HostLayout, container_mounts
-from runner.spec import JobSpec
+from smlocal.core.jobspec import JobSpec
 from tests.support.docker_env import BUSYBOX_IMAGE, SCRIPT_EXAMPLE_IMAGE, TOOLKIT_IMAGE
 from tests.support.jobs import job_request, wait_recording
 from tests.support.logs import stream_files

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.operations import RequestContext
-from server.protocol import shape_output
-from server.services import Service, ServiceRegistry
-from server.validation import validate_input
+from server.aws.protocol import shape_output
+from server.aws.registry import Service, ServiceRegistry
+from server.aws.validation import validate_input
+from server.services.sagemaker.provider import RequestContext
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 METRIC_NAMESPACE = "/aws/sagemaker/TrainingJobs"

@@ -20,14 +20,14 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
-from server.config import Settings
+from server.aws.regions import is_valid_region
+from server.aws.registry import ServiceRegistry
 from server.console import views
 from server.console.access import ConsoleAccess, ConsoleGuard
 from server.console.api import METRIC_NAMESPACE, ConsoleApi
 from server.console.artifacts import ARTIFACT_NAMES, ArtifactStore
-from server.errors import ApiError
-from server.regions import is_valid_region
-from server.services import ServiceRegistry
+from smlocal.core.errors import ApiError
+from smlocal.core.settings import Settings
 
 log = logging.getLogger("smlocal.console")
 

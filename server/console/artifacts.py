@@ -20,7 +20,7 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
-from server.config import Settings
+from smlocal.core.settings import Settings
 
 ARTIFACT_NAMES = ("model.tar.gz", "output.tar.gz")
 TERMINAL = frozenset({"Completed", "Failed", "Stopped"})

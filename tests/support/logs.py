@@ -1,4 +1,4 @@
-"""Where a test server keeps a job's log stream files (see server/logstore.py for the layout)."""
+"""Where a test server keeps a job's log stream files (see smlocal/core/logstore.py for the layout)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,391 @@
+"""The training-job state machine: the only place a job's status changes.
+
+The machine is data: `TRANSITIONS` says which SecondaryStatus a job in a (TrainingJobStatus,
+SecondaryStatus) pair may move to; the TrainingJobStatus always follows from the SecondaryStatus
+(`PRIMARY_OF`). Beside the statuses a client sees, each job carries the runner's own progress
+(`RUNNER_TRANSITIONS`: queued -> preparing -> running -> terminating -> done), which tells a restarted
+server whether to run a job again (its containers never started), adopt it or end it. A job is `done`
+exactly when its status is terminal.
+
+Every change is persisted (with its SecondaryStatusTransitions entry) in one transaction before any
+caller can report it; listeners (the runner) hear of it only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from smlocal.core.errors import ApiError
+from smlocal.core.store import JobRecord, JobRow, Store, TagRow, TransitionRow
+
+log = logging.getLogger("smlocal.lifecycle")
+
+IN_PROGRESS = "InProgress"
+COMPLETED = "Completed"
+FAILED = "Failed"
+STOPPING = "Stopping"
+STOPPED = "Stopped"
+TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, STOPPED})
+
+# SecondaryStatus values smlocal shows.
+STARTING = "Starting"
+DOWNLOADING = "Downloading"
+TRAINING = "Training"
+UPLOADING = "Uploading"
+MAX_RUNTIME_EXCEEDED = "MaxRuntimeExceeded"
+
+# SecondaryStatus -> TrainingJobStatus, for every SecondaryStatus SageMaker has.
+PRIMARY_OF = {
+    "Starting": IN_PROGRESS,
+    "Pending": IN_PROGRESS,
+    "LaunchingMLInstances": IN_PROGRESS,
+    "PreparingTrainingStack": IN_PROGRESS,
+    "Downloading": IN_PROGRESS,
+    "DownloadingTrainingImage": IN_PROGRESS,
+    "Training": IN_PROGRESS,
+    "Interrupted": IN_PROGRESS,
+    "Restarting": IN_PROGRESS,
+    "Updating": IN_PROGRESS,
+    "Uploading": IN_PROGRESS,
+    "Stopping": STOPPING,
+    "Stopped": STOPPED,
+    "MaxRuntimeExceeded": STOPPED,
+    "MaxWaitTimeExceeded": STOPPED,
+    "Completed": COMPLETED,
+    "Failed": FAILED,
+}
+
+# The state machine. Key: where a job is; value: the SecondaryStatus values it may move to.
+# Moving to the SecondaryStatus a job already has updates the StatusMessage of its transition in place
+# (SageMaker's Training entry starts as "Downloading the training image..." and becomes "Training image
+# download completed. Training in progress."): that is allowed only where listed.
+TRANSITIONS: dict[tuple[str, str], frozenset[str]] = {
+    (IN_PROGRESS, STARTING): frozenset({STARTING, DOWNLOADING, STOPPING, FAILED}),
+    (IN_PROGRESS, DOWNLOADING): frozenset({TRAINING, STOPPING, FAILED}),
+    (IN_PROGRESS, TRAINING): frozenset({TRAINING, UPLOADING, STOPPING, FAILED}),
+    (IN_PROGRESS, UPLOADING): frozenset({COMPLETED, FAILED, STOPPING}),
+    # Once Stopping, a job reads Stopping until the stop ends, even while it saves what the algorithm
+    # left: the upload is not a visible transition then. Which of the two it ends in is fixed when the
+    # stop starts (`stop_target`): a StopTrainingJob, or MaxRuntimeInSeconds.
+    (STOPPING, STOPPING): frozenset({STOPPED, MAX_RUNTIME_EXCEEDED}),
+    (COMPLETED, COMPLETED): frozenset(),
+    (FAILED, FAILED): frozenset(),
+    (STOPPED, STOPPED): frozenset(),
+    (STOPPED, MAX_RUNTIME_EXCEEDED): frozenset(),
+}
+
+# The phases of an InProgress job in order; a job run again after a restart does not go back.
+PHASE_ORDER = (STARTING, DOWNLOADING, TRAINING, UPLOADING)
+
+# The runner's progress. queued: waiting for a slot. preparing: claimed, its containers not started yet
+# (a restart puts it back in the queue). running: containers started (a restart adopts them).
+# terminating: SIGTERM sent, the grace period runs (a restart continues it without signalling again).
+QUEUED, PREPARING, RUNNING, TERMINATING, DONE = "queued", "preparing", "running", "terminating", "done"
+RUNNER_TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({PREPARING, DONE}),
+    PREPARING: frozenset({RUNNING, QUEUED, DONE}),
+    RUNNING: frozenset({TERMINATING, DONE}),
+    TERMINATING: frozenset({DONE}),
+    DONE: frozenset(),
+}
+UNFINISHED_RUNNER_STATES = (PREPARING, RUNNING, TERMINATING)
+
+# The messages SageMaker shows in SecondaryStatusTransitions.
+DEFAULT_MESSAGES = {
+    "Starting": "Preparing the instances for training",
+    "Pending": "Waiting for an instance to become available",
+    "Downloading": "Downloading input data",
+    "Training": "Training image download completed. Training in progress.",
+    "Uploading": "Uploading generated training model",
+    "Completed": "Training job completed",
+    "Failed": "Training job failed",
+    "Stopping": "Stopping the training job",
+    "Stopped": "Training job stopped",
+    "MaxRuntimeExceeded": "Training job stopped: it exceeded MaxRuntimeInSeconds",
+    "MaxWaitTimeExceeded": "Training job stopped: it exceeded MaxWaitTimeInSeconds",
+    "Interrupted": "Training job interrupted",
+    "Restarting": "Restarting the training job",
+}
+PULLING_IMAGE_MESSAGE = "Downloading the training image..."
+# smlocal's own, in SageMaker's words: every address block for job networks is in use (runner.subnets).
+WAITING_FOR_NETWORK_MESSAGE = f"{DEFAULT_MESSAGES[STARTING]}: waiting for a free network"
+
+
+def training_job_arn(region: str, account_id: str, name: str) -> str:
+    # SageMaker lower-cases the name in training-job ARNs, which also makes names unique
+    # regardless of case.
+    return f"arn:aws:sagemaker:{region}:{account_id}:training-job/{name.lower()}"
+
+
+class IllegalTransition(RuntimeError):
+    """The runner asked for a change the state machine forbids (e.g. anything after a terminal status)."""
+
+
+def allowed(status: str, secondary: str, new_secondary: str) -> bool:
+    """Whether the table lets a job in (status, secondary) move to `new_secondary`."""
+    return new_secondary in TRANSITIONS.get((status, secondary), frozenset())
+
+
+def phase_reached(job: JobRecord, secondary: str) -> bool:
+    """True if an InProgress job is at `secondary` or past it (a job run again does not go back)."""
+    if secondary not in PHASE_ORDER or job.secondary_status not in PHASE_ORDER:
+        return False
+    return PHASE_ORDER.index(job.secondary_status) >= PHASE_ORDER.index(secondary)
+
+
+def _record_transition(row: JobRow, secondary: str, message: str | None, now: float) -> None:
+    message = message or DEFAULT_MESSAGES.get(secondary, secondary)
+    if row.transitions and row.transitions[-1].status == secondary:
+        row.transitions[-1].message = message  # one entry per status; its message changes in place
+        return
+    if row.transitions:
+        last = row.transitions[-1]
+        if last.end_time is None:
+            last.end_time = now
+    terminal = PRIMARY_OF[secondary] in TERMINAL_STATUSES
+    row.transitions.append(TransitionRow(status=secondary, start_time=now, end_time=now if terminal else None,
+                                         message=message))
+
+
+def _set_runner_state(row: JobRow, state: str, now: float) -> None:
+    if state == row.runner_state:
+        return
+    if state not in RUNNER_TRANSITIONS.get(row.runner_state, frozenset()):
+        raise IllegalTransition(f"{row.arn}: runner {row.runner_state} -> {state}")
+    row.runner_state = state
+    row.runner_since = now
+
+
+def _move(row: JobRow, secondary: str, *, message: str | None = None, failure_reason: str | None = None,
+          stop_target: str | None = None, now: float) -> None:
+    """The one function that changes a job's status, after checking the table."""
+    if secondary not in PRIMARY_OF or not allowed(row.status, row.secondary_status, secondary):
+        raise IllegalTransition(f"{row.arn}: {row.status}/{row.secondary_status} -> {secondary}")
+    new_status = PRIMARY_OF[secondary]
+    if secondary in (DOWNLOADING, TRAINING) and row.training_start_time is None:
+        row.training_start_time = now
+    if new_status in TERMINAL_STATUSES:
+        _set_runner_state(row, DONE, now)
+        if row.training_start_time is not None:
+            row.training_end_time = now
+    if new_status == STOPPING:
+        row.stop_target = stop_target or STOPPED
+    if failure_reason is not None:
+        row.failure_reason = failure_reason[:1024]
+    row.status = new_status
+    row.secondary_status = secondary
+    row.last_modified_time = now
+    _record_transition(row, secondary, message, now)
+
+
+def training_seconds(job: JobRecord) -> int | None:
+    if job.training_start_time is None or job.training_end_time is None:
+        return None
+    return max(1, math.ceil(job.training_end_time - job.training_start_time))
+
+
+Listener = Callable[[JobRecord], None]
+
+
+class Lifecycle:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._listeners: list[Listener] = []
+        self._listeners_lock = threading.Lock()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(job)` after every committed change (creation, stop, status, runner state)."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    def _notify(self, job: JobRecord) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(job)
+            except Exception:  # a listener's bug must not turn a committed change into an API error
+                log.exception("listener failed for %s", job.arn)
+
+    def _change(self, arn: str, change: Callable[[JobRow, float], None]) -> JobRecord:
+        """Read-modify-write one job under the write lock, then tell the listeners."""
+        with self.store.transaction() as s:
+            row = s.scalars(select(JobRow).where(JobRow.arn == arn)).first()
+            if row is None:
+                raise IllegalTransition(f"job {arn} no longer exists")
+            change(row, time.time())
+            job = JobRecord.from_row(row)
+        self._notify(job)
+        return job
+
+    # ---- API side -------------------------------------------------------------------------
+
+    def create(self, *, account_id: str, region: str, name: str, request: dict[str, Any],
+               tags: list[dict[str, str]]) -> JobRecord:
+        arn = training_job_arn(region, account_id, name)
+        now = time.time()
+        try:
+            with self.store.transaction() as s:
+                row = JobRow(
+                    account_id=account_id, region=region, name=name, arn=arn,
+                    request_json=json.dumps(request), status=IN_PROGRESS, secondary_status=STARTING,
+                    creation_time=now, last_modified_time=now, runner_state=QUEUED, runner_since=now,
+                )
+                _record_transition(row, STARTING, None, now)
+                s.add(row)
+                for tag in tags:
+                    s.add(TagRow(resource_arn=arn, key=tag["Key"], value=tag.get("Value", "")))
+                s.flush()
+                job = JobRecord.from_row(row)
+        except IntegrityError:
+            raise ApiError(
+                "ResourceInUse", f"Training job names must be unique within an AWS account and region, "
+                f"and a training job with this name already exists ({arn})"
+            ) from None
+        self._notify(job)
+        return job
+
+    def request_stop(self, arn: str) -> JobRecord:
+        """StopTrainingJob: InProgress -> Stopping; a job still queued has nothing to wait for and is Stopped."""
+        with self.store.transaction() as s:
+            row = self._get_row(s, arn)
+            if row.status != IN_PROGRESS:
+                raise ApiError(
+                    "ValidationException",
+                    f"The request was rejected because the training job is in status {row.status}.",
+                )
+            now = time.time()
+            _move(row, STOPPING, stop_target=STOPPED, now=now)
+            if row.runner_state == QUEUED:
+                _move(row, STOPPED, now=now)
+            job = JobRecord.from_row(row)
+        self._notify(job)
+        return job
+
+    def delete(self, arn: str) -> None:
+        with self.store.transaction() as s:
+            row = self._get_row(s, arn)
+            if row.status not in TERMINAL_STATUSES:
+                raise ApiError(
+                    "ValidationException",
+                    f"The request was rejected because the training job is in status {row.status}.",
+                )
+            s.query(TagRow).filter(TagRow.resource_arn == row.arn).delete()
+            s.delete(row)
+
+    def get(self, arn: str) -> JobRecord:
+        with self.store.read() as s:
+            return JobRecord.from_row(self._get_row(s, arn))
+
+    def exists(self, arn: str) -> bool:
+        with self.store.read() as s:
+            return s.scalars(select(JobRow.id).where(JobRow.arn == arn)).first() is not None
+
+    @staticmethod
+    def _get_row(s: Any, arn: str) -> JobRow:
+        row = s.scalars(select(JobRow).where(JobRow.arn == arn)).first()
+        if row is None:
+            raise ApiError("ValidationException", "Requested resource not found.")
+        return row
+
+    # ---- runner side ----------------------------------------------------------------------
+
+    def queued_jobs(self, limit: int) -> list[JobRecord]:
+        """Jobs waiting for a runner, oldest first."""
+        with self.store.read() as s:
+            rows = s.scalars(
+                select(JobRow)
+                .where(JobRow.runner_state == QUEUED, JobRow.status == IN_PROGRESS)
+                .order_by(JobRow.creation_time, JobRow.id)
+                .limit(limit)
+            ).all()
+            return [JobRecord.from_row(r) for r in rows]
+
+    def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs a runner had taken and not finished: what a restarted server must run again, adopt or end."""
+        with self.store.read() as s:
+            rows = s.scalars(select(JobRow).where(JobRow.runner_state.in_(UNFINISHED_RUNNER_STATES))
+                             .order_by(JobRow.creation_time, JobRow.id)).all()
+            return [JobRecord.from_row(r) for r in rows]
+
+    def claim(self, arn: str) -> JobRecord | None:
+        """Take a queued job for running; None if someone else took it or it was stopped meanwhile."""
+        try:
+            def take(row: JobRow, now: float) -> None:
+                if row.runner_state != QUEUED or row.status != IN_PROGRESS:
+                    raise IllegalTransition(arn)
+                _set_runner_state(row, PREPARING, now)
+            return self._change(arn, take)
+        except IllegalTransition:
+            return None
+
+    def set_runner_state(self, arn: str, state: str) -> JobRecord:
+        """The runner's own progress: containers started (running), SIGTERM sent (terminating), or back
+        to the queue (a restart interrupted it before its containers started)."""
+        def change(row: JobRow, now: float) -> None:
+            if state == QUEUED and row.status != IN_PROGRESS:
+                raise IllegalTransition(f"{arn}: a {row.status} job cannot be queued again")
+            if state == DONE:
+                raise IllegalTransition("a job is done when it ends (end / finish_stop)")
+            _set_runner_state(row, state, now)
+        return self._change(arn, change)
+
+    def advance(self, arn: str, secondary: str, message: str | None = None, *,
+                failure_reason: str | None = None) -> JobRecord:
+        """Move a job to a SecondaryStatus if the table allows it (the primary status follows from it)."""
+        return self._change(arn, lambda row, now: _move(row, secondary, message=message,
+                                                        failure_reason=failure_reason, now=now))
+
+    def stop_at_deadline(self, arn: str) -> JobRecord:
+        """MaxRuntimeInSeconds is over: Stopping, to end in MaxRuntimeExceeded. A stop already under way keeps
+        its own end; an ended job is left alone."""
+        def change(row: JobRow, now: float) -> None:
+            if row.status == IN_PROGRESS:
+                _move(row, STOPPING, stop_target=MAX_RUNTIME_EXCEEDED, now=now)
+        return self._change(arn, change)
+
+    def end(self, arn: str, secondary: str, failure_reason: str | None = None) -> JobRecord:
+        """End a job in `secondary` (Completed or Failed); a job being stopped ends as its stop says instead.
+
+        Ending a job that already ended changes nothing (a restarted server may finish twice)."""
+        def change(row: JobRow, now: float) -> None:
+            if row.status in TERMINAL_STATUSES:
+                return
+            if row.status == STOPPING:
+                _move(row, row.stop_target or STOPPED, now=now)
+            else:
+                _move(row, secondary, failure_reason=failure_reason, now=now)
+        return self._change(arn, change)
+
+    def finish_stop(self, arn: str) -> JobRecord:
+        """A job being stopped has stopped: it ends as its stop says (Stopped or MaxRuntimeExceeded)."""
+        def change(row: JobRow, now: float) -> None:
+            if row.status != STOPPING:
+                raise IllegalTransition(f"{arn}: {row.status} is not being stopped")
+            _move(row, row.stop_target or STOPPED, now=now)
+        return self._change(arn, change)
+
+    def refresh(self, arn: str) -> JobRecord | None:
+        with self.store.read() as s:
+            row = s.scalars(select(JobRow).where(JobRow.arn == arn)).first()
+            return JobRecord.from_row(row) if row else None
+
+    def set_final_metrics(self, arn: str, metrics: list[dict[str, Any]]) -> None:
+        with self.store.transaction() as s:
+            row = s.scalars(select(JobRow).where(JobRow.arn == arn)).first()
+            if row is not None:
+                row.final_metrics_json = json.dumps(metrics[:40])
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per runner state (for the health route)."""
+        with self.store.read() as s:
+            return dict(s.execute(select(JobRow.runner_state, func.count()).group_by(JobRow.runner_state)).all())

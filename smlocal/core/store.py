@@ -1,0 +1,311 @@
+"""Persistence of training jobs, their status transitions, tags and metric series (SQLAlchemy on SQLite).
+
+Writes take SQLite's write lock up front (`transaction()`, BEGIN IMMEDIATE); reads never take it
+(`read()`, a deferred transaction that WAL serves from a snapshot beside any writer). Commits are
+fsynced (`synchronous=FULL`): a status a client was told about survives a power cut, not only a crash.
+The schema carries a version (`PRAGMA user_version`); older databases are migrated step by step on
+open, after a backup copy is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+log = logging.getLogger("smlocal.store")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "training_jobs"
+    __table_args__ = (UniqueConstraint("account_id", "region", "name", name="uq_job_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(12))
+    region: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(63))
+    arn: Mapped[str] = mapped_column(String(256), unique=True)
+    # The validated CreateTrainingJob request, exactly the modelled members the client sent.
+    request_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    secondary_status: Mapped[str] = mapped_column(String(32))
+    failure_reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    creation_time: Mapped[float] = mapped_column(Float, index=True)
+    last_modified_time: Mapped[float] = mapped_column(Float)
+    training_start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    training_end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The runner's own progress (smlocal.core.lifecycle.RUNNER_TRANSITIONS): queued, preparing, running,
+    # terminating, done. Lets a restarted server tell what to run again, adopt or end.
+    runner_state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # When runner_state last changed (a restarted server continues a stop's grace period from it).
+    runner_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # While Stopping: the status the stop ends in (Stopped, or MaxRuntimeExceeded for the deadline).
+    stop_target: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    final_metrics_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    transitions: Mapped[list[TransitionRow]] = relationship(
+        back_populates="job", order_by="TransitionRow.id", cascade="all, delete-orphan"
+    )
+
+
+class TransitionRow(Base):
+    __tablename__ = "status_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    start_time: Mapped[float] = mapped_column(Float)
+    end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str] = mapped_column(String(1024))
+
+    job: Mapped[JobRow] = relationship(back_populates="transitions")
+
+
+class TagRow(Base):
+    __tablename__ = "tags"
+    __table_args__ = (UniqueConstraint("resource_arn", "key", name="uq_tag_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_arn: Mapped[str] = mapped_column(String(256), index=True)
+    key: Mapped[str] = mapped_column(String(128))
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class MetricPointRow(Base):
+    """One value a MetricDefinitions regex found in one host's log line.
+
+    Rows go with their job: the foreign key cascades on delete (SQLite may reuse a deleted job's id,
+    so points must never outlive the row).
+    """
+
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        # A stream replayed after a restart feeds the same lines again: the same point is stored once.
+        UniqueConstraint("job_id", "host", "metric_name", "timestamp_ms", "value", name="uq_metric_point"),
+        Index("ix_metric_points_series", "job_id", "metric_name", "timestamp_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("training_jobs.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(16))
+    metric_name: Mapped[str] = mapped_column(String(255))
+    timestamp_ms: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class Transition:
+    status: str
+    start_time: float
+    end_time: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A detached snapshot of one job, safe to hand to threads and serializers."""
+
+    name: str
+    arn: str
+    account_id: str
+    region: str
+    request: dict[str, Any]
+    status: str
+    secondary_status: str
+    failure_reason: str | None
+    creation_time: float
+    last_modified_time: float
+    training_start_time: float | None
+    training_end_time: float | None
+    runner_state: str
+    final_metrics: list[dict[str, Any]] | None = None
+    transitions: list[Transition] = field(default_factory=list)
+    runner_since: float | None = None
+    stop_target: str | None = None
+
+    @classmethod
+    def from_row(cls, row: JobRow, with_transitions: bool = True) -> JobRecord:
+        return cls(
+            name=row.name,
+            arn=row.arn,
+            account_id=row.account_id,
+            region=row.region,
+            request=json.loads(row.request_json),
+            status=row.status,
+            secondary_status=row.secondary_status,
+            failure_reason=row.failure_reason,
+            creation_time=row.creation_time,
+            last_modified_time=row.last_modified_time,
+            training_start_time=row.training_start_time,
+            training_end_time=row.training_end_time,
+            runner_state=row.runner_state,
+            final_metrics=json.loads(row.final_metrics_json) if row.final_metrics_json else None,
+            transitions=[
+                Transition(t.status, t.start_time, t.end_time, t.message) for t in row.transitions
+            ]
+            if with_transitions
+            else [],
+            runner_since=row.runner_since,
+            stop_target=row.stop_target,
+        )
+
+
+# ---- schema versions -----------------------------------------------------------------------------
+#
+# Version 1 is the schema smlocal had before it was versioned (user_version 0 with tables present).
+# Each migration brings the database from the version before it to its own; they only add: a column,
+# a table, a mapping of old values. Tables that are new in the ORM and need no data are made by
+# create_all after the migrations, so adding a table needs no step here.
+
+
+def _v2_runner_phases(conn: Connection) -> None:
+    """runner_state `claimed` splits into preparing / running; a stop remembers where it ends."""
+    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN runner_since FLOAT")
+    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN stop_target VARCHAR(32)")
+    # A claimed job had started its containers once it reached Training (or anything after it).
+    conn.exec_driver_sql(
+        "UPDATE training_jobs SET runner_state = CASE WHEN secondary_status IN ('Starting', 'Downloading') "
+        "THEN 'preparing' ELSE 'running' END, runner_since = last_modified_time "
+        "WHERE runner_state = 'claimed'")
+    conn.exec_driver_sql("UPDATE training_jobs SET stop_target = 'Stopped' WHERE status = 'Stopping'")
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (2, _v2_runner_phases),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer smlocal; opening it could lose what that version stored."""
+
+
+def _sqlite_url(db: str | Path) -> str:
+    db = str(db)
+    return db if "://" in db else f"sqlite:///{db}"
+
+
+def _file_of(url: str) -> Path | None:
+    if url.startswith("sqlite:///") and not url.endswith(":memory:"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling starts transactions lazily, which lets two writers read the
+    # same state and both act on it; BEGIN IMMEDIATE takes the write lock up front so every
+    # read-modify-write (claim, stop, state change) is serialized. Reads begin deferred and never
+    # ask for the lock: in WAL mode they read a snapshot while a writer works.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        # FULL: every commit is fsynced to the WAL, so an acknowledged write survives power loss
+        # (NORMAL only survives a process crash). It costs one fsync per status change.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("smlocal_read"):
+            conn.exec_driver_sql("BEGIN DEFERRED")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _backup(path: Path, version: int) -> Path:
+    target = path.with_name(f"{path.name}.v{version}.bak")
+    source = sqlite3.connect(str(path))
+    try:
+        dest = sqlite3.connect(str(target))
+        try:
+            source.backup(dest)
+        finally:
+            dest.close()
+    finally:
+        source.close()
+    return target
+
+
+class Store:
+    def __init__(self, db: str | Path) -> None:
+        url = _sqlite_url(db)
+        path = _file_of(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+        )
+        _configure_sqlite(self.engine)
+        self._migrate(path)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(smlocal_read=True),
+                                           expire_on_commit=False)
+
+    def _migrate(self, path: Path | None) -> None:
+        with self.engine.connect() as probe:
+            version = probe.exec_driver_sql("PRAGMA user_version").scalar() or 0
+            has_jobs = inspect(probe).has_table(JobRow.__tablename__)
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"the database {path or ''} has schema version {version}, newer than this smlocal "
+                               f"understands ({SCHEMA_VERSION}); use the smlocal that wrote it")
+        if has_jobs and version == 0:
+            version = 1
+        if has_jobs and version < SCHEMA_VERSION and path is not None:
+            backup = _backup(path, version)
+            log.info("upgrading %s from schema version %d to %d (a copy is in %s)", path, version,
+                     SCHEMA_VERSION, backup)
+        with self.engine.begin() as conn:
+            if has_jobs:
+                for target, step in MIGRATIONS:
+                    if target > version:
+                        step(conn)
+            Base.metadata.create_all(conn)
+            conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One serialized unit of work (holds the write lock): committed on success, rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A consistent snapshot for reading; never waits for, nor blocks, a writer."""
+        with self._read_sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
