@@ -23,7 +23,7 @@ from minio.error import S3Error
 from runner import tree
 from runner.layout import WRITABLE_DIR, WRITABLE_FILE, HostLayout
 from runner.s3 import S3Location, parse_s3_uri
-from smlocal.core.jobspec import JobSpec
+from smlocal.core.jobspec import JobSpec, job_output_uri
 
 # Folders of the tree that are uploaded, relative to /opt/ml.
 MODEL = "model"
@@ -65,7 +65,7 @@ class _CancellableReader:
 
 def output_location(spec: JobSpec) -> S3Location:
     """`<S3OutputPath>/<job>/output/`, where model.tar.gz and output.tar.gz go."""
-    return parse_s3_uri(spec.output.s3_output_path).child(spec.name, "output")
+    return parse_s3_uri(job_output_uri(spec.output.s3_output_path, spec.name))
 
 
 def _files(folders: Sequence[tuple[Path, str]]) -> Iterator[tree.Entry]:

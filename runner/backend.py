@@ -93,7 +93,7 @@ class LogChunk:
     data: bytes
 
 
-class LogStream(ABC):
+class ContainerOutput(ABC):
     """A container's output from a point on, following it until it exits (`close()` ends it early)."""
 
     @abstractmethod
@@ -140,7 +140,7 @@ class Backend(ABC):
         """Send SIGTERM / SIGKILL; a container that already exited is not an error."""
 
     @abstractmethod
-    def logs(self, container: ContainerRef, since_ms: int | None = None) -> LogStream: ...
+    def logs(self, container: ContainerRef, since_ms: int | None = None) -> ContainerOutput: ...
 
     @abstractmethod
     def remove(self, container: ContainerRef) -> None:

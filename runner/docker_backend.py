@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -21,17 +22,30 @@ from runner.backend import (
     Backend,
     BackendUnavailable,
     ContainerGone,
+    ContainerOutput,
     ContainerRef,
     ContainerSpec,
     ImageUnavailable,
     LogChunk,
-    LogStream,
     NetworkRef,
     SubnetTaken,
 )
-from runner.logs import split_docker_timestamp
 
 log = logging.getLogger("smlocal.runner")
+
+# Docker prefixes each line with RFC 3339 nano time when asked for timestamps.
+_DOCKER_TS_RE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d) ?")
+
+
+def split_docker_timestamp(frame: bytes) -> tuple[int | None, bytes]:
+    """Split a `docker logs --timestamps` frame into (epoch ms, payload)."""
+    m = _DOCKER_TS_RE.match(frame)
+    if not m:
+        return None, frame
+    base, fraction, zone = m.group(1).decode(), (m.group(2) or b"").decode(), m.group(3).decode()
+    # datetime keeps microseconds; docker sends nanoseconds.
+    iso = f"{base}.{fraction[:6].ljust(6, '0')}{'+00:00' if zone == 'Z' else zone}"
+    return int(datetime.fromisoformat(iso).timestamp() * 1000), frame[m.end():]
 
 
 def _label_filter(labels: dict[str, str]) -> list[str]:
@@ -66,7 +80,7 @@ def _engine() -> Iterator[None]:
         raise
 
 
-class _DockerLogStream(LogStream):
+class _DockerOutput(ContainerOutput):
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
@@ -204,13 +218,13 @@ class DockerBackend(Backend):
                 if e.status_code != 409:
                     raise
 
-    def logs(self, container: ContainerRef, since_ms: int | None = None) -> LogStream:
+    def logs(self, container: ContainerRef, since_ms: int | None = None) -> ContainerOutput:
         kwargs: dict[str, Any] = {"stream": True, "follow": True, "timestamps": True}
         if since_ms is not None:
             kwargs["since"] = since_ms / 1000
         with _engine():
             try:
-                return _DockerLogStream(self.client.api.logs(container.id, **kwargs))
+                return _DockerOutput(self.client.api.logs(container.id, **kwargs))
             except NotFound:
                 raise ContainerGone(container.name) from None
 

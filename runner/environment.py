@@ -2,37 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-from urllib.parse import urlsplit, urlunsplit
-
+from runner.host_address import container_s3_endpoint
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.settings import Settings
-
-# Resolves to the host from inside any container (docker's host-gateway); see docker_backend.
-HOST_ALIAS = "host.docker.internal"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def container_s3_endpoint(settings: Settings) -> str | None:
-    """The S3 endpoint as reachable from inside a container (127.0.0.1 there is the container itself)."""
-    if settings.container_s3_endpoint:
-        return settings.container_s3_endpoint
-    if not settings.s3_endpoint:
-        return None
-    endpoint = settings.s3_endpoint if "://" in settings.s3_endpoint else f"http://{settings.s3_endpoint}"
-    parts = urlsplit(endpoint)
-    if not parts.hostname or not _is_loopback(parts.hostname):
-        return endpoint
-    netloc = HOST_ALIAS if parts.port is None else f"{HOST_ALIAS}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def container_environment(job: JobSpec, settings: Settings) -> dict[str, str]:

@@ -37,7 +37,6 @@ from runner.inputs import DataDownloadError, DownloadCancelled, InputContext, In
 from runner.layout import HostLayout, container_mounts, job_root, make_private_dir
 from runner.layout import prepare as prepare_layout
 from runner.log_follower import LogFollower
-from runner.logs import LogStreamWriter, list_streams, stream_path
 from runner.metrics import MetricCollector, final_of_all
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
@@ -65,7 +64,7 @@ from smlocal.core.lifecycle import (
     phase_reached,
 )
 from smlocal.core.local_channels import LocalChannelRoots
-from smlocal.core.logstore import JobLogKey
+from smlocal.core.logstore import JobLogKey, LogStreamWriter, list_streams, stream_path
 from smlocal.core.metric_series import MetricSeriesWriter
 from smlocal.core.settings import Settings
 from smlocal.core.store import JobRecord

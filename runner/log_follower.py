@@ -12,8 +12,8 @@ import time
 from collections import Counter, deque
 
 from runner.backend import Backend, ContainerRef, LogChunk
-from runner.logs import LogStreamWriter, read_events
 from runner.metrics import MetricCollector
+from smlocal.core.logstore import LogStreamWriter, read_events
 
 log = logging.getLogger("smlocal.runner")
 

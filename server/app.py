@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,13 +14,13 @@ from starlette.concurrency import run_in_threadpool
 
 from server.aws import protocol
 from server.aws.auth import Authenticator
+from server.aws.context import RequestContext
 from server.aws.registry import Service, ServiceRegistry
-from server.aws.validation import validate_input
 from server.console import mount_console
 from server.services.cloudwatch.provider import CloudWatchMetrics
 from server.services.iam.provider import Iam
 from server.services.logs.provider import CloudWatchLogs
-from server.services.sagemaker.provider import JobLimits, Operations, RequestContext
+from server.services.sagemaker.provider import JobLimits, Operations
 from smlocal.core.errors import ApiError
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.local_channels import LocalChannelRoots
@@ -30,20 +30,25 @@ from smlocal.core.store import Store
 log = logging.getLogger("smlocal.server")
 
 
-def create_app(settings: Settings) -> FastAPI:
-    store = Store(settings.db_path)
-    lifecycle = Lifecycle(store)
-    runner = None
-    if settings.run_jobs:
-        from runner.scheduler import Runner
+class JobRunner(Protocol):
+    """What the app needs of the runner `smlocal serve` hands it (runner.scheduler.Runner): started and
+    stopped with the app, asked for its health. It hears of new jobs and stops from the lifecycle."""
 
-        runner = Runner(settings, lifecycle)
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+
+def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: JobRunner | None) -> FastAPI:
+    """The HTTP app over the parts `smlocal serve` built (server.cli, the composition root); `runner` None:
+    jobs are not run (--no-run-jobs)."""
     data_dir = Path(settings.data_dir).resolve()
     limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
                        local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir))
     registry = ServiceRegistry([
-        Service.of("sagemaker", Operations(store, lifecycle, on_change=runner.wake if runner else lambda: None,
-                                           data_dir=data_dir, limits=limits)),
+        Service.of("sagemaker", Operations(store, lifecycle, data_dir=data_dir, limits=limits)),
         Service.of("logs", CloudWatchLogs(store, data_dir)),
         Service.of("cloudwatch", CloudWatchMetrics(store)),
         Service.of("iam", Iam()),
@@ -91,12 +96,8 @@ def create_app(settings: Settings) -> FastAPI:
         service, op = route.service, route.operation
         assert service is not None and op is not None
         operation_model = service.operation_model(op)
-        params = route.wire.parse(body, operation_model.input_shape)
-        params = validate_input(operation_model.input_shape, params, service.extra_required(op),
-                                service.validation_error)
-        result = service.handlers[op](ctx, params)
-        shaped = protocol.shape_output(operation_model.output_shape, result) or {}
-        return route.wire.response(service, operation_model, shaped, request_id)
+        result = service.invoke(op, ctx, route.wire.parse(body, operation_model.input_shape))
+        return route.wire.response(service, operation_model, result, request_id)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
     async def dispatch(request: Request, path: str) -> Response:

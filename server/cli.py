@@ -14,12 +14,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from runner.environment import HOST_ALIAS, container_s3_endpoint
+from runner.docker_backend import DockerBackend
+from runner.host_address import HOST_ALIAS, container_s3_endpoint, docker_bridge_gateway
+from runner.scheduler import Runner
+from runner.subnets import SubnetRangeError, host_routes, resolve_job_subnets
 from server import cli_views
+from server.app import create_app
 from server.aws.regions import is_valid_region
 from server.datadir import DataDirInUse, DataDirLock, make_private
+from server.s3.base import STORE_KINDS, StoreStartError
+from server.s3.embedded import embedded_store
 from server.s3.front import S3Front, start_front
+from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.settings import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
+from smlocal.core.store import SchemaTooNew, Store
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
 console = Console()
@@ -103,8 +111,6 @@ def serve(
         raise typer.Exit(1) from None
     embedded = None
     if not s3_endpoint:
-        from server.s3.embedded import STORE_KINDS, StoreStartError, docker_bridge_gateway, embedded_store
-
         if s3_store not in STORE_KINDS:
             raise typer.BadParameter(f"--s3-store must be one of {', '.join(STORE_KINDS)}")
         # Containers reach the store only through the bridge gateway; without jobs nobody needs it.
@@ -132,16 +138,16 @@ def serve(
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs, job_subnets=job_range,
     )
 
-    from server.app import create_app
-    from smlocal.core.store import SchemaTooNew
-
     try:
         try:
-            application = create_app(settings)
+            store = Store(settings.db_path)
         except SchemaTooNew as exc:
             console.print(f"[red]smlocal: {escape(str(exc))}[/red]", soft_wrap=True)
             raise typer.Exit(1) from None
-        runner = application.state.runner
+        # The one place the parts meet: the state, the runner that drives it, the app that serves it.
+        lifecycle = Lifecycle(store)
+        runner = Runner(settings, lifecycle) if settings.run_jobs else None
+        application = create_app(settings, store, lifecycle, runner)
         _banner(settings, embedded.describe() if embedded else None,
                 runner.check_engine() if runner is not None else None, _containers_s3(settings, front))
         uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
@@ -156,8 +162,6 @@ def serve(
 
 def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | None:
     """The S3-only address training containers get for a store smlocal does not run (server/s3/front.py)."""
-    from server.s3.embedded import docker_bridge_gateway
-
     gateway = docker_bridge_gateway()
     if gateway is None:
         return None  # no engine yet: containers cannot run, and get the store's own address if they do
@@ -175,9 +179,6 @@ def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | No
 
 def _job_subnets(requested: str | None) -> str:
     """The range job networks come from, checked against this machine's routes and the engine's networks."""
-    from runner.docker_backend import DockerBackend
-    from runner.subnets import SubnetRangeError, host_routes, resolve_job_subnets
-
     try:
         engine_networks = DockerBackend().networks()
     except Exception as e:  # noqa: BLE001 - no engine (yet): its networks are skipped at each allocation anyway

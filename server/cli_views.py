@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
+from smlocal.core.lifecycle import TERMINAL_STATUSES
+from smlocal.core.logstore import LOG_GROUP
+
 STATUS_STYLE = {"Completed": "green", "Failed": "red", "Stopped": "yellow", "Stopping": "yellow",
                 "InProgress": "cyan"}
 FOLLOW_POLL_SECONDS = 0.5
@@ -190,7 +191,7 @@ def logs(
             time.sleep(FOLLOW_POLL_SECONDS)
             described = sm.describe_training_job(TrainingJobName=job)
             # Every line is stored before the job shows a final status: one more read gets the rest.
-            final_pass = described["TrainingJobStatus"] in TERMINAL
+            final_pass = described["TrainingJobStatus"] in TERMINAL_STATUSES
     if follow:
         _print_end(described)
         if described["TrainingJobStatus"] == "Failed":
@@ -220,7 +221,7 @@ def stop(
     with api_errors(endpoint_url):
         sm.stop_training_job(TrainingJobName=job)
         described = sm.describe_training_job(TrainingJobName=job)
-        while wait and described["TrainingJobStatus"] not in TERMINAL:
+        while wait and described["TrainingJobStatus"] not in TERMINAL_STATUSES:
             time.sleep(FOLLOW_POLL_SECONDS)
             described = sm.describe_training_job(TrainingJobName=job)
     console.print(Text.assemble("training job ", (job, "bold"), " ", _status(described["TrainingJobStatus"]),

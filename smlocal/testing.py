@@ -37,7 +37,8 @@ from typing import Any
 
 import pytest
 
-from server.s3.files import die_with_parent
+from runner.backend import LABEL_DATA_DIR
+from smlocal.core.rclone import die_with_parent
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
                       "AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ENDPOINT_URL_IAM")
@@ -228,8 +229,6 @@ class Smlocal:
 def remove_job_resources(data_dir: Path) -> None:
     """Every container and network smlocal created for jobs of this data dir (and only those)."""
     import docker
-
-    from runner.backend import LABEL_DATA_DIR
 
     client = docker.from_env(timeout=30)
     label = f"{LABEL_DATA_DIR}={Path(data_dir).resolve()}"

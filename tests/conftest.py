@@ -10,7 +10,14 @@ import pytest
 
 from tests.support.census import NETWORKS, SERVERS
 from tests.support.s3server import S3Server, start_s3_server
-from tests.support.smlocal import SmlocalServer
+from tests.support.smlocal import SmlocalServer, module_server
+
+# The runner tests' fixtures (docker_engine, runner_server, s3) for every test module; only this, the
+# top-level conftest, may load plugins.
+pytest_plugins = ["tests.support.runner_jobs"]
+# pytest rewrites a plugin's asserts, not a helper module's: pipe_jobs' status checks (ended) keep the detailed
+# failure messages they had in a test module.
+pytest.register_assert_rewrite("tests.support.pipe_jobs")
 
 # Nothing in the tests may phone home. (The SageMaker SDKs read no variable for telemetry: the SDK
 # tests opt out in their config file, `TelemetryOptOut: true`, and run under tests/support/sdk.py's guard.)
@@ -85,8 +92,13 @@ def api_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture()
-def sm(api_server: SmlocalServer):  # noqa: ANN201 - a boto3 client
-    return api_server.client()
+def sm(request: pytest.FixtureRequest):  # noqa: ANN201 - a boto3 client
+    """A SageMaker client of the test module's server: the fixture the module names in a module constant
+    SERVER, got with request.getfixturevalue (api_server when the module sets none).
+
+    A module whose jobs must run sets SERVER = "runner_server" (tests/support/runner_jobs.py); the `s3`
+    fixture follows the same constant. A module's own `sm` fixture still overrides this one."""
+    return module_server(request).client()
 
 
 @pytest.fixture()

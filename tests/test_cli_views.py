@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.jobs import wait_recording
-from tests.support.smlocal import SmlocalServer, free_port
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
-    docker_engine,  # noqa: F401 - a fixture
-    runner_server,  # noqa: F401 - a fixture
-    s3,  # noqa: F401 - a fixture
     sh_job,
-    sm,  # noqa: F401 - a fixture
     wait_until,
 )
+from tests.support.smlocal import SmlocalServer, free_port
+
+SERVER = "runner_server"  # `sm` and `s3` are clients of the runner plugin's server (tests/conftest.py)
 
 SMLOCAL = str(Path(sys.executable).parent / "smlocal")
 TWO_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10}

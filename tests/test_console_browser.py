@@ -14,13 +14,11 @@ import requests
 
 from tests.support.console import chromium, screenshot
 from tests.support.jobs import wait_for_status
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
-    docker_engine,  # noqa: F401 - a fixture
-    runner_server,  # noqa: F401 - a fixture
+from tests.support.runner_jobs import (
     s3_client,
     sh_job,
 )
+from tests.support.smlocal import SmlocalServer
 
 # A line every half second, each with a loss the MetricDefinition picks up; a model saved at the start so a
 # stopped job still has one; a log line that would be a script if the page took it as HTML.

@@ -10,14 +10,12 @@ from typing import Any
 
 from tests.support.console import get, text_of
 from tests.support.jobs import wait_for_status
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     OUTPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
-    runner_server,  # noqa: F401 - a fixture
     s3_client,
     sh_job,
 )
+from tests.support.smlocal import SmlocalServer
 
 FINAL = {"Completed", "Failed", "Stopped"}
 

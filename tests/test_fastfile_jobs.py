@@ -11,7 +11,6 @@ import hashlib
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -19,17 +18,14 @@ import pytest
 
 from runner.inputs.fastfile import FUSE_DEVICE_ENV
 from runner.mounts import mounts_under
+from tests.support.fastfile import rclone_mounts_of
 from tests.support.jobs import wait_recording
 from tests.support.logs import stream_files
-from tests.support.s3server import S3Server
-from tests.support.slow_s3 import SlowS3Proxy
-from tests.support.smlocal import SmlocalServer
-from tests.test_pipe_jobs import completed, ended
-from tests.test_runner_jobs import (
+from tests.support.pipe_jobs import completed, ended
+from tests.support.runner_jobs import (
     FINAL,
     INPUT_BUCKET,
     build_test_images,
-    docker_engine,  # noqa: F401 - a fixture
     leftovers,
     log_messages,
     model_files,
@@ -38,6 +34,9 @@ from tests.test_runner_jobs import (
     sh_job,
     wait_until,
 )
+from tests.support.s3server import S3Server
+from tests.support.slow_s3 import SlowS3Proxy
+from tests.support.smlocal import SmlocalServer
 
 DATA = "/opt/ml/input/data/train"
 
@@ -45,21 +44,6 @@ DATA = "/opt/ml/input/data/train"
 def fastfile_channel(uri: str, **extra: Any) -> dict[str, Any]:
     return {"ChannelName": "train", "InputMode": "FastFile", "DataSource": {"S3DataSource": {
         "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}, **extra}
-
-
-def rclone_mounts_of(data_dir: Path) -> list[str]:
-    """rclone mount processes whose mount point is below this data dir."""
-    found = []
-    root = str(data_dir.resolve())
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if len(argv) > 3 and argv[1] in (b"mount", b"mount2") and argv[3].decode(errors="replace").startswith(root):
-                found.append(entry.name)
-    return found
 
 
 def nothing_mounted(server: SmlocalServer) -> bool:

@@ -19,8 +19,8 @@ from runner.layout import prepare as prepare_layout
 from runner.mounts import mounts_under
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.settings import Settings
+from tests.support.fastfile import rclone_mounts_of
 from tests.support.s3server import S3Server
-from tests.test_fastfile_jobs import rclone_mounts_of
 
 BUCKET = "smlocal-test-fastfile-units"
 

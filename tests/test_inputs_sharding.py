@@ -17,17 +17,15 @@ import pytest
 
 from runner.inputs.pipe_sources import epoch_entries
 from tests.support.jobs import wait_recording
-from tests.test_pipe_jobs import completed, pipe_channel, put_objects, reader_job
-from tests.test_runner_jobs import (
+from tests.support.pipe_jobs import completed, pipe_channel, put_objects, reader_job
+from tests.support.runner_jobs import (
     FINAL,
     INPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
     model_files,
-    runner_server,  # noqa: F401 - a fixture
-    s3,  # noqa: F401 - a fixture
     sh_job,
-    sm,  # noqa: F401 - a fixture
 )
+
+SERVER = "runner_server"  # `sm` and `s3` are clients of the runner plugin's server (tests/conftest.py)
 
 HOSTS = ("algo-1", "algo-2", "algo-3")
 THREE_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 3, "VolumeSizeInGB": 1}

@@ -32,16 +32,15 @@ from runner.subnets import (
 )
 from smlocal.core.lifecycle import DEFAULT_MESSAGES, WAITING_FOR_NETWORK_MESSAGE
 from tests.support.jobs import wait_for_status, wait_recording
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (  # noqa: F401 - docker_engine: a fixture
+from tests.support.runner_jobs import (
     FINAL,
-    docker_engine,
     leftovers,
     s3_client,
     settle,
     sh_job,
     wait_until,
 )
+from tests.support.smlocal import SmlocalServer
 
 # A range of its own for the tests that fill it, away from the default ones other servers use.
 SMALL_RANGE = "10.250.7.0/26"  # two /27s: the spare and one more
@@ -154,7 +153,7 @@ def _health(server: SmlocalServer) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def crowded(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
+def crowded(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
             ) -> Iterator[SmlocalServer]:
     server = module_smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "40")
     s3_client(server)
@@ -163,7 +162,7 @@ def crowded(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine:
 
 
 def test_more_jobs_at_once_than_the_default_pools_have_networks(
-        crowded: SmlocalServer, docker_engine: docker.DockerClient, unique_name: Callable[[str], str]) -> None:  # noqa: F811
+        crowded: SmlocalServer, docker_engine: docker.DockerClient, unique_name: Callable[[str], str]) -> None:
     """36 jobs at once: more networks than a fresh engine's default pools hold (about 30), all in Training."""
     sm = crowded.client()
     job_range = _health(crowded)["jobSubnets"]
@@ -200,7 +199,7 @@ def test_more_jobs_at_once_than_the_default_pools_have_networks(
 
 
 @pytest.fixture(scope="module")
-def small_range(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient  # noqa: F811
+def small_range(module_smlocal_factory: Callable[..., SmlocalServer], docker_engine: docker.DockerClient
                 ) -> Iterator[SmlocalServer]:
     assert not any(IPv4Network(SMALL_RANGE).overlaps(r) for r in host_routes()), "pick another SMALL_RANGE"
     server = module_smlocal_factory("--stop-grace-seconds", "1", "--max-concurrent-jobs", "4",
@@ -211,7 +210,7 @@ def small_range(module_smlocal_factory: Callable[..., SmlocalServer], docker_eng
 
 
 def test_a_job_waits_in_starting_for_a_free_network_and_then_runs(
-        small_range: SmlocalServer, docker_engine: docker.DockerClient,  # noqa: F811
+        small_range: SmlocalServer, docker_engine: docker.DockerClient,
         unique_name: Callable[[str], str]) -> None:
     """Two /27s for three jobs: the third waits in Starting, says why, and trains once a job ends."""
     sm = small_range.client()

@@ -22,8 +22,8 @@ from runner.inputs.file_staging import DataDownloadError, stage_channels
 from runner.layout import HostLayout, prepare
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.local_channels import LocalChannelRoots
+from tests.support.awscli import AWS
 from tests.support.jobs import job_request, wait_for_status, wait_recording
-from tests.test_api_cli import AWS
 
 
 def channel(uri: str, name: str = "train") -> dict[str, Any]:

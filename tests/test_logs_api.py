@@ -12,19 +12,18 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
+from tests.support.awscli import aws
 from tests.support.jobs import assert_completed_in_order, wait_recording
 from tests.support.logs import stream_files
-from tests.support.smlocal import SmlocalServer
-from tests.test_api_cli import aws
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
-    docker_engine,  # noqa: F401 - a fixture
-    runner_server,  # noqa: F401 - a fixture
     s3_client,
     sh_job,
-    sm,  # noqa: F401 - a fixture
     wait_until,
 )
+from tests.support.smlocal import SmlocalServer
+
+SERVER = "runner_server"  # `sm` and `s3` are clients of the runner plugin's server (tests/conftest.py)
 
 GROUP = "/aws/sagemaker/TrainingJobs"
 TWO_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10}

@@ -19,13 +19,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.support.jobs import assert_completed_in_order, wait_recording
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
-    docker_engine,  # noqa: F401 - a fixture
-    runner_server,  # noqa: F401 - a fixture
+from tests.support.runner_jobs import (
     s3_client,
     sh_job,
 )
+from tests.support.smlocal import SmlocalServer
 
 NAMESPACE = "/aws/sagemaker/TrainingJobs"
 TWO_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10}

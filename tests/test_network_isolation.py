@@ -23,11 +23,9 @@ from smlocal.core.jobspec import JobSpec
 from smlocal.core.settings import Settings
 from tests.support.docker_env import host_address_for_containers
 from tests.support.jobs import assert_completed_in_order
-from tests.support.smlocal import STORE_KEY, SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
     INPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
     leftovers,
     model_files,
     s3_channel,
@@ -36,6 +34,7 @@ from tests.test_runner_jobs import (
     sh_job,
     wait_until,
 )
+from tests.support.smlocal import STORE_KEY, SmlocalServer
 
 GROUP = "/aws/sagemaker/TrainingJobs"
 TWO_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10}
@@ -105,7 +104,7 @@ class Listener:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, docker_engine: docker.DockerClient,  # noqa: F811
+def server(tmp_path_factory: pytest.TempPathFactory, docker_engine: docker.DockerClient,
            ) -> Iterator[SmlocalServer]:
     """smlocal with its embedded store (files): the store containers are pointed at is the gateway's port."""
     server = SmlocalServer(tmp_path_factory.mktemp("isolation") / "data", None,
@@ -188,7 +187,7 @@ def job_network(client: docker.DockerClient, name: str) -> dict[str, Any]:
 
 def test_isolated_hosts_reach_each_other_and_nothing_else_and_their_data_still_moves(
         server: SmlocalServer, listener: Listener, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient) -> None:  # noqa: F811
+        docker_engine: docker.DockerClient) -> None:
     sm, s3, logs = server.client(), s3_client(server), server.client("logs")
     name = unique_name("isolated")
     request = probe_job(server, s3, name, listener, ResourceConfig=TWO_HOSTS, EnableNetworkIsolation=True,
@@ -260,7 +259,7 @@ SLEEPER = "echo before; sleep 5; echo after; echo trained > /opt/ml/model/model.
 
 
 @pytest.fixture()
-def restartable(tmp_path: Path, docker_engine: docker.DockerClient) -> Iterator[SmlocalServer]:  # noqa: F811
+def restartable(tmp_path: Path, docker_engine: docker.DockerClient) -> Iterator[SmlocalServer]:
     server = SmlocalServer(tmp_path / "data", None, ["--stop-grace-seconds", "1"]).start()
     try:
         yield server
@@ -294,7 +293,7 @@ def _start_isolated(server: SmlocalServer, name: str, client: docker.DockerClien
 
 def test_an_isolated_job_adopted_after_a_restart_finishes_and_leaves_nothing(
         restartable: SmlocalServer, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient) -> None:  # noqa: F811
+        docker_engine: docker.DockerClient) -> None:
     server = restartable
     name = unique_name("isolated-adopt")
     seen, network = _start_isolated(server, name, docker_engine)
@@ -316,7 +315,7 @@ def test_an_isolated_job_adopted_after_a_restart_finishes_and_leaves_nothing(
 
 def test_an_isolated_job_whose_containers_vanished_in_a_restart_fails_and_its_network_goes(
         restartable: SmlocalServer, unique_name: Callable[[str], str],
-        docker_engine: docker.DockerClient) -> None:  # noqa: F811
+        docker_engine: docker.DockerClient) -> None:
     server = restartable
     name = unique_name("isolated-vanished")
     seen, network = _start_isolated(server, name, docker_engine, hosts=1)  # one host: a network without a subnet
@@ -364,8 +363,8 @@ def test_only_the_encryption_flag_brings_a_notice() -> None:
 def test_the_notice_heads_a_new_stream_and_is_not_the_algorithms_output(tmp_path: Path) -> None:
     from runner.backend import ContainerRef
     from runner.log_follower import LogFollower
-    from runner.logs import LogStreamWriter, read_events
     from runner.metrics import MetricCollector
+    from smlocal.core.logstore import LogStreamWriter, read_events
 
     container = ContainerRef("id", "c", {}, "running", started_at=1_700_000_000.25)
     stream = tmp_path / "algo-1-1700000000"

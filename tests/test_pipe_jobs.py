@@ -23,55 +23,25 @@ import pytest
 from runner.inputs.pipe_sources import epoch_entries
 from tests.support.docker_env import PYTHON_BASE_IMAGE
 from tests.support.jobs import job_request, wait_recording
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.pipe_jobs import completed, ended, pipe_channel, put_objects, reader_job
+from tests.support.runner_jobs import (
     FINAL,
     INPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
     leftovers,
     log_messages,
     model_files,
-    runner_server,  # noqa: F401 - a fixture
-    s3,  # noqa: F401 - a fixture
+    s3_client,
+    settle,
     sh_job,
-    sm,  # noqa: F401 - a fixture
     wait_until,
 )
+from tests.support.smlocal import SmlocalServer
 
-READER = Path(__file__).parent / "support" / "pipe_reader.py"
-ENTRYPOINT = ["python3", "/opt/ml/input/data/code/pipe_reader.py"]
+SERVER = "runner_server"  # `sm` and `s3` are clients of the runner plugin's server (tests/conftest.py)
 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def put_objects(s3: Any, prefix: str, objects: dict[str, bytes]) -> None:
-    for key, body in objects.items():
-        s3.put_object(Bucket=INPUT_BUCKET, Key=f"{prefix}/{key}", Body=body)
-
-
-def pipe_channel(name: str, uri: str, *, mode: str | None = "Pipe", distribution: str = "FullyReplicated",
-                 data_type: str = "S3Prefix", **extra: Any) -> dict[str, Any]:
-    channel = {"ChannelName": name, "DataSource": {"S3DataSource": {
-        "S3DataType": data_type, "S3Uri": uri, "S3DataDistributionType": distribution,
-        **({"AttributeNames": extra.pop("AttributeNames")} if "AttributeNames" in extra else {})}}, **extra}
-    if mode:
-        channel["InputMode"] = mode
-    return channel
-
-
-def reader_job(s3: Any, name: str, channels: list[dict[str, Any]], plan: dict[str, dict[str, Any]],
-               job_mode: str = "File", **overrides: Any) -> dict[str, Any]:
-    """A job whose algorithm is pipe_reader.py following `plan` (the reader ships as a File-mode channel)."""
-    s3.put_object(Bucket=INPUT_BUCKET, Key=f"{name}/code/pipe_reader.py", Body=READER.read_bytes())
-    code = {"ChannelName": "code", "InputMode": "File", "DataSource": {"S3DataSource": {
-        "S3DataType": "S3Prefix", "S3Uri": f"s3://{INPUT_BUCKET}/{name}/code/"}}}
-    return job_request(
-        name, PYTHON_BASE_IMAGE, HyperParameters={"plan": json.dumps(plan)},
-        AlgorithmSpecification={"TrainingImage": PYTHON_BASE_IMAGE, "TrainingInputMode": job_mode,
-                                "ContainerEntrypoint": ENTRYPOINT},
-        InputDataConfig=[*channels, code], **overrides)
 
 
 def run_recording(sm: Any, request: dict[str, Any], timeout: float = 120.0) -> tuple[dict[str, Any], list[str]]:
@@ -81,24 +51,6 @@ def run_recording(sm: Any, request: dict[str, Any], timeout: float = 120.0) -> t
 
 def result_of(s3: Any, name: str) -> dict[str, Any]:
     return json.loads(model_files(s3, name)["result.json"])
-
-
-# The statuses a job can show, in the order SageMaker moves through them (Stopping may come from any
-# InProgress status; a job fails from any of them).
-_ORDER = ["InProgress/Starting", "InProgress/Downloading", "InProgress/Training", "InProgress/Uploading",
-          "Stopping/Stopping", "Completed/Completed", "Failed/Failed", "Stopped/Stopped"]
-
-
-def ended(job: dict[str, Any], seen: list[str], status: str) -> None:
-    """The job ended in `status`, and every status seen while polling came in an order SageMaker produces."""
-    assert job["TrainingJobStatus"] == status, job.get("FailureReason")
-    assert seen and seen[-1] == f"{status}/{job['SecondaryStatus']}" and seen[-1] in _ORDER, seen
-    ranks = [_ORDER.index(s) for s in seen]
-    assert ranks == sorted(ranks) and sum(s.split("/")[0] in ("Completed", "Failed", "Stopped") for s in seen) == 1
-
-
-def completed(job: dict[str, Any], seen: list[str]) -> None:
-    ended(job, seen, "Completed")
 
 
 # ---- every byte, every epoch --------------------------------------------------------------------
@@ -295,8 +247,6 @@ def test_an_augmented_manifest_line_without_an_attribute_fails_at_download(
 def test_a_restarted_server_goes_on_with_the_next_epoch(
         smlocal_factory: Callable[..., SmlocalServer], unique_name: Callable[[str], str],
         docker_engine: docker.DockerClient) -> None:
-    from tests.test_runner_jobs import s3_client, settle
-
     server = smlocal_factory("--stop-grace-seconds", "1")
     try:
         sm, s3 = server.client(), s3_client(server)
@@ -329,8 +279,6 @@ def _peak_rss_kib(pid: int) -> int:
 def test_memory_stays_bounded_whatever_the_size_of_the_data(
         smlocal_factory: Callable[..., SmlocalServer], unique_name: Callable[[str], str],
         docker_engine: docker.DockerClient) -> None:
-    from tests.test_runner_jobs import s3_client, settle
-
     server = smlocal_factory("--stop-grace-seconds", "1")
     try:
         sm, s3 = server.client(), s3_client(server)
@@ -370,8 +318,6 @@ def test_pipe_and_fastfile_read_the_embedded_stores(tmp_path: Path, kind: str, u
                                                       docker_engine: docker.DockerClient) -> None:
     """What `make run` starts (`--s3-store files`: rclone serve s3 with SigV4 keys; `memory`: moto) serves the
     runner's streams and mounts as it serves downloads."""
-    from tests.test_runner_jobs import s3_client, settle
-
     server = SmlocalServer(tmp_path / "data", None, ["--s3-store", kind, "--stop-grace-seconds", "1"]).start()
     try:
         sm, s3 = server.client(), s3_client(server)

@@ -30,21 +30,19 @@ from runner.mounts import mounts_under, remove_tree
 from smlocal.core.jobspec import JobSpec
 from tests.support.docker_env import BUSYBOX_IMAGE
 from tests.support.logs import stream_files
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     INPUT_BUCKET,
     OUTPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
     log_messages,
     model_files,
     run_job,
-    runner_server,  # noqa: F401 - a fixture
-    s3,  # noqa: F401 - a fixture
     s3_channel,
     sh_job,
-    sm,  # noqa: F401 - a fixture
     wait_until,
 )
+from tests.support.smlocal import SmlocalServer
+
+SERVER = "runner_server"  # `sm` and `s3` are clients of the runner plugin's server (tests/conftest.py)
 
 NOBODY_IMAGE = "smlocal-test/runner-nobody:1"
 

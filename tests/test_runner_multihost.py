@@ -26,25 +26,23 @@ from smlocal.core.jobspec import JobSpec, MetricDefinition
 from smlocal.core.local_channels import LocalChannelRoots
 from tests.support.jobs import wait_for_status
 from tests.support.logs import stream_files
-from tests.support.s3server import S3Server
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
     INPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
     leftovers,
     model_files,
     run_job,
-    runner_server,  # noqa: F401 - a fixture
-    s3,  # noqa: F401 - a fixture
     s3_channel,
     s3_client,
     settle,
     sh_job,
-    sm,  # noqa: F401 - a fixture
     tar_members,
     wait_until,
 )
+from tests.support.s3server import S3Server
+from tests.support.smlocal import SmlocalServer
+
+SERVER = "runner_server"  # `sm` and `s3` are clients of the runner plugin's server (tests/conftest.py)
 
 TWO_HOSTS = {"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10}
 

@@ -21,13 +21,9 @@ from botocore.exceptions import ClientError
 
 from runner.mounts import mounts_under
 from tests.support.jobs import wait_for_status
-from tests.support.s3server import S3Server
-from tests.support.slow_s3 import SlowS3Proxy
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
     INPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
     leftovers,
     log_messages,
     model_files,
@@ -36,6 +32,9 @@ from tests.test_runner_jobs import (
     sh_job,
     wait_until,
 )
+from tests.support.s3server import S3Server
+from tests.support.slow_s3 import SlowS3Proxy
+from tests.support.smlocal import SmlocalServer
 
 # ---- what SageMaker can show -------------------------------------------------------------------
 

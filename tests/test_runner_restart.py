@@ -10,10 +10,8 @@ import pytest
 
 from tests.support.jobs import wait_for_status
 from tests.support.logs import stream_files
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
-    docker_engine,  # noqa: F401 - a fixture
     leftovers,
     log_messages,
     model_files,
@@ -22,6 +20,7 @@ from tests.test_runner_jobs import (
     sh_job,
     wait_until,
 )
+from tests.support.smlocal import SmlocalServer
 
 # Long enough to restart the server in the middle, short enough for a quick suite.
 SCRIPT = ("echo before; sleep 4; echo after; echo trained > /opt/ml/model/model.txt; "

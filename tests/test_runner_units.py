@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 
 from runner.backend import LogChunk, container_command
-from runner.docker_backend import parse_docker_time
-from runner.environment import container_environment, container_s3_endpoint
+from runner.docker_backend import parse_docker_time, split_docker_timestamp
+from runner.environment import container_environment
 from runner.failure import algorithm_error, failure_reason
+from runner.host_address import container_s3_endpoint
 from runner.inputs.file_staging import relative_key, safe_relative_path
 from runner.layout import HostLayout, input_data_config, prepare, resource_config
 from runner.log_follower import MAX_EVENT_BYTES, LineAssembler
-from runner.logs import LogStreamWriter, list_streams, read_events, split_docker_timestamp, stream_path
 from runner.metrics import MetricCollector
 from runner.s3 import parse_s3_uri
 from smlocal.core.jobspec import JobSpec, MetricDefinition
-from smlocal.core.logstore import JobLogKey
+from smlocal.core.logstore import JobLogKey, LogStreamWriter, list_streams, read_events, stream_path
 from smlocal.core.settings import Settings
 from smlocal.core.store import JobRecord
 

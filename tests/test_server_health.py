@@ -21,8 +21,7 @@ import pytest
 
 from tests.support.docker_proxy import DockerSocketProxy
 from tests.support.jobs import wait_for_status
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
     leftovers,
     log_messages,
@@ -30,6 +29,7 @@ from tests.test_runner_jobs import (
     sh_job,
     wait_until,
 )
+from tests.support.smlocal import SmlocalServer
 
 
 def get_json(server: SmlocalServer, path: str) -> tuple[int, dict[str, Any]]:

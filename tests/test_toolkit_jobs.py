@@ -25,20 +25,18 @@ from smlocal.core.jobspec import JobSpec
 from tests.support.docker_env import BUSYBOX_IMAGE, SCRIPT_EXAMPLE_IMAGE, TOOLKIT_IMAGE
 from tests.support.jobs import job_request, wait_recording
 from tests.support.logs import stream_files
-from tests.support.smlocal import SmlocalServer
-from tests.test_runner_jobs import (
+from tests.support.runner_jobs import (
     FINAL,
     INPUT_BUCKET,
-    docker_engine,  # noqa: F401 - a fixture
     log_messages,
     model_files,
-    runner_server,  # noqa: F401 - a fixture
-    s3,  # noqa: F401 - a fixture
     s3_channel,
     sh_job,
-    sm,  # noqa: F401 - a fixture
     tar_members,
 )
+from tests.support.smlocal import SmlocalServer
+
+SERVER = "runner_server"  # `sm` and `s3` are clients of the runner plugin's server (tests/conftest.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_MODE_DIR = REPO_ROOT / "examples" / "script-mode"
@@ -99,7 +97,7 @@ def build_image(client: docker.DockerClient, tag: str, files: dict[str, str], do
 
 
 @pytest.fixture(scope="module")
-def toolkit_images(docker_engine: docker.DockerClient) -> None:  # noqa: F811
+def toolkit_images(docker_engine: docker.DockerClient) -> None:
     """The probe (toolkit + baked script + an /opt/ml/extra folder) and a plain image with its own /opt/ml."""
     build_image(docker_engine, PROBE_IMAGE, {"probe.py": PROBE, "helper.py": "VALUE = 'baked helper'\n",
                                              "baked.txt": "baked into the image\n"}, f"""
@@ -139,7 +137,7 @@ def probe_job(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def host_events(server: SmlocalServer, name: str, host: str) -> list[dict[str, Any]]:
-    """One host's log events (the layout log_events in test_runner_jobs reads for algo-1)."""
+    """One host's log events (the layout tests.support.runner_jobs.log_events reads for algo-1)."""
     return [json.loads(line) for stream in stream_files(server.data_dir, name, f"{host}-")
             for line in stream.read_text().splitlines()]
 

@@ -55,8 +55,8 @@ from runner.inputs.file_staging import (
 from runner.inputs.provider import Cancelled, InputContext, InputProvider
 from runner.mounts import mounts_under, unmount
 from runner.s3 import S3Location, parse_s3_uri
-from server.s3.files import rclone_binary
 from smlocal.core.jobspec import ChannelSpec
+from smlocal.core.rclone import rclone_binary
 
 log = logging.getLogger("smlocal.runner")
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from botocore.model import Shape
 
 from server.aws.protocol_cbor import RpcV2Cbor
-from server.aws.protocol_json import AwsJson, WireMatch, WireProtocol
+from server.aws.protocol_json import AwsJson
 from server.aws.protocol_query import AwsQuery
 from server.aws.registry import Service, ServiceRegistry
+from server.aws.wire import WireMatch, WireProtocol
 from smlocal.core.errors import ApiError
 
 JSON = AwsJson()
@@ -68,21 +66,3 @@ def _route(registry: ServiceRegistry, wire: WireProtocol, match: WireMatch) -> R
     if not service.serves(match.operation):
         return Route(wire, service, None, wire.unknown_operation(match))
     return Route(wire, service, match.operation)
-
-
-def shape_output(shape: Shape | None, value: Any) -> Any:
-    """Keep only modelled members, so responses never leak internal fields."""
-    if shape is None or value is None:
-        return value
-    kind = shape.type_name
-    if kind == "structure":
-        return {
-            name: shaped
-            for name, member in shape.members.items()
-            if name in value and (shaped := shape_output(member, value[name])) is not None
-        }
-    if kind == "list":
-        return [shape_output(shape.member, item) for item in value]
-    if kind == "map":
-        return {k: shape_output(shape.value, v) for k, v in value.items()}
-    return value

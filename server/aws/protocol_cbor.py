@@ -16,7 +16,7 @@ import regex
 from botocore.model import OperationModel, Shape, StructureShape
 from fastapi.responses import Response
 
-from server.aws.protocol_json import WireMatch, error_headers, unknown_operation_exception
+from server.aws.wire import WireMatch, error_headers, unknown_operation_exception
 from smlocal.core.errors import ApiError
 
 if TYPE_CHECKING:

@@ -8,50 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from botocore.model import OperationModel, StructureShape
 from fastapi.responses import Response
 
+from server.aws.wire import WireMatch, error_headers, unknown_operation_exception
 from smlocal.core.errors import ApiError
 
 if TYPE_CHECKING:
     from server.aws.registry import Service
 
 DEFAULT_JSON_VERSION = "1.1"
-
-
-@dataclass(frozen=True)
-class WireMatch:
-    """A request recognised as one wire protocol: the service key and operation it names.
-
-    The key is how the protocol names a service: the model's target prefix for AWS JSON and RPC v2 CBOR,
-    its API version for the query protocol (`Service.route_key`)."""
-
-    service_key: str
-    operation: str
-    label: str  # how an unknown operation is named back to the client
-
-
-class WireProtocol(Protocol):
-    name: str
-
-    def match(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> WireMatch | None: ...
-
-    def unknown_operation(self, match: WireMatch) -> ApiError: ...
-
-    def parse(self, body: bytes, shape: StructureShape | None) -> dict[str, Any]: ...
-
-    def response(self, service: Service, operation: OperationModel, payload: dict[str, Any],
-                 request_id: str) -> Response: ...
-
-    def error_response(self, error: ApiError, request_id: str, service: Service | None) -> Response: ...
-
-
-def unknown_operation_exception(match: WireMatch) -> ApiError:
-    """How AWS JSON and RPC v2 CBOR services answer an operation they do not have."""
-    return ApiError("UnknownOperationException", f"Unknown operation {match.label}".rstrip())
 
 
 def content_type(service: Service | None) -> str:
@@ -79,14 +47,6 @@ def json_response(payload: dict[str, Any], request_id: str, status: int = 200,
         media_type=media_type,
         headers={"x-amzn-requestid": request_id},
     )
-
-
-def error_headers(error: ApiError, service: Service | None) -> dict[str, str]:
-    headers = {"x-amzn-errortype": error.code}
-    query = service.query_error_code(error.code) if service is not None else None
-    if query is not None:
-        headers["x-amzn-query-error"] = f"{query[0]};{query[1]}"
-    return headers
 
 
 class AwsJson:

@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 from botocore.model import OperationModel, Shape, StructureShape
 from fastapi.responses import Response
 
-from server.aws.protocol_json import WireMatch
+from server.aws.wire import WireMatch
 from smlocal.core.errors import ApiError
 
 if TYPE_CHECKING:

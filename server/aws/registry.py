@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import botocore.session
-from botocore.model import OperationModel, ServiceModel
+from botocore.model import OperationModel, ServiceModel, Shape
+
+from server.aws.context import RequestContext
+from server.aws.validation import validate_input
 
 Handler = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
@@ -75,6 +78,14 @@ class Service:
     def operation_model(self, operation: str) -> OperationModel:
         return self.model.operation_model(operation)
 
+    def invoke(self, operation: str, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        """The one way into a provider, for the wire dispatcher and the console alike: `params` checked
+        against the botocore model (raises the ApiError a client gets), the handler called, and only the
+        modelled output members kept."""
+        model = self.operation_model(operation)
+        valid = validate_input(model.input_shape, params, self.extra_required(operation), self.validation_error)
+        return shape_output(model.output_shape, self.handlers[operation](ctx, valid)) or {}
+
     def query_error_code(self, code: str) -> tuple[str, str] | None:
         """For services that left the query protocol: (old code, Sender|Receiver) of a modelled error.
 
@@ -88,6 +99,24 @@ class Service:
                 if "code" in error:
                     return error["code"], "Sender" if error.get("senderFault") else "Receiver"
         return None
+
+
+def shape_output(shape: Shape | None, value: Any) -> Any:
+    """Keep only modelled members, so responses never leak internal fields."""
+    if shape is None or value is None:
+        return value
+    kind = shape.type_name
+    if kind == "structure":
+        return {
+            name: shaped
+            for name, member in shape.members.items()
+            if name in value and (shaped := shape_output(member, value[name])) is not None
+        }
+    if kind == "list":
+        return [shape_output(shape.member, item) for item in value]
+    if kind == "map":
+        return {k: shape_output(shape.value, v) for k, v in value.items()}
+    return value
 
 
 class ServiceRegistry:

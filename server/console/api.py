@@ -1,8 +1,8 @@
 """The console's way to the services: the registry's providers, called as the API calls them.
 
-Each call is validated against the botocore model, handed to the provider's handler with a request
-context (the server's account, the region the console shows) and shaped to the modelled output, the
-same three steps the wire dispatcher takes for a client. The console has no other way to jobs, logs
+Each call goes through `Service.invoke`, as the wire dispatcher's does for a client: validated against
+the botocore model, handed to the provider's handler with a request context (the server's account, the
+region the console shows) and shaped to the modelled output. The console has no other way to jobs, logs
 or metrics: no SQL, no file of its own.
 """
 
@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.aws.protocol import shape_output
+from server.aws.context import RequestContext
 from server.aws.registry import Service, ServiceRegistry
-from server.aws.validation import validate_input
-from server.services.sagemaker.provider import RequestContext
-
-LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-METRIC_NAMESPACE = "/aws/sagemaker/TrainingJobs"
+from smlocal.core.logstore import LOG_GROUP
 
 
 class ConsoleApi:
@@ -26,12 +22,8 @@ class ConsoleApi:
 
     def call(self, service_name: str, operation: str, region: str, **params: Any) -> dict[str, Any]:
         """Run `operation` of a served service for `region`; raises the ApiError a client would get."""
-        service = self._services[service_name]
-        model = service.operation_model(operation)
-        valid = validate_input(model.input_shape, params, service.extra_required(operation),
-                               service.validation_error)
-        result = service.handlers[operation](RequestContext(region=region, account_id=self.account_id), valid)
-        return shape_output(model.output_shape, result) or {}
+        ctx = RequestContext(region=region, account_id=self.account_id)
+        return self._services[service_name].invoke(operation, ctx, params)
 
     # ---- SageMaker ----------------------------------------------------------------------------
 

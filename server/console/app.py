@@ -24,9 +24,11 @@ from server.aws.regions import is_valid_region
 from server.aws.registry import ServiceRegistry
 from server.console import views
 from server.console.access import ConsoleAccess, ConsoleGuard
-from server.console.api import METRIC_NAMESPACE, ConsoleApi
+from server.console.api import ConsoleApi
 from server.console.artifacts import ARTIFACT_NAMES, ArtifactStore
 from smlocal.core.errors import ApiError
+from smlocal.core.lifecycle import TERMINAL_STATUSES
+from smlocal.core.metric_series import METRIC_NAMESPACE
 from smlocal.core.settings import Settings
 
 log = logging.getLogger("smlocal.console")
@@ -147,7 +149,7 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
         now = time.time()
         return {
             "job": job, "region": region, "name": job["TrainingJobName"],
-            "terminal": job["TrainingJobStatus"] in views.TERMINAL,
+            "terminal": job["TrainingJobStatus"] in TERMINAL_STATUSES,
             "steps": views.timeline(job, now), "created": views.when(job.get("CreationTime")),
             "started": views.when(job.get("TrainingStartTime")), "ended": views.when(views.end_time(job)),
             "elapsed": views.duration(views.elapsed(job, now)),

@@ -20,10 +20,10 @@ from minio import Minio
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError
 
+from smlocal.core.lifecycle import TERMINAL_STATUSES
 from smlocal.core.settings import Settings
 
 ARTIFACT_NAMES = ("model.tar.gz", "output.tar.gz")
-TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
 CHUNK = 256 * 1024
 # Last-Modified has whole seconds.
 _CLOCK_SLACK_SECONDS = 1.0
@@ -84,7 +84,7 @@ class ArtifactStore:
 
     def available(self, region: str, job: dict[str, Any]) -> list[Artifact]:
         """The job's artifacts that are really there, in ARTIFACT_NAMES order."""
-        if job.get("TrainingJobStatus") not in TERMINAL:
+        if job.get("TrainingJobStatus") not in TERMINAL_STATUSES:
             return []
         client = self._client(region)
         if client is None:

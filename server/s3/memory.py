@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any
 
-from server.s3.embedded import StoreStartError, check_ports_free
+from server.s3.base import StoreStartError, check_ports_free
 
 
 def s3_only_app() -> Any:

@@ -18,6 +18,19 @@ FULLY_REPLICATED = "FullyReplicated"
 SHARDED = "ShardedByS3Key"
 
 
+def job_output_uri(s3_output_path: str, job_name: str) -> str:
+    """`<S3OutputPath>/<job>/output`: where SageMaker puts model.tar.gz and output.tar.gz."""
+    return f"{s3_output_path.rstrip('/')}/{job_name}/output"
+
+
+def model_artifacts_uri(output_data_config: dict[str, Any], job_name: str) -> str:
+    """ModelArtifacts.S3ModelArtifacts: the model.tar.gz, or the model/ prefix with CompressionType NONE."""
+    output = job_output_uri(output_data_config["S3OutputPath"], job_name)
+    if output_data_config.get("CompressionType") == "NONE":
+        return f"{output}/model/"
+    return f"{output}/model.tar.gz"
+
+
 @dataclass(frozen=True)
 class MetricDefinition:
     name: str

@@ -16,6 +16,9 @@ from sqlalchemy.dialects.sqlite import insert
 
 from smlocal.core.store import JobRow, MetricPointRow, Store
 
+# The CloudWatch namespace of SageMaker training jobs' metrics.
+METRIC_NAMESPACE = "/aws/sagemaker/TrainingJobs"
+
 log = logging.getLogger("smlocal.metrics")
 
 FLUSH_SECONDS = 1.0

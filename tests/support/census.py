@@ -61,17 +61,20 @@ class NetworkSampler:
         import docker
 
         client = None
-        while not self._stop.wait(SAMPLE_SECONDS):
+        while True:  # a first sample at once, then one every SAMPLE_SECONDS
+            if self._stop.is_set():
+                return
             try:
                 client = client or docker.from_env(timeout=5)
                 networks = client.api.networks(filters={"driver": "bridge"})
             except Exception:  # noqa: BLE001 - no engine yet (or for a while): nothing to count
                 client = None
-                continue
-            ours = sum(1 for n in networks if (n.get("Labels") or {}).get(LABEL_MANAGED) == "true")
-            self.samples += 1
-            self.peak = max(self.peak, ours)
-            self.bridges_peak = max(self.bridges_peak, len(networks))
+            else:
+                ours = sum(1 for n in networks if (n.get("Labels") or {}).get(LABEL_MANAGED) == "true")
+                self.samples += 1
+                self.peak = max(self.peak, ours)
+                self.bridges_peak = max(self.bridges_peak, len(networks))
+            self._stop.wait(SAMPLE_SECONDS)
 
 
 SERVERS = ServerCensus()

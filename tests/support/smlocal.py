@@ -107,3 +107,13 @@ class SmlocalServer:
         """Environment for the aws CLI pointed at this server."""
         return {**os.environ, "AWS_ACCESS_KEY_ID": STORE_KEY, "AWS_SECRET_ACCESS_KEY": STORE_KEY,
                 "AWS_DEFAULT_REGION": region, "AWS_PAGER": "", "AWS_ENDPOINT_URL_S3": self.s3_endpoint}
+
+
+# The server a test module's `sm` and `s3` fixtures are clients of: the fixture it names in a module
+# constant, SERVER = "<fixture name>", else the session's API-only server.
+DEFAULT_SERVER = "api_server"
+
+
+def module_server(request: Any) -> SmlocalServer:
+    """The server fixture named by the requesting test module's SERVER (a pytest FixtureRequest's)."""
+    return request.getfixturevalue(getattr(request.module, "SERVER", DEFAULT_SERVER))

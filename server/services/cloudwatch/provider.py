@@ -17,12 +17,11 @@ from typing import Any
 
 import regex
 
-from server.services.sagemaker.provider import RequestContext
+from server.aws.context import RequestContext
 from smlocal.core.errors import ApiError
-from smlocal.core.metric_series import MetricPoint, points, series
+from smlocal.core.metric_series import METRIC_NAMESPACE, MetricPoint, points, series
 from smlocal.core.store import Store
 
-NAMESPACE = "/aws/sagemaker/TrainingJobs"
 MAX_DATAPOINTS = 1440
 DEFAULT_MAX_DATAPOINTS = 100_800
 # High-resolution periods; anything else must be a multiple of 60.
@@ -93,7 +92,7 @@ class CloudWatchMetrics:
 
     def _points(self, ctx: RequestContext, namespace: str, metric_name: str, dimensions: list[dict[str, str]],
                 start: float, end: float) -> list[MetricPoint]:
-        if namespace != NAMESPACE:
+        if namespace != METRIC_NAMESPACE:
             return []
         dims = {d["Name"]: d.get("Value") for d in dimensions}
         window = {"start_ms": int(_aligned_start(start, 1) * 1000), "end_ms": int(math.ceil(end * 1000))}
@@ -185,7 +184,7 @@ class CloudWatchMetrics:
 
     def list_metrics(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         namespace = params.get("Namespace")
-        if namespace not in (None, NAMESPACE):
+        if namespace not in (None, METRIC_NAMESPACE):
             return {"Metrics": []}
         wanted_name = params.get("MetricName")
         filters = params.get("Dimensions") or []
@@ -201,7 +200,7 @@ class CloudWatchMetrics:
             for dims in candidates:
                 present = {d["Name"]: d["Value"] for d in dims}
                 if all(f["Name"] in present and f.get("Value") in (None, present[f["Name"]]) for f in filters):
-                    metrics.append({"Namespace": NAMESPACE, "MetricName": metric_name, "Dimensions": dims})
+                    metrics.append({"Namespace": METRIC_NAMESPACE, "MetricName": metric_name, "Dimensions": dims})
         offset = 0
         token = params.get("NextToken")
         if token:

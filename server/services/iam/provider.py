@@ -27,8 +27,8 @@ from urllib.parse import quote
 
 import regex
 
+from server.aws.context import RequestContext
 from server.aws.pagination import decode_token, encode_token
-from server.services.sagemaker.provider import RequestContext
 from smlocal.core.errors import ApiError
 
 # A user, group or role of any partition and account: what SimulatePrincipalPolicy may simulate.

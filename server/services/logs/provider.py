@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from server.aws.context import RequestContext
 from server.services.logs.filter import compile_filter
-from server.services.sagemaker.provider import RequestContext
 from smlocal.core.errors import ApiError
 from smlocal.core.logstore import LOG_GROUP, JobLogKey, LogStream, is_event_boundary, iter_events, list_streams
 from smlocal.core.store import JobRow, Store

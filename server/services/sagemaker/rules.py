@@ -1,0 +1,150 @@
+"""CreateTrainingJob's cross-field rules: what the botocore model cannot say about one request, in
+SageMaker's words (ValidationException, ResourceLimitExceeded), checked before the job is stored."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from server.aws.validation import raise_if_errors
+from smlocal.core.errors import ApiError
+from smlocal.core.jobspec import DEFAULT_MAX_RUNTIME
+from smlocal.core.local_channels import LocalChannelRoots, is_local_uri, local_path
+
+MAX_RUNTIME_LIMIT = 28 * 24 * 3600
+
+
+def check_create_rules(params: dict[str, Any]) -> None:
+    """The cross-field rules of CreateTrainingJob that the model cannot express."""
+    algo = params["AlgorithmSpecification"]
+    if ("TrainingImage" in algo) == ("AlgorithmName" in algo):
+        raise ApiError("ValidationException",
+                       "Exactly one of TrainingImage or AlgorithmName must be specified in AlgorithmSpecification.")
+    if "AlgorithmName" in algo:
+        # Marketplace and built-in algorithms need AWS's registry; there is no image to run locally.
+        raise ApiError("ValidationException",
+                       f"Algorithm {algo['AlgorithmName']} does not exist or is not available in smlocal: "
+                       "specify a TrainingImage instead.")
+    stopping = params["StoppingCondition"]
+    max_runtime = stopping.get("MaxRuntimeInSeconds", DEFAULT_MAX_RUNTIME)
+    if max_runtime > MAX_RUNTIME_LIMIT:
+        raise ApiError("ValidationException",
+                       f"MaxRuntimeInSeconds must be less than or equal to {MAX_RUNTIME_LIMIT}.")
+    max_wait = stopping.get("MaxWaitTimeInSeconds")
+    if params.get("EnableManagedSpotTraining"):
+        if max_wait is None or max_wait < max_runtime:
+            raise ApiError("ValidationException", "Invalid MaxWaitTimeInSeconds. It must be present and be "
+                           "greater than or equal to MaxRuntimeInSeconds")
+    elif max_wait is not None:
+        raise ApiError("ValidationException",
+                       "MaxWaitTimeInSeconds can only be specified when EnableManagedSpotTraining is true.")
+    channels = [c["ChannelName"] for c in params.get("InputDataConfig", [])]
+    duplicates = sorted({c for c in channels if channels.count(c) > 1})
+    if duplicates:
+        raise ApiError("ValidationException", f"Channel names must be unique. Duplicate: {', '.join(duplicates)}")
+    for name in channels:
+        if name in (".", ".."):
+            # The model's pattern allows them, but the channel folder /opt/ml/input/data/<name> would not be one.
+            raise ApiError("ValidationException", f"Channel name '{name}' is not valid: a channel name cannot be "
+                           "'.' or '..'.")
+    for channel in params.get("InputDataConfig", []):
+        _check_channel_mode(channel, algo.get("TrainingInputMode", "File"))
+    _check_instances(params["ResourceConfig"])
+    _check_checkpoint_path(params.get("CheckpointConfig"))
+
+
+# What the platform mounts into a training container; a checkpoint folder cannot take their place.
+PLATFORM_PATHS = ("/", "/opt/ml", "/opt/ml/input", "/opt/ml/model", "/opt/ml/output")
+
+
+def _check_checkpoint_path(checkpoint: dict[str, Any] | None) -> None:
+    local = (checkpoint or {}).get("LocalPath")
+    if local is None:
+        return
+    normal = posixpath.normpath(local) if local else ""
+    if not local.startswith("/") or normal in PLATFORM_PATHS or normal.startswith("//"):
+        raise ApiError("ValidationException",
+                       f"Invalid CheckpointConfig.LocalPath '{local}': it must be an absolute path in the container "
+                       f"other than {', '.join(PLATFORM_PATHS[1:])} (the default is /opt/ml/checkpoints).")
+
+
+def _check_channel_mode(channel: dict[str, Any], job_mode: str) -> None:
+    """What each input mode accepts of a channel; the channel's InputMode overrides the job's.
+
+    The one message seen from SageMaker is the compression one (aws/sagemaker-python-sdk#716: "Invalid
+    compression type for channel training: File mode only supports NONE, got Gzip instead"); the others
+    follow its pattern, with the rules of the API reference: CompressionType and RecordWrapperType are for
+    Pipe input mode only ("In File mode, leave this field unset or set it to None"); "AugmentedManifestFile
+    can only be used if the Channel's input mode is Pipe" (S3DataSource.S3DataType), and its AttributeNames
+    are what gets streamed; FastFile reads an S3Prefix ("Augmented manifest files aren't supported",
+    TrainingInputMode; the developer guide's FastFile section names S3 prefixes only).
+    """
+    name = channel["ChannelName"]
+    mode = channel.get("InputMode") or job_mode
+    source = channel["DataSource"].get("S3DataSource") or {}
+    data_type = source.get("S3DataType", "S3Prefix")
+    if data_type == "AugmentedManifestFile":
+        if mode != "Pipe":
+            raise ApiError("ValidationException", f"Invalid S3 data type for channel {name}: AugmentedManifestFile "
+                           f"can only be used in Pipe input mode, got {mode} instead")
+        if not source.get("AttributeNames"):
+            raise ApiError("ValidationException", f"Invalid S3 data source for channel {name}: AttributeNames must "
+                           "name the attributes to stream from an AugmentedManifestFile")
+    if mode == "Pipe":
+        return
+    compression = channel.get("CompressionType", "None")
+    if compression != "None":
+        raise ApiError("ValidationException", f"Invalid compression type for channel {name}: {mode} mode only "
+                       f"supports NONE, got {compression} instead")
+    wrapper = channel.get("RecordWrapperType", "None")
+    if wrapper != "None":
+        raise ApiError("ValidationException", f"Invalid record wrapper type for channel {name}: {mode} mode only "
+                       f"supports NONE, got {wrapper} instead")
+    if mode == "FastFile" and source and data_type != "S3Prefix":
+        raise ApiError("ValidationException", f"Invalid S3 data type for channel {name}: FastFile mode only "
+                       f"supports S3Prefix, got {data_type} instead")
+
+
+def _check_instances(resource: dict[str, Any]) -> None:
+    groups = resource.get("InstanceGroups")
+    if groups and ("InstanceType" in resource or "InstanceCount" in resource):
+        # SageMaker's own words (aws/sagemaker-python-sdk#5564).
+        raise ApiError("ValidationException", "InstanceType or InstanceCount cannot be specified with InstanceGroups")
+    # The model's minimum is 0 (for capacity kinds smlocal does not have); a job runs on one host at least,
+    # which is what SageMaker's model said before.
+    counts = ([(f"resourceConfig.instanceGroups.{i}.member.instanceCount", g.get("InstanceCount"))
+               for i, g in enumerate(groups, 1)] if groups else
+              [("resourceConfig.instanceCount", resource.get("InstanceCount"))])
+    raise_if_errors([f"Value '{count}' at '{path}' failed to satisfy constraint: Member must have value greater "
+                     "than or equal to 1" for path, count in counts if count is not None and count < 1])
+
+
+def _host_count(resource: dict[str, Any]) -> int:
+    groups = resource.get("InstanceGroups")
+    if groups:
+        return sum(g.get("InstanceCount", 1) for g in groups)
+    return resource.get("InstanceCount", 1)
+
+
+def check_host_limit(params: dict[str, Any], limit: int) -> None:
+    hosts = _host_count(params["ResourceConfig"])
+    if hosts > limit:
+        # AWS's wording for a service quota (e.g. "The account-level service limit 'ml.p3.2xlarge for training
+        # job usage' is 0 Instances, ...", gabehollombe-aws/jupyter-notebooks#1), naming the flag that sets ours.
+        raise ApiError("ResourceLimitExceeded",
+                       f"The account-level service limit 'Number of instances per training job' is {limit} "
+                       f"Instances, with current utilization of 0 Instances and a request delta of {hosts} "
+                       "Instances. Please start smlocal with a higher --max-hosts-per-job to request an increase "
+                       "for this limit.")
+
+
+def check_local_channels(params: dict[str, Any], roots: LocalChannelRoots) -> None:
+    """`file://` channels only under the operator's roots (the runner checks again when it stages)."""
+    for channel in params.get("InputDataConfig", []):
+        uri = (channel["DataSource"].get("S3DataSource") or {}).get("S3Uri", "")
+        if not is_local_uri(uri):
+            continue
+        refusal = roots.refusal(local_path(uri))
+        if refusal is not None:
+            raise ApiError("ValidationException",
+                           f"Invalid S3Uri {uri} in channel '{channel['ChannelName']}': {refusal}.")
