@@ -19,9 +19,11 @@ import docker
 import pytest
 
 from runner.backend import LABEL_DATA_DIR
+from tests.support.readme import DOCS, code_blocks, section
 
 SUITE = Path(__file__).resolve().parent / "user_suite"
-README = Path(__file__).resolve().parents[1] / "README.md"
+# The page whose example is tests/user_suite/test_readme_example.py.
+TESTING_DOC = DOCS / "testing.md"
 DOCKER_TESTS = ("test_training_writes_a_model", "test_the_pipeline_trains_a_model",
                 "test_a_job_left_running_at_the_end")
 
@@ -77,7 +79,11 @@ def test_without_docker_the_suite_runs_against_the_api_only(tmp_path: Path) -> N
     assert list(scratch.iterdir()) == []
 
 
+def readme_example_blocks() -> list[str]:
+    """The python blocks of docs/testing.md (once the README's "Testing your code against smlocal")."""
+    return code_blocks(section("Testing your code against smlocal", doc=TESTING_DOC), "python")
+
+
 def test_the_readme_example_is_the_test_the_suite_runs() -> None:
-    section = README.read_text().split("## Testing your code against smlocal", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    blocks = readme_example_blocks()
     assert (SUITE / "test_readme_example.py").read_text() in blocks

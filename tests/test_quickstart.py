@@ -1,5 +1,6 @@
-"""The README's quick-start, run as written against what `make run` starts: a real model trained from
-S3 data in a real container, with the embedded files store and its default keys."""
+"""The README's quick-start (and its part 2, script mode, in docs/sdk-and-script-mode.md), run as written
+against what `make run` starts: a real model trained from S3 data in a real container, with the
+embedded files store and its default keys."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.readme import DOCS, README, code_blocks, section
 from tests.support.smlocal import SmlocalServer
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+QUICK_START = (README, "Quick-start (workshop)")
+SCRIPT_MODE = (DOCS / "sdk-and-script-mode.md", "Script mode (workshop, part 2)")
 
 
-def quickstart_script(section: str = "Quick-start") -> str:
-    text = README.read_text()
-    part = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", part, re.S)
+def quickstart_script(where: tuple[Path, str] = QUICK_START) -> str:
+    """The longest `sh` block of the (document, heading) section `where`."""
+    doc, title = where
+    blocks = code_blocks(section(title, doc=doc), "sh")
     script = max(blocks, key=len)  # the block with the commands, not `make run`
     # The images are built by `make test` already; the venv is the one running these tests.
     lines = [line for line in script.splitlines() if line.strip() != "make images"]
@@ -72,7 +75,7 @@ def test_readme_script_mode_trains_with_the_toolkit_baked_and_shipped(make_run_s
                                                                        tmp_path: Path) -> None:
     server = make_run_server
     # Part 2 goes on in the quick-start's terminal: its bucket, data and environment.
-    result = run_as_written(quickstart_script() + "\n" + quickstart_script("Script mode"), server, tmp_path)
+    result = run_as_written(quickstart_script() + "\n" + quickstart_script(SCRIPT_MODE), server, tmp_path)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{server.log()}"
     summaries = [json.loads(m) for m in re.findall(r"^\{\n.*?^\}$", result.stdout, re.S | re.M)]
     script_jobs = [s for s in summaries if "accuracy" in s]

@@ -1,9 +1,10 @@
 """Script mode through the SageMaker Python SDK, unmodified, end to end: SDK v2's entry_point/source_dir
 (sourcedir.tar.gz + the training toolkit in the image) and SDK v3's SourceCode (`code` and `sm_drivers`
-channels, its own sm_train.sh), each from the README as written and from the notebook-style examples.
+channels, its own sm_train.sh), each from docs/sdk-and-script-mode.md as written and from the notebook-style
+examples.
 
 Real SDKs in their venvs under the no-egress guard (tests/support/sdk.py), real `smlocal serve` with the
-embedded stores `make run` starts (the files store for the README, the memory store for the notebooks),
+embedded stores `make run` starts (the files store for the docs' snippets, the memory store for the notebooks),
 real containers of `smlocal/training-toolkit:1`. The README's exports reach IAM (v3's role and staging
 checks, v2's role-name lookup) on smlocal, and its SDK config names the default bucket, so nothing asks
 AWS; every status the jobs show while the SDK runs is recorded.

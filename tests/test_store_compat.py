@@ -181,7 +181,7 @@ def test_ranged_get_of_an_object_put_with_a_checksum(request: pytest.FixtureRequ
 
 def test_ranged_get_of_a_checksummed_object_with_validation_when_required(store: SmlocalServer, bucket: str,
                                                                           s3: Any) -> None:
-    """The workaround the README gives for the files store works."""
+    """The workaround docs/s3-store.md gives for the files store works."""
     body = os.urandom(10_000)
     s3.put_object(Bucket=bucket, Key="crc.bin", Body=body)
     lenient = store.client("s3", response_checksum_validation="when_required")

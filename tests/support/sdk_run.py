@@ -12,13 +12,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tests.support.jobs import COMPLETED_PATH
-from tests.support.readme import code_blocks, localize, section
+from tests.support.readme import DOCS, README, code_blocks, localize, section
 from tests.support.sdk import Guard, clean_environment, ensure_sdk, make_guard
 from tests.support.smlocal import SmlocalServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SDK_SECTION = "The SageMaker Python SDK"
-SCRIPT_MODE_SECTION = "Script mode (workshop, part 2)"
+# Where the snippets the SDK tests run live: (document, heading).
+SDK_SECTION = (README, "The SageMaker Python SDK")
+SCRIPT_MODE_SECTION = (DOCS / "sdk-and-script-mode.md", "Script mode (workshop, part 2)")
 # The SDK defaults file the README's exports name, and the bucket it makes the SDK's default.
 SDK_CONFIG = REPO_ROOT / "examples" / "sdk" / "sagemaker-config.yaml"
 SDK_CONFIG_IN_README = "$PWD/examples/sdk/sagemaker-config.yaml"
@@ -28,18 +29,21 @@ NOTEBOOKS = {2: REPO_ROOT / "examples" / "sdk" / "notebook_v2.py", 3: REPO_ROOT 
 
 def readme_environment() -> str:
     """The README's block of `export`s that make unmodified SDK code work."""
-    [exports] = code_blocks(section(SDK_SECTION), "sh")
+    doc, title = SDK_SECTION
+    [exports] = code_blocks(section(title, doc=doc), "sh")
     return exports
 
 
 def readme_snippet(version: int) -> str:
-    v2, v3 = code_blocks(section(SDK_SECTION), "python")
+    doc, title = SDK_SECTION
+    v2, v3 = code_blocks(section(title, doc=doc), "python")
     return {2: v2, 3: v3}[version]
 
 
 def script_mode_snippet(version: int) -> str:
-    """The README's script-mode snippets, next to the aws CLI's script-mode steps."""
-    v2, v3 = code_blocks(section(SCRIPT_MODE_SECTION), "python")
+    """docs/sdk-and-script-mode.md's script-mode snippets, next to the aws CLI's script-mode steps."""
+    doc, title = SCRIPT_MODE_SECTION
+    v2, v3 = code_blocks(section(title, doc=doc), "python")
     return {2: v2, 3: v3}[version]
 
 
