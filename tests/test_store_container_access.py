@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import boto3
+import botocore.exceptions
 import pytest
 from botocore.config import Config
 
@@ -144,11 +145,13 @@ def test_the_memory_stores_container_front_is_s3_only() -> None:
             assert response.status == 200  # the host's side still has them
         # Another service's request, signed as such, is not served as that service.
         sqs = boto3.client("sqs", endpoint_url=front, **keys)
-        assert "QueueUrls" not in sqs.list_queues()
         host_sqs = boto3.client("sqs", endpoint_url=store.endpoint, **keys)
         host_sqs.create_queue(QueueName="on-the-host")
         assert len(host_sqs.list_queues()["QueueUrls"]) == 1
-        assert "QueueUrls" not in sqs.list_queues()
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            sqs.list_queues()
+        assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert "only the S3 API is served here" in str(refused.value)
         assert [o["Key"] for o in host_side.list_objects_v2(Bucket="kept")["Contents"]] == ["from-container", "k"]
     finally:
         store.stop()

@@ -105,8 +105,6 @@ def check(head: Head, allowed_hosts: frozenset[str]) -> None:
     host = head.one("host")
     if host is None or host.lower() not in allowed_hosts:
         raise Refused(403, "AccessDenied", "address the store by the endpoint smlocal gave this container")
-    if head.all("upgrade") or head.all("x-amz-target"):
-        raise Refused(403, "AccessDenied", "only the S3 API is served here")
     lengths = head.all("content-length")
     codings = [c.strip().lower() for v in head.all("transfer-encoding") for c in v.split(",")]
     if len(lengths) > 1 or (lengths and codings) or codings not in ([], ["chunked"]) or (
@@ -128,7 +126,15 @@ def check(head: Head, allowed_hosts: frozenset[str]) -> None:
     if any(s in (".", "..") for s in segments) or path[1:].lower().startswith(_METADATA):
         raise Refused(403, "AccessDenied", "not an S3 object path")
 
-    query = {k.lower(): v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+    check_signed_for_s3(head)
+
+
+def check_signed_for_s3(head: Head) -> None:
+    """Refused unless the request is signed for S3 (SigV4 with `s3` in its scope, or SigV2) and carries
+    nothing that makes a store read it as another service's (moto serves them all on one port)."""
+    if head.all("upgrade") or head.all("x-amz-target"):
+        raise Refused(403, "AccessDenied", "only the S3 API is served here")
+    query = {k.lower(): v for k, v in parse_qsl(urlsplit(head.target).query, keep_blank_values=True)}
     authorization = head.one("authorization")
     if authorization is not None:
         scheme, _, rest = authorization.partition(" ")
@@ -149,11 +155,18 @@ def check(head: Head, allowed_hosts: frozenset[str]) -> None:
         raise Refused(403, "AccessDenied", "only the S3 API is served here")
 
 
-def _error_response(refusal: Refused) -> bytes:
-    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{refusal.code}</Code>'
+REASONS = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}
+
+
+def error_body(refusal: Refused) -> bytes:
+    """S3's XML error document for a refusal."""
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{refusal.code}</Code>'
             f"<Message>smlocal's S3 front: {refusal.message}</Message></Error>").encode()
-    reasons = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}
-    return (f"HTTP/1.1 {refusal.status} {reasons.get(refusal.status, 'Error')}\r\n"
+
+
+def _error_response(refusal: Refused) -> bytes:
+    body = error_body(refusal)
+    return (f"HTTP/1.1 {refusal.status} {REASONS.get(refusal.status, 'Error')}\r\n"
             f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             ).encode() + body
 
@@ -176,15 +189,17 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _FrontServer
 
     def handle(self) -> None:
-        # A container that opens connections without end gets them closed, not a thread each.
-        if not self.server.slots.acquire(blocking=False):
+        # A container that opens connections without end gets them closed, not a thread each. The slot
+        # goes back to the semaphore it came from, even if the server's is replaced meanwhile.
+        slots = self.server.slots
+        if not slots.acquire(blocking=False):
             log.warning("S3 front: more than %d connections at once; closing one from %s",
                         MAX_CONNECTIONS, self.client_address[0])
             return
         try:
             self._handle()
         finally:
-            self.server.slots.release()
+            slots.release()
 
     def _handle(self) -> None:
         client: socket.socket = self.request

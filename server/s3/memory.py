@@ -5,20 +5,45 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Any
+from urllib.parse import quote
 
 from server.s3.base import StoreStartError, check_ports_free
+from server.s3.front import REASONS, Head, Refused, check_signed_for_s3, error_body
+
+
+def _head_of(environ: dict[str, Any]) -> Head:
+    headers = [(key[5:].replace("_", "-").lower(), value) for key, value in environ.items() if key.startswith("HTTP_")]
+    headers += [(key.replace("_", "-").lower(), environ[key]) for key in ("CONTENT_TYPE", "CONTENT_LENGTH")
+                if environ.get(key)]
+    query = environ.get("QUERY_STRING", "")
+    target = quote(environ.get("PATH_INFO", "/")) + (f"?{query}" if query else "")
+    return Head(environ.get("REQUEST_METHOD", ""), target, environ.get("SERVER_PROTOCOL", ""), headers)
 
 
 def s3_only_app() -> Any:
-    """moto's S3 backend alone, as a WSGI app.
+    """moto's S3 backend alone, as a WSGI app, serving only requests signed for S3.
 
     moto's usual front (DomainDispatcherApplication) also routes `/moto-api/` (reset, state, seeding),
     the EC2 instance-metadata paths and every other AWS service moto mocks on the same port. The
-    address training containers reach gets this app instead: a path there is always an S3 bucket/key.
+    address training containers reach gets this app instead: a path there is always an S3 bucket/key,
+    and a request signed for another service (which moto's S3 backend would misread as ListBuckets) is
+    refused as the S3 front refuses it.
     """
     from moto.moto_server.werkzeug_app import create_backend_app
 
-    return create_backend_app("s3")
+    backend = create_backend_app("s3")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            check_signed_for_s3(_head_of(environ))
+        except Refused as refusal:
+            body = error_body(refusal)
+            start_response(f"{refusal.status} {REASONS.get(refusal.status, 'Error')}",
+                           [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+            return [body]
+        return backend(environ, start_response)
+
+    return app
 
 
 class _WsgiListener:
