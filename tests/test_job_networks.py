@@ -251,6 +251,10 @@ def test_a_job_waiting_for_a_network_can_be_stopped(
     holders = [unique_name("holder") for _ in range(2)]
     for name in holders:
         sm.create_training_job(**sh_job(name, "sleep 600"))
+    # Both blocks held before the waiter comes: jobs started together race for the networks in any order.
+    for name in holders:
+        wait_until(lambda n=name: sm.describe_training_job(TrainingJobName=n)["SecondaryStatus"] == "Training",
+                   60, f"{name} in Training")
     waiting = unique_name("waiter")
     sm.create_training_job(**sh_job(waiting, "sleep 600"))
     wait_until(lambda: sm.describe_training_job(TrainingJobName=waiting)["SecondaryStatusTransitions"][-1]
