@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from runner.inputs.file_staging import DataDownloadError, stage_channels
+from runner.inputs.errors import DataDownloadError
+from runner.inputs.file_staging import stage_channels
 from runner.layout import HostLayout, prepare
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.local_channels import LocalChannelRoots

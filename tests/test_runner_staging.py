@@ -12,7 +12,8 @@ import pytest
 from minio import Minio
 
 from runner import artifacts
-from runner.inputs.file_staging import DataDownloadError, DownloadCancelled, stage_channels
+from runner.inputs.errors import DataDownloadError, DownloadCancelled
+from runner.inputs.file_staging import stage_channels
 from runner.layout import HostLayout, prepare
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.local_channels import LocalChannelRoots

@@ -41,10 +41,9 @@ import threading
 import time
 from pathlib import Path
 
+from runner.inputs.errors import DataDownloadError, DownloadCancelled
 from runner.inputs.file import FileInput
 from runner.inputs.file_staging import (
-    DataDownloadError,
-    DownloadCancelled,
     S3Object,
     check_prefix_has_objects,
     download_objects,

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from minio import Minio
 from minio.error import S3Error
 
+from runner.inputs.errors import DataDownloadError, DownloadCancelled
 from runner.layout import READABLE_DIR, READABLE_FILE, HostLayout
 from runner.s3 import S3Location, parse_s3_uri
 from smlocal.core.jobspec import ChannelSpec, JobSpec
@@ -29,18 +30,6 @@ from smlocal.core.local_channels import ROOT_FLAG, LocalChannelRoots, local_path
 DOWNLOAD_WORKERS = 8
 # Bytes read at most between two looks at the cancel flag (minio's fget_object reads the same amount).
 CHUNK = 1024 * 1024
-
-
-class DataDownloadError(Exception):
-    """The channel cannot be staged; `reason` is the job's FailureReason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class DownloadCancelled(Exception):
-    """The job was stopped (or the server is shutting down) while data was downloading."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from minio import Minio
 from minio.error import S3Error
 
 from runner.inputs import records
-from runner.inputs.file_staging import DataDownloadError, DownloadCancelled, S3Object, list_objects, local_files
+from runner.inputs.errors import DataDownloadError, DownloadCancelled
+from runner.inputs.file_staging import S3Object, list_objects, local_files
 from runner.s3 import parse_s3_uri
 from smlocal.core.jobspec import ChannelSpec
 from smlocal.core.local_channels import LocalChannelRoots

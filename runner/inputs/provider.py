@@ -35,7 +35,7 @@ from pathlib import Path
 
 from minio import Minio
 
-from runner.inputs.file_staging import DataDownloadError, DownloadCancelled
+from runner.inputs.errors import DataDownloadError, DownloadCancelled
 from runner.layout import HostLayout
 from smlocal.core.jobspec import ChannelSpec, JobSpec
 from smlocal.core.local_channels import LocalChannelRoots
