@@ -120,7 +120,8 @@ def clean_environment(home: Path) -> dict[str, str]:
     """This process's environment without anything that would point an SDK elsewhere."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "SAGEMAKER_", "SMLOCAL_", "PYTHON", "VIRTUAL_ENV", "BOTO"))}
-    # A home of its own: no ~/.aws credentials or config, no ~/.config/sagemaker defaults.
-    home.mkdir(parents=True, exist_ok=True)
-    env.update({"HOME": str(home), "NO_COLOR": "1", "TERM": "dumb"})
+    # A home of its own: no ~/.aws credentials or config, no ~/.config/sagemaker defaults. And a temp folder
+    # of its own, inside the test's: what a script leaves there (the notebooks' mkdtemp) goes with the test's.
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    env.update({"HOME": str(home), "TMPDIR": str(home / "tmp"), "NO_COLOR": "1", "TERM": "dumb"})
     return env
