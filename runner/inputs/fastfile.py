@@ -55,7 +55,7 @@ from runner.inputs.provider import Cancelled, InputContext, InputProvider
 from runner.mounts import mounts_under, unmount
 from runner.s3 import S3Location, parse_s3_uri
 from smlocal.core.jobspec import ChannelSpec
-from smlocal.core.rclone import rclone_binary
+from smlocal.core.rclone import RcloneMissing, rclone_binary
 
 log = logging.getLogger("smlocal.runner")
 
@@ -80,7 +80,7 @@ def fuse_problem() -> str | None:
         return "fusermount3 is not installed (Debian's fuse3 package)"
     try:
         rclone_binary()
-    except Exception as e:  # noqa: BLE001 - the store's error says what is missing
+    except RcloneMissing as e:  # its message says how to get one
         return str(e)
     return None
 

