@@ -50,10 +50,18 @@ _METADATA = ("latest/meta-data", "latest/api", "latest/dynamic", "latest/user-da
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "upgrade", "proxy-authorization"})
 
 
+_REASONS = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}
+
+
 class Refused(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+    @property
+    def status_line(self) -> str:
+        """`403 Forbidden`: the status and its reason phrase."""
+        return f"{self.status} {_REASONS.get(self.status, 'Error')}"
 
 
 @dataclass(frozen=True)
@@ -155,9 +163,6 @@ def check_signed_for_s3(head: Head) -> None:
         raise Refused(403, "AccessDenied", "only the S3 API is served here")
 
 
-REASONS = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway"}
-
-
 def error_body(refusal: Refused) -> bytes:
     """S3's XML error document for a refusal."""
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{refusal.code}</Code>'
@@ -166,7 +171,7 @@ def error_body(refusal: Refused) -> bytes:
 
 def _error_response(refusal: Refused) -> bytes:
     body = error_body(refusal)
-    return (f"HTTP/1.1 {refusal.status} {REASONS.get(refusal.status, 'Error')}\r\n"
+    return (f"HTTP/1.1 {refusal.status_line}\r\n"
             f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             ).encode() + body
 

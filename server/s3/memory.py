@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.s3.base import StoreStartError, check_ports_free
-from server.s3.front import REASONS, Head, Refused, check_signed_for_s3, error_body
+from server.s3.front import Head, Refused, check_signed_for_s3, error_body
 
 
 def _head_of(environ: dict[str, Any]) -> Head:
@@ -38,7 +38,7 @@ def s3_only_app() -> Any:
             check_signed_for_s3(_head_of(environ))
         except Refused as refusal:
             body = error_body(refusal)
-            start_response(f"{refusal.status} {REASONS.get(refusal.status, 'Error')}",
+            start_response(refusal.status_line,
                            [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
             return [body]
         return backend(environ, start_response)
