@@ -9,6 +9,8 @@
 3. Pipe throughput against a raw read of the same objects in the same order, and the time to the first
    byte of a 2 GiB data set in Pipe and FastFile mode against File mode (bench/streaming.py).
 4. The FUSE filesystem behind FastFile: rclone mount / mount2 against s3fs (bench/fuse_choice.py).
+5. Checkpoint sync delay: a file's close() in a synced folder to its object visible in S3, against a plain
+   put_object of the same file (bench/checkpoint_sync.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -31,7 +33,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from bench import fuse_choice, streaming
+from bench import checkpoint_sync, fuse_choice, streaming
 from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -194,6 +196,7 @@ def main() -> None:
                 (f"{SMALL_COUNT} x {SMALL_SIZE // 1024} KiB", "small")])
             upload_dataset(client, "ttfb", streaming.TTFB_COUNT, streaming.TTFB_SIZE)
             rows += streaming.first_byte_rows(sm, client, wait_done, "ttfb")
+            rows += checkpoint_sync.rows(client)
         finally:
             server.stop()
         fuse_client = Minio(urlparse(s3.endpoint).netloc, access_key="test", secret_key="test", secure=False)
@@ -205,7 +208,8 @@ def main() -> None:
     lines = [
         f"Machine: {os.cpu_count()} cores ({cpu}), {memory_gib:.0f} "
         f"GiB, Linux {platform.release()}, Docker {docker.version()['Version']}, S3: moto server; "
-        f"median of {RUNS} (overhead) / 3 (staging, streaming, FUSE) runs.",
+        f"median of {RUNS} (overhead) / 3 (staging, streaming, FUSE) runs, "
+        f"{checkpoint_sync.FILES} files (checkpoint sync).",
         "",
         "| measurement | smlocal | baseline (same run) | result |",
         "| --- | --- | --- | --- |",

@@ -53,21 +53,60 @@ def _open_regular(name: str, dir_fd: int) -> tuple[int, os.stat_result] | None:
     return fd, st
 
 
-def read_regular(root: Path, rel: str, limit: int) -> bytes | None:
-    """At most `limit` bytes of the regular file `root/rel`; None if it is missing, a link, a FIFO, a device..."""
-    parent, name = PurePosixPath(rel).parent, PurePosixPath(rel).name
+def _parent_fd(root: Path, rel: str) -> tuple[int, str] | None:
+    """A descriptor of the folder holding `root/rel` (reached without following a link) and the last name."""
+    path = PurePosixPath(rel)
     try:
-        dir_fd = open_dir(root, "" if str(parent) == "." else parent)
+        return open_dir(root, "" if str(path.parent) == "." else path.parent), path.name
     except OSError:
         return None
+
+
+def stat_file(root: Path, rel: str) -> os.stat_result | None:
+    """The lstat of `root/rel` if it is a regular file (nothing is opened, no link followed); None otherwise."""
+    parent = _parent_fd(root, rel)
+    if parent is None:
+        return None
+    dir_fd, name = parent
     try:
-        opened = _open_regular(name, dir_fd)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def open_file(root: Path, rel: str) -> tuple[BinaryIO, os.stat_result] | None:
+    """The regular file `root/rel` open for reading, with its fstat; None if it is missing, a link, a FIFO, a device...
+
+    The name is lstat'ed first, so that a FIFO is not even opened (opening one, even non-blocking, would release a
+    writer blocked in its own open()); the fstat after the open settles a swap in between.
+    """
+    parent = _parent_fd(root, rel)
+    if parent is None:
+        return None
+    dir_fd, name = parent
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        opened = _open_regular(name, dir_fd) if stat.S_ISREG(st.st_mode) else None
+    except OSError:
+        opened = None
     finally:
         os.close(dir_fd)
     if opened is None:
         return None
-    fd, _ = opened
-    with os.fdopen(fd, "rb") as f:
+    fd, st = opened
+    return os.fdopen(fd, "rb"), st
+
+
+def read_regular(root: Path, rel: str, limit: int) -> bytes | None:
+    """At most `limit` bytes of the regular file `root/rel`; None if it is missing, a link, a FIFO, a device..."""
+    opened = open_file(root, rel)
+    if opened is None:
+        return None
+    f, _ = opened
+    with f:
         return f.read(limit)
 
 
@@ -83,6 +122,7 @@ class Entry:
     link_target: str = ""
     _dir_fd: int = -1
     _name: str = ""
+    mtime_ns: int = 0  # exact, for telling a changed file from an unchanged one (mtime is a float)
 
     def open(self) -> BinaryIO | None:
         """The file's content (only while the walk is at this entry); None if it changed into something else."""
@@ -141,7 +181,8 @@ def _walk(dir_fd: int, prefix: str, depth: int) -> Iterator[Entry]:
                 continue
             yield Entry(path, "link", 0o777, st.st_mtime, link_target=target)
         elif stat.S_ISREG(st.st_mode):
-            yield Entry(path, "file", stat.S_IMODE(st.st_mode), st.st_mtime, st.st_size, _dir_fd=dir_fd, _name=name)
+            yield Entry(path, "file", stat.S_IMODE(st.st_mode), st.st_mtime, st.st_size, _dir_fd=dir_fd, _name=name,
+                        mtime_ns=st.st_mtime_ns)
         # FIFOs, sockets and device nodes are never read.
 
 
