@@ -1,4 +1,6 @@
-"""Moving what the algorithm saved to S3 (model, output data, checkpoints) and checkpoints back in.
+"""Moving what the algorithm saved to S3 at the end (model, output data) and checkpoints back in.
+
+The folders synced while the job runs (checkpoints, TensorBoard, Debugger) are runner.folder_sync's.
 
 The container owns the /opt/ml tree, so everything read from it goes through `runner.tree`: a link is
 packed as a link (never resolved on the host), FIFOs and devices are skipped, and a folder the container
@@ -28,7 +30,6 @@ from smlocal.core.jobspec import JobSpec, job_output_uri
 # Folders of the tree that are uploaded, relative to /opt/ml.
 MODEL = "model"
 OUTPUT_DATA = "output/data"
-CHECKPOINTS = "checkpoints"
 
 
 class UploadError(Exception):
@@ -157,16 +158,10 @@ def upload_outputs(client: Minio, spec: JobSpec, layouts: Sequence[HostLayout], 
             _put_tree_files(client, out.child("model" if name == "model" else "data"), folders, cancelled)
 
 
-def _checkpoint_location(spec: JobSpec) -> S3Location:
-    assert spec.checkpoint is not None
-    return parse_s3_uri(spec.checkpoint.s3_uri)
-
-
-def download_checkpoints(client: Minio, spec: JobSpec, layout: HostLayout) -> None:
-    """Copy the S3 checkpoints into the local checkpoint folder (a restarted job resumes from them)."""
-    if spec.checkpoint is None:
-        return
-    loc = _checkpoint_location(spec)
+def restore_folder(client: Minio, s3_uri: str, dest: Path) -> None:
+    """Copy what S3 has under `s3_uri` into `dest` (checkpoints: a new run resumes from them). Objects added
+    to S3 later are not copied in (SageMaker copies them at the start only)."""
+    loc = parse_s3_uri(s3_uri)
     prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
     try:
         objects = [o for o in client.list_objects(loc.bucket, prefix=prefix, recursive=True)
@@ -176,12 +171,12 @@ def download_checkpoints(client: Minio, spec: JobSpec, layout: HostLayout) -> No
             parts = [p for p in rel.split("/") if p not in ("", ".")]
             if not parts or ".." in parts:
                 continue
-            dest = layout.checkpoints_dir.joinpath(*parts)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            client.fget_object(loc.bucket, obj.object_name, str(dest))
-            os.chmod(dest, WRITABLE_FILE)
+            target = dest.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.fget_object(loc.bucket, obj.object_name, str(target))
+            os.chmod(target, WRITABLE_FILE)
         # The algorithm may run as any uid and resumes by rewriting these.
-        for dirpath, dirnames, _ in os.walk(layout.checkpoints_dir):
+        for dirpath, dirnames, _ in os.walk(dest):
             for d in dirnames:
                 os.chmod(os.path.join(dirpath, d), WRITABLE_DIR)
     except S3Error as e:
@@ -190,11 +185,3 @@ def download_checkpoints(client: Minio, spec: JobSpec, layout: HostLayout) -> No
         raise UploadError(
             f"ClientError: Checkpoint download from {loc} failed: {e.code}: {e.message}"
         ) from None
-
-
-def upload_checkpoints(client: Minio, spec: JobSpec, layouts: Sequence[HostLayout],
-                       cancelled: Cancelled = _never) -> None:
-    if spec.checkpoint is None:
-        return
-    _put_tree_files(client, _checkpoint_location(spec), [(h.opt_ml, CHECKPOINTS) for h in layouts], cancelled)
-

@@ -203,7 +203,13 @@ class DockerBackend(Backend):
     def wait(self, container: ContainerRef) -> int:
         with _engine():
             try:
-                return int(self.client.api.wait(container.id, timeout=None)["StatusCode"])
+                code = int(self.client.api.wait(container.id, timeout=None)["StatusCode"])
+                # `docker rm -f` marks the container for removal before it kills it, so an exit that
+                # comes from a removal behind smlocal's back is told from the algorithm's own: a platform
+                # fault (RetryStrategy retries it), not an AlgorithmError.
+                if self.client.api.inspect_container(container.id)["State"].get("Status") == "removing":
+                    raise ContainerGone(container.name)
+                return code
             except NotFound:
                 raise ContainerGone(container.name) from None
 

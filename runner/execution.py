@@ -33,6 +33,7 @@ from runner.backend import (
 )
 from runner.environment import container_environment
 from runner.failure import failure_reason
+from runner.folder_sync import FolderSync, SyncStatus
 from runner.inputs import DataDownloadError, DownloadCancelled, InputContext, InputProvider, make_providers
 from runner.layout import HostLayout, container_mounts, job_root, make_private_dir
 from runner.layout import prepare as prepare_layout
@@ -41,14 +42,16 @@ from runner.metrics import MetricCollector, final_of_all
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
 from runner.notices import platform_notices
-from runner.policies import DeadlinePolicy, Detach, FailurePolicy, GracePolicy, StopPolicy, StopRequested
-from runner.s3 import make_client
+from runner.policies import Detach, FailurePolicy, GracePolicy, InterruptPolicy, StopPolicy, StopRequested
+from runner.s3 import make_client, parse_s3_uri
 from runner.subnets import NoFreeSubnet, RangeTooSmall
-from smlocal.core.jobspec import JobSpec
+from smlocal.core.jobspec import JobSpec, SyncedFolder
 from smlocal.core.lifecycle import (
     DEFAULT_MESSAGES,
     DOWNLOADING,
     FAILED,
+    INTERRUPTED,
+    PENDING,
     PULLING_IMAGE_MESSAGE,
     QUEUED,
     RUNNING,
@@ -62,6 +65,7 @@ from smlocal.core.lifecycle import (
     IllegalTransition,
     Lifecycle,
     phase_reached,
+    restart_message,
 )
 from smlocal.core.local_channels import LocalChannelRoots
 from smlocal.core.logstore import JobLogKey, LogStreamWriter, list_streams, stream_path
@@ -157,7 +161,7 @@ class JobExecution:
         self.hosts = [_Host(layout, job_labels(job.name, job.arn, layout.host, label), providers[layout.host])
                       for layout in layouts]
         self.stop = StopPolicy(self.wake, shutdown)
-        self.deadline = DeadlinePolicy(lifecycle, job.arn, self.spec.max_runtime_seconds)
+        self.interrupt = InterruptPolicy(self.wake)
         self.failures = FailurePolicy()
         self.grace = GracePolicy(settings.stop_grace_seconds, self._record_terminating)
         self._exits: list[_Host] = []  # in the order they happened
@@ -165,6 +169,11 @@ class JobExecution:
         self.network: NetworkRef | None = None  # the job's network, once it has one
         self._current = job  # the job as last written by this execution
         self._cleaned = False
+        # The folders synced to S3 while the job runs (checkpoints, TensorBoard, Debugger), per host.
+        self.syncs: list[tuple[str, SyncedFolder, FolderSync]] = []
+        # The job runs again (a retry, a spot restart): persisted once this run is cleaned up, so the next
+        # run's containers and folder are never those this cleanup removes.
+        self._again: Callable[[], None] | None = None
 
     @property
     def host_names(self) -> list[str]:
@@ -194,15 +203,39 @@ class JobExecution:
         """The job went to Stopping (StopTrainingJob or its deadline): stop now, whatever the phase."""
         self.stop.request()
 
+    def request_interrupt(self) -> None:
+        """A spot interruption was asked for (persisted): SIGTERM, the grace, a last sync, then a new run."""
+        self.interrupt.request()
+
+    def sync_status(self) -> list[tuple[str, SyncedFolder, SyncStatus]]:
+        """Each synced folder's state, per host (the console shows it)."""
+        return [(host, folder, sync.status()) for host, folder, sync in self.syncs]
+
     def requeue(self) -> None:
         """Interrupted before its containers started: clean up, and back to the queue to run again."""
         self._cleanup()
         self.lifecycle.set_runner_state(self.arn, QUEUED)
 
     def abandon(self) -> None:
-        """A previous process ran the job and left nothing to adopt: end it and clean up."""
-        self._end(FAILED, RESTART_FAILURE)  # one being stopped ends as its stop says
-        self._cleanup()
+        """A previous process ran the job and left nothing to adopt (its containers are gone): what the
+        algorithm saved is synced from the folders left on disk, then the job runs again (an interruption
+        under way, or a retry RetryStrategy allows) or ends (failed, or as its stop says)."""
+        try:
+            if self.job.status == STOPPING:
+                self.stop.request()
+            self._make_syncs()
+            for _, _, sync in self.syncs:
+                sync.resume()
+            if self.job.interrupt_requested_at is not None and not self.stop.requested:
+                self._finish_interrupted()
+            else:
+                self._sync_quietly()
+                self._fault(RESTART_FAILURE)
+        except Exception:
+            log.exception("could not end training job %s", self.job.name)
+        finally:
+            self._cleanup()
+            self._run_again()
 
     def _run(self, body: Callable[[], None]) -> None:
         detached = False
@@ -213,7 +246,8 @@ class JobExecution:
             self._current = current
             if current.status == STOPPING:
                 self.stop.request()  # it came before this execution could hear of it
-            self.deadline.arm(current.training_start_time)
+            if current.interrupt_requested_at is not None:
+                self.interrupt.request()
             body()
         except Detach:
             detached = True
@@ -226,18 +260,30 @@ class JobExecution:
         except _JobFailed as e:
             self._end_safely(partial(self._end, FAILED, e.reason))
         except Exception as e:
+            # A platform fault (the engine refused a container, a host's container vanished, the store did
+            # not answer): SageMaker's InternalServerError, which RetryStrategy retries.
             log.exception("training job %s failed inside smlocal", self.job.name)
-            self._end_safely(partial(self._end, FAILED, f"InternalServerError: {type(e).__name__}: {e}"))
+            try:
+                self._sync_quietly()
+            except Detach:
+                detached = True  # shutting down: the next process takes the job up
+            else:
+                self._end_safely(partial(self._fault, f"InternalServerError: {type(e).__name__}: {e}"))
         finally:
-            self.deadline.cancel()
             if detached:
                 self._stop_followers()
+                self._stop_syncs()  # the next process resumes them from their state files
             else:
                 self._cleanup()
+                self._run_again()
 
     # ---- phases -----------------------------------------------------------------------------
 
     def _prepare_hosts(self) -> None:
+        if self._current.secondary_status == INTERRUPTED:  # a spot job's new run, on fresh containers
+            self._enter(STARTING, restart_message(self._current.interruptions))
+        elif self._current.secondary_status == PENDING:  # a slot took it
+            self._enter(STARTING)
         if not self.hosts:
             raise _JobFailed("ClientError: the training job needs at least one instance "
                              "(ResourceConfig.InstanceCount).")
@@ -289,9 +335,13 @@ class JobExecution:
             for host in self.hosts:
                 for provider in host.inputs:
                     provider.prepare(self.stop.cancelled)
-            if self.spec.checkpoint is not None:
-                for host in self.hosts:  # all hosts share one checkpoint URI
-                    artifacts.download_checkpoints(self._s3_client(), self.spec, host.layout)
+            self._make_syncs()
+            for host, folder, sync in self.syncs:
+                if folder.restore:  # checkpoints: what S3 has is copied in before the algorithm starts
+                    destination = self._host(host).layout.synced_dir(folder)
+                    artifacts.restore_folder(self._s3_client(), folder.s3_uri, destination)
+                sync.seed()
+                sync.start()
         except DownloadCancelled:
             self.stop.check()
             raise
@@ -328,6 +378,9 @@ class JobExecution:
         if self.job.runner_state == TERMINATING and self.job.runner_since is not None:
             self.grace.resume(self.job.runner_since)
         streams = list_streams(self.data_dir, self.log_key)
+        self._make_syncs()
+        for _, _, sync in self.syncs:
+            sync.resume()
         for host in self.hosts:
             host.container = containers[host.name]
             for provider in host.inputs:
@@ -349,6 +402,10 @@ class JobExecution:
             raise next(e for e in errors if isinstance(e, BackendUnavailable))
         if errors:
             raise errors[0]
+        # Interrupted: the hosts were signalled for it (one that finished first just completes).
+        if self.interrupt.requested and self.grace.signalled and not self.stop.requested:
+            self._finish_interrupted()
+            return
         self._close_series()  # every point is stored before the job's end is
         if self.spec.algorithm.metric_definitions:
             self.lifecycle.set_final_metrics(self.arn, final_of_all([h.metrics for h in self.hosts]))
@@ -377,7 +434,11 @@ class JobExecution:
             if all(h.exited.is_set() for h in self.hosts):
                 return self._first_failed()
             failed = self._first_failed()
-            if failed is not None or self.stop.requested or self.grace.signalled or self._input_failure():
+            # A host whose wait failed (its container removed from outside) is a platform fault: the
+            # others are stopped as for a failure.
+            lost = any(h.error is not None for h in self.hosts if h.exited.is_set())
+            if (failed is not None or lost or self.stop.requested or self.interrupt.requested
+                    or self.grace.signalled or self._input_failure()):
                 self._terminate()
                 return self._first_failed()
             self.wake.wait()
@@ -415,9 +476,9 @@ class JobExecution:
             pass  # stopped as it finished: still upload what it made, and end as the stop says
         try:
             client = self._s3_client()
+            self._final_syncs()
             artifacts.upload_outputs(client, self.spec, self._layouts(), always_model=True,
                                      cancelled=self.stop.detaching)
-            artifacts.upload_checkpoints(client, self.spec, self._layouts(), cancelled=self.stop.detaching)
         except artifacts.TransferCancelled:
             raise Detach() from None
         except artifacts.UploadError as e:
@@ -427,11 +488,11 @@ class JobExecution:
 
     def _upload_quietly(self) -> None:
         # A failed or stopped job keeps its status even when saving its leftovers fails.
+        self._sync_quietly()
         try:
             client = self._s3_client()
             artifacts.upload_outputs(client, self.spec, self._layouts(), always_model=False,
                                      cancelled=self.stop.detaching)
-            artifacts.upload_checkpoints(client, self.spec, self._layouts(), cancelled=self.stop.detaching)
         except artifacts.TransferCancelled:
             raise Detach() from None
         except Exception as e:
@@ -455,7 +516,6 @@ class JobExecution:
                 self.stop.request()
                 raise StopRequested() from None
             raise
-        self.deadline.arm(self._current.training_start_time)
 
     def _cancellable(self, work: Callable[[], None]) -> None:
         """Run `work` (an image pull) in the background; a stop, the deadline or a shutdown stops waiting for it."""
@@ -575,6 +635,7 @@ class JobExecution:
         if self._cleaned:
             return
         self._cleaned = True
+        self._stop_syncs()
         self._stop_followers()
         self._stop_inputs()
         try:
@@ -601,6 +662,82 @@ class JobExecution:
             self.networks.release(network)
         for labelled in self.backend.networks(mine):  # a job's own network, as older versions made them
             self.backend.remove_network(labelled)
+
+    # ---- synced folders, retries, interruptions -------------------------------------------------
+
+    def _host(self, name: str) -> _Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def _make_syncs(self) -> None:
+        """One FolderSync per host and synced folder (every host syncs its own folder to the one URI, as on
+        SageMaker); each keeps what it sent in a state file outside the container's tree."""
+        folders = self.spec.synced_folders()
+        if self.syncs or not folders:
+            return
+        client = self._s3_client()
+        for host in self.hosts:
+            for folder in folders:
+                self.syncs.append((host.name, folder, FolderSync(
+                    host.layout.synced_dir(folder), parse_s3_uri(folder.s3_uri), client,
+                    host.layout.staging_dir / f"sync-{host.name}-{folder.kind}.json",
+                    label=f"{self.job.name}/{host.name}/{folder.kind}", delete=folder.delete)))
+
+    def _final_syncs(self) -> None:
+        """Every synced folder once more, after the algorithm exited; UploadError if S3 refuses.
+
+        Hosts share one URI, and a name two hosts wrote holds the last writer's file (SageMaker asks
+        scripts to name files per host); in reverse host order here, so of what no host synced while
+        running, algo-1's copy is the one left, as in the model's merge."""
+        for _, _, sync in reversed(self.syncs):
+            sync.final_sync(self.stop.detaching)
+
+    def _sync_quietly(self) -> None:
+        # A job that failed, stopped or was interrupted keeps its status even when this last sync fails.
+        try:
+            self._final_syncs()
+        except artifacts.TransferCancelled:
+            raise Detach() from None
+        except Exception as e:
+            log.warning("could not sync the folders of %s: %s", self.job.name, e)
+
+    def _stop_syncs(self) -> None:
+        for _, _, sync in self.syncs:
+            sync.stop()
+
+    def _fault(self, reason: str) -> None:
+        """A platform fault ended this run: it runs again if RetryStrategy allows, else the job fails."""
+        retries = self.spec.max_retry_attempts
+        if retries and not self.stop.requested and self._current.attempt <= retries:
+            self._again = partial(self._retry, reason)
+            return
+        self._end(FAILED, reason)
+
+    def _retry(self, reason: str) -> None:
+        if self.lifecycle.retry(self.arn, reason, self.spec.max_retry_attempts) is None:
+            self._end(FAILED, reason)  # stopped meanwhile: it ends as its stop says
+        else:
+            log.info("training job %s runs again after a platform fault: %s", self.job.name, reason)
+
+    def _finish_interrupted(self) -> None:
+        """The interrupted run's hosts exited: a last sync (the checkpoints the next run starts from)."""
+        self._stop_inputs()
+        self._sync_quietly()
+        self._again = self._record_interrupted
+
+    def _record_interrupted(self) -> None:
+        try:
+            self.lifecycle.interrupted(self.arn)
+        except IllegalTransition:
+            latest = self.lifecycle.refresh(self.arn)
+            if latest is not None and latest.status == STOPPING:
+                self._end_stopped()  # a stop came during the grace: it wins
+            return
+        log.info("training job %s was interrupted: it runs again", self.job.name)
+
+    def _run_again(self) -> None:
+        again, self._again = self._again, None
+        if again is not None:
+            self._end_safely(again)
 
     def _stop_followers(self) -> None:
         for host in self.hosts:

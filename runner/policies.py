@@ -1,7 +1,8 @@
-"""The small rules `JobExecution` consults: when to stop, the deadline, which exit fails the job, the grace period.
+"""The small rules `JobExecution` consults: when to stop or be interrupted, which exit fails the job, the grace period.
 
-Each is told about events (a stop request, an exit, a tick of time) and wakes the execution through
-its `wake` event; none of them polls the database.
+Each is told about events (a stop or interrupt request, an exit) and wakes the execution through its
+`wake` event; none of them polls the database. The time limits (MaxRuntimeInSeconds and the others) are
+the runner's (runner.time_limits): a job in the queue has no execution to arm a timer.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
-
-from smlocal.core.lifecycle import Lifecycle
 
 log = logging.getLogger("smlocal.runner")
 
@@ -60,35 +59,21 @@ class StopPolicy:
             raise StopRequested()
 
 
-class DeadlinePolicy:
-    """MaxRuntimeInSeconds, counted from TrainingStartTime: when it passes, the job goes to Stopping
-    (ending in MaxRuntimeExceeded), and the lifecycle's listeners tell the execution like any stop."""
+class InterruptPolicy:
+    """A spot interruption asked for (persisted as interrupt_requested_at before anyone calls this): the
+    hosts get SIGTERM and the grace, the synced folders their last sync, and the job runs again."""
 
-    def __init__(self, lifecycle: Lifecycle, arn: str, max_runtime_seconds: int) -> None:
-        self._lifecycle = lifecycle
-        self._arn = arn
-        self._max_runtime = max_runtime_seconds
-        self._timer: threading.Timer | None = None
-        self.deadline: float | None = None
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+        self._requested = threading.Event()
 
-    def arm(self, training_start_time: float | None) -> None:
-        if training_start_time is None or self._timer is not None:
-            return
-        self.deadline = training_start_time + self._max_runtime
-        self._timer = threading.Timer(max(0.0, self.deadline - time.time()), self._expire)
-        self._timer.daemon = True
-        self._timer.name = f"smlocal-deadline-{self._arn.rsplit('/', 1)[-1]}"
-        self._timer.start()
+    def request(self) -> None:
+        self._requested.set()
+        self._wake.set()
 
-    def _expire(self) -> None:
-        try:
-            self._lifecycle.stop_at_deadline(self._arn)
-        except Exception:
-            log.exception("could not stop %s at its deadline", self._arn)
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    @property
+    def requested(self) -> bool:
+        return self._requested.is_set()
 
 
 class HostState(Protocol):

@@ -29,8 +29,11 @@ from runner.execution import JobExecution, data_dir_label
 from runner.layout import job_folder_name
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool
+from runner.spot_drill import SpotDrill
 from runner.subnets import SubnetAllocator, host_routes, resolve_job_subnets
-from smlocal.core.lifecycle import IN_PROGRESS, PREPARING, QUEUED, STOPPING, Lifecycle
+from runner.time_limits import next_limit
+from smlocal.core.jobspec import JobSpec
+from smlocal.core.lifecycle import DOWNLOADING, IN_PROGRESS, PENDING, PREPARING, QUEUED, STOPPING, Lifecycle
 from smlocal.core.settings import Settings
 from smlocal.core.store import JobRecord
 
@@ -42,6 +45,8 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 # A safety net only: every change that matters wakes the runner.
 IDLE_WAKE_SECONDS = 30.0
+# How many queued jobs one look at the queue considers (the rest are looked at once these move on).
+QUEUE_LOOK_AHEAD = 1000
 
 
 class Runner:
@@ -67,6 +72,7 @@ class Runner:
         self._engine_checked_at: float | None = None
         self._engine_lost = threading.Event()
         self.networks = NetworkPool(self.backend, data_dir_label(settings), SubnetAllocator(self._job_subnets()))
+        self.spot_drill = SpotDrill(settings.spot_interruptions_per_hour, lifecycle, self._spot_jobs, self._shutdown)
         lifecycle.subscribe(self._on_job_change)
 
     def _job_subnets(self) -> IPv4Network:
@@ -86,6 +92,7 @@ class Runner:
             return
         self._thread = threading.Thread(target=self._main, name="smlocal-runner", daemon=True)
         self._thread.start()
+        self.spot_drill.start()
 
     def wake(self) -> None:
         self._wake.set()
@@ -104,6 +111,10 @@ class Runner:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.networks.close()
 
+    def _spot_jobs(self) -> list[str]:
+        with self._lock:
+            return [arn for arn, (execution, _) in self._active.items() if execution.spec.spot]
+
     def active_jobs(self) -> list[str]:
         """ARNs of the jobs this runner is driving right now."""
         with self._lock:
@@ -116,6 +127,24 @@ class Runner:
         except BackendUnavailable as e:
             return str(e)
         return None
+
+    def progress(self, arn: str) -> list[dict[str, Any]] | None:
+        """The folders a job this runner drives syncs to S3, per host (None: it does not drive the job)."""
+        with self._lock:
+            entry = self._active.get(arn)
+        if entry is None:
+            return None
+        folders = []
+        for host, folder, status in entry[0].sync_status():
+            item: dict[str, Any] = {"Host": host, "Kind": folder.kind, "LocalPath": folder.local_path,
+                                    "S3Uri": folder.s3_uri, "Files": status.files, "Bytes": status.bytes,
+                                    "Pending": status.pending, "Mode": status.mode}
+            if status.last_sync_at is not None:
+                item["LastSyncTime"] = status.last_sync_at
+            if status.last_error:
+                item["LastError"] = status.last_error
+            folders.append(item)
+        return folders
 
     def health(self) -> dict[str, Any]:
         with self._lock:
@@ -140,12 +169,17 @@ class Runner:
 
     def _on_job_change(self, job: JobRecord) -> None:
         """Called by the lifecycle after every committed change."""
+        with self._lock:
+            entry = self._active.get(job.arn)
         if job.status == STOPPING:
-            with self._lock:
-                entry = self._active.get(job.arn)
             if entry is not None:
                 entry[0].request_stop()
-        elif job.status == IN_PROGRESS and job.runner_state == QUEUED:
+        elif job.status == IN_PROGRESS and job.interrupt_requested_at is not None:
+            if entry is not None:
+                entry[0].request_interrupt()
+        elif job.status == IN_PROGRESS and (job.runner_state == QUEUED
+                                            or job.secondary_status in (DOWNLOADING, PENDING)):
+            # A job to run, or a clock that starts now (TrainingStartTime, Pending): the loop looks again.
             self._wake.set()
 
     def _lost_engine(self) -> None:
@@ -160,10 +194,12 @@ class Runner:
         while not self._shutdown.is_set():
             # Cleared before looking so a wake() during the look is not lost.
             self._wake.clear()
+            # The clocks run whether or not the engine answers.
+            idle = min(IDLE_WAKE_SECONDS, self._enforce_time_limits())
             if self._engine_ok is not True or self._engine_lost.is_set():
                 self._engine_lost.clear()
                 if not self._engine_answers():
-                    self._wake.wait(backoff)
+                    self._wake.wait(min(backoff, idle))
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
                 backoff = BACKOFF_START
@@ -181,7 +217,31 @@ class Runner:
                 continue
             except Exception:
                 log.exception("could not start queued training jobs")
-            self._wake.wait(IDLE_WAKE_SECONDS)
+            self._wake.wait(idle)
+
+    def _enforce_time_limits(self) -> float:
+        """End every InProgress job whose StoppingCondition clock ran out (runner.time_limits); the seconds
+        until the next one runs out."""
+        now = time.time()
+        wait = IDLE_WAKE_SECONDS
+        try:
+            jobs = self.lifecycle.in_progress_jobs()
+        except Exception:
+            log.exception("could not read the jobs' time limits")
+            return wait
+        for job in jobs:
+            limit = next_limit(job, JobSpec.from_job(job))
+            if limit is None:
+                continue
+            if limit.at > now:
+                wait = min(wait, limit.at - now)
+                continue
+            log.info("training job %s reached its time limit: it ends %s", job.name, limit.target)
+            try:
+                self.lifecycle.stop_at_deadline(job.arn, limit.target, limit.message)
+            except Exception:
+                log.exception("could not stop %s at its time limit", job.name)
+        return max(0.05, wait)
 
     def _engine_answers(self) -> bool:
         error = self.check_engine()
@@ -200,14 +260,18 @@ class Runner:
         # A job takes one slot, however many hosts it runs.
         with self._lock:
             free = self.settings.max_concurrent_jobs - len(self._active)
-        if free <= 0:
-            return
-        for job in self.lifecycle.queued_jobs(free):
+        for job in self.lifecycle.queued_jobs(QUEUE_LOOK_AHEAD):
             if self._shutdown.is_set() or self._engine_lost.is_set():
                 return
+            if free <= 0:
+                # No slot for it: SageMaker's Pending, "waiting for compute capacity".
+                if job.secondary_status != PENDING:
+                    self.lifecycle.mark_pending(job.arn)
+                continue
             claimed = self.lifecycle.claim(job.arn)
             if claimed is None:
                 continue  # stopped while queued, or taken by someone else
+            free -= 1
             execution = self._execution(claimed)
             self._launch(execution, execution.run_new)
 
@@ -223,7 +287,9 @@ class Runner:
                 body()
             finally:
                 with self._lock:
-                    self._active.pop(arn, None)
+                    # A job run again (a retry, a spot restart) may already have its next execution here.
+                    if self._active.get(arn, (None, None))[0] is execution:
+                        del self._active[arn]
                 self.wake()  # a slot is free
 
         thread = threading.Thread(target=run, name=f"smlocal-job-{execution.job.name}", daemon=True)
@@ -240,7 +306,9 @@ class Runner:
         - containers never started (preparing): back to the queue, after its folder and containers are
           removed (a job being stopped ends Stopped instead);
         - every host's container started: adopted, running or exited;
-        - a host's container missing: the job fails (or ends Stopped if it was being stopped).
+        - a host's container missing: a platform fault. The job runs again if its RetryStrategy allows (a
+          spot job being interrupted is Interrupted and runs again), else fails (or ends Stopped if it
+          was being stopped).
         """
         mine = data_dir_label(self.settings)
         kept: set[str] = set()

@@ -21,6 +21,8 @@ from server.services.cloudwatch.provider import CloudWatchMetrics
 from server.services.iam.provider import Iam
 from server.services.logs.provider import CloudWatchLogs
 from server.services.sagemaker.provider import JobLimits, Operations
+from server.services.smlocal.model import SERVICE_NAME, smlocal_session
+from server.services.smlocal.provider import Control
 from smlocal.core.errors import ApiError
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.local_channels import LocalChannelRoots
@@ -40,6 +42,8 @@ class JobRunner(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def progress(self, arn: str) -> list[dict[str, Any]] | None: ...
+
 
 def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: JobRunner | None) -> FastAPI:
     """The HTTP app over the parts `smlocal serve` built (server.cli, the composition root); `runner` None:
@@ -52,6 +56,8 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
         Service.of("logs", CloudWatchLogs(store, data_dir)),
         Service.of("cloudwatch", CloudWatchMetrics(store)),
         Service.of("iam", Iam()),
+        Service.of(SERVICE_NAME, Control(lifecycle, runner.progress if runner is not None else lambda _arn: None),
+                   smlocal_session()),
     ])
     authenticator = Authenticator(settings.region, settings.access_key, settings.secret_key)
 

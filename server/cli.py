@@ -82,6 +82,9 @@ def serve(
         "JOB_SUBNETS", "IPv4 range (CIDR) job networks get their subnets from, a /27 per job (more for jobs "
         "with over 29 hosts); it must not overlap this machine's routes or Docker's networks. Default: "
         "the first of 10.213.0.0/16 .. 10.249.0.0/16 that is clear.")] = None,
+    spot_interruptions: Annotated[float, _opt(
+        "SPOT_INTERRUPTIONS", "Drills: interrupt every managed spot job at random, RATE times per hour of "
+        "Training on average (as `smlocal interrupt` does). 0: only on demand.")] = 0.0,
     log_level: Annotated[str, _opt("LOG_LEVEL", "Log level.")] = "info",
 ) -> None:
     """Serve the SageMaker API on HOST:PORT."""
@@ -92,6 +95,8 @@ def serve(
         raise typer.BadParameter(f"{region!r} is not an AWS region name (e.g. us-east-1)", param_hint="--region")
     if not (len(account_id) == 12 and account_id.isdigit()):
         raise typer.BadParameter(f"{account_id!r} is not a 12-digit account id", param_hint="--account-id")
+    if spot_interruptions < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--spot-interruptions")
     if max_hosts_per_job is not None and max_hosts_per_job < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--max-hosts-per-job")
     roots = tuple(_local_root(path) for path in local_channel_root or ())
@@ -136,6 +141,7 @@ def serve(
         max_concurrent_jobs=max_concurrent_jobs or default_max_concurrent_jobs(),
         max_hosts_per_job=max_hosts_per_job or default_max_hosts_per_job(), local_channel_roots=roots,
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs, job_subnets=job_range,
+        spot_interruptions_per_hour=spot_interruptions,
     )
 
     try:

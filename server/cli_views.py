@@ -1,4 +1,4 @@
-"""`smlocal jobs`, `smlocal logs` and `smlocal stop`: views of a running server, through its API.
+"""`smlocal jobs`, `smlocal logs`, `smlocal stop` and `smlocal interrupt`: a running server, through its API.
 
 They use boto3 against the server's endpoint, exactly as any client would, and never open its database.
 """
@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from server.services.smlocal.model import smlocal_session
 from smlocal.core.lifecycle import TERMINAL_STATUSES
 from smlocal.core.logstore import LOG_GROUP
 
@@ -37,7 +38,8 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 
 def client(service: str, endpoint: str, region: str) -> Any:
-    session = boto3.session.Session()
+    # smlocal's own service model is found beside the AWS ones (`smlocal interrupt`).
+    session = boto3.session.Session(botocore_session=smlocal_session())
     keys: dict[str, str] = {}
     if session.get_credentials() is None:
         # A server started without --access-key accepts any signature; one is still needed to sign.
@@ -228,8 +230,23 @@ def stop(
                                 f" ({described['SecondaryStatus']})"))
 
 
+def interrupt(
+    job: Annotated[str, typer.Argument(help="The managed spot training job's name.")],
+    endpoint_url: Endpoint = DEFAULT_ENDPOINT,
+    region: Region = "us-east-1",
+) -> None:
+    """Interrupt a spot training job as a capacity reclaim does: SIGTERM and the grace, its checkpoints
+    synced, SecondaryStatus Interrupted, then it runs again from them on fresh containers."""
+    with api_errors(endpoint_url):
+        client("smlocal", endpoint_url, region).interrupt_training_job(TrainingJobName=job)
+        described = client("sagemaker", endpoint_url, region).describe_training_job(TrainingJobName=job)
+    console.print(Text.assemble("training job ", (job, "bold"), " is being interrupted (",
+                                described["SecondaryStatus"], "); it runs again from its checkpoints"))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(jobs)
     app.command()(logs)
     app.command()(stop)
+    app.command()(interrupt)
 

@@ -25,20 +25,26 @@ ACCOUNT, REGION = "123456789012", "us-east-1"
 # the phases in order, a failure from any phase, a stop from any phase that ends Stopped or
 # MaxRuntimeExceeded, and Training's message changing in place ("Downloading the training image..."
 # -> "Training image download completed. Training in progress.").
+# Back to Starting from a later phase: RetryStrategy's retry ("When the job is retried, its SecondaryStatus
+# is changed to STARTING", API reference) and a managed spot job's restart after Interrupted (the developer
+# guide's spot sequence). Pending: waiting for capacity (here, a slot of the server).
 EXPECTED_NEXT: dict[tuple[str, str], set[str]] = {
     # Starting changes its message in place (waiting for a free network, then not: runner.subnets).
-    ("InProgress", "Starting"): {"Starting", "Downloading", "Stopping", "Failed"},
-    ("InProgress", "Downloading"): {"Training", "Stopping", "Failed"},
-    ("InProgress", "Training"): {"Training", "Uploading", "Stopping", "Failed"},
+    ("InProgress", "Starting"): {"Starting", "Pending", "Downloading", "Stopping", "Failed"},
+    ("InProgress", "Pending"): {"Starting", "Stopping", "Failed"},
+    ("InProgress", "Downloading"): {"Starting", "Training", "Stopping", "Failed"},
+    ("InProgress", "Training"): {"Starting", "Training", "Interrupted", "Uploading", "Stopping", "Failed"},
+    ("InProgress", "Interrupted"): {"Starting", "Pending", "Stopping", "Failed"},
     ("InProgress", "Uploading"): {"Completed", "Stopping", "Failed"},
-    ("Stopping", "Stopping"): {"Stopped", "MaxRuntimeExceeded"},
+    ("Stopping", "Stopping"): {"Stopped", "MaxRuntimeExceeded", "MaxWaitTimeExceeded"},
     ("Completed", "Completed"): set(),
     ("Failed", "Failed"): set(),
     ("Stopped", "Stopped"): set(),
     ("Stopped", "MaxRuntimeExceeded"): set(),
+    ("Stopped", "MaxWaitTimeExceeded"): set(),
 }
-PRIMARY = {"Stopping": "Stopping", "Stopped": "Stopped", "MaxRuntimeExceeded": "Stopped", "Completed": "Completed",
-           "Failed": "Failed"}
+PRIMARY = {"Stopping": "Stopping", "Stopped": "Stopped", "MaxRuntimeExceeded": "Stopped",
+           "MaxWaitTimeExceeded": "Stopped", "Completed": "Completed", "Failed": "Failed"}
 
 
 def _model_enum(shape: str) -> list[str]:
@@ -68,6 +74,10 @@ Step = Callable[[Lifecycle, str], Any]
 _claim: Step = lambda lc, arn: lc.claim(arn)  # noqa: E731
 PATHS: dict[tuple[str, str], list[Step]] = {
     ("InProgress", "Starting"): [_claim],
+    ("InProgress", "Pending"): [lambda lc, a: lc.mark_pending(a)],
+    ("InProgress", "Interrupted"): [_claim, lambda lc, a: lc.advance(a, "Downloading"),
+                                    lambda lc, a: lc.advance(a, "Training"),
+                                    lambda lc, a: lc.set_runner_state(a, "running"), lambda lc, a: lc.interrupted(a)],
     ("InProgress", "Downloading"): [_claim, lambda lc, a: lc.advance(a, "Downloading")],
     ("InProgress", "Training"): [_claim, lambda lc, a: lc.advance(a, "Downloading"),
                                  lambda lc, a: lc.advance(a, "Training")],
@@ -81,6 +91,8 @@ PATHS: dict[tuple[str, str], list[Step]] = {
     ("Stopped", "Stopped"): [lambda lc, a: lc.request_stop(a)],
     ("Stopped", "MaxRuntimeExceeded"): [_claim, lambda lc, a: lc.advance(a, "Downloading"),
                                         lambda lc, a: lc.stop_at_deadline(a), lambda lc, a: lc.end(a, "Completed")],
+    ("Stopped", "MaxWaitTimeExceeded"): [_claim, lambda lc, a: lc.stop_at_deadline(a, "MaxWaitTimeExceeded"),
+                                         lambda lc, a: lc.end(a, "Completed")],
 }
 
 
@@ -139,7 +151,12 @@ def test_stop_training_job_from_each_state(lifecycle: Lifecycle, state: tuple[st
         assert (err.value.code, err.value.message) == (
             "ValidationException", f"The request was rejected because the training job is in status {state[0]}.")
         return
+    queued = lifecycle.get(arn).runner_state == "queued"
     job = lifecycle.request_stop(arn)
+    if queued:  # waiting for a slot or a restart: nothing runs, the stop ends it at once
+        assert (job.status, job.secondary_status) == ("Stopped", "Stopped")
+        assert [t.status for t in job.transitions[-2:]] == ["Stopping", "Stopped"]
+        return
     assert (job.status, job.secondary_status, job.stop_target) == ("Stopping", "Stopping", "Stopped")
     assert job.transitions[-1].message == "Stopping the training job"
 

@@ -454,7 +454,8 @@ def test_jobs_run_concurrently_up_to_the_cap_and_the_rest_wait(
         return [sm.describe_training_job(TrainingJobName=n)["SecondaryStatus"] for n in names]
 
     wait_until(lambda: secondary()[:2] == ["Training", "Training"], 60, "two jobs training together")
-    assert secondary()[2] == "Starting"  # the cap holds the third back
+    # The cap holds the third back: Pending, SageMaker's "waiting for compute capacity".
+    wait_until(lambda: secondary()[2] == "Pending", 10, "the third job Pending")
 
     # While running: labelled container on its own network, named after the job, host algo-1.
     # (Training starts just before the containers do.)

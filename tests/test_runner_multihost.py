@@ -406,17 +406,14 @@ def _write(root: Path, files: dict[str, str]) -> None:
 def test_hosts_models_merge_and_algo_1_wins(tmp_path: Path, raw_s3: Any, minio: Minio, compression: str) -> None:
     job = f"merge-{compression.lower()}"
     request = {"OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/out", "CompressionType": compression},
-               "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/ckpt/{job}"}, "ResourceConfig": {"InstanceCount": 3}}
+               "ResourceConfig": {"InstanceCount": 3}}
     layouts = _hosts(tmp_path, request, 3)
     _write(layouts[0].model_dir, {"model.bin": "1", "shared/one.txt": "1", "clash": "file from 1"})
     _write(layouts[1].model_dir, {"model.bin": "2", "shared/two.txt": "2", "clash/inside": "dir from 2"})
     _write(layouts[2].model_dir, {"only-3.txt": "3", "shared/one.txt": "3"})
     _write(layouts[1].output_data_dir, {"metrics.json": "2"})
-    _write(layouts[0].checkpoints_dir, {"step-1": "1"})
-    _write(layouts[1].checkpoints_dir, {"step-1": "2", "step-2": "2"})
     spec = JobSpec.from_request(request, name=job)
     artifacts.upload_outputs(minio, spec, layouts, always_model=True)
-    artifacts.upload_checkpoints(minio, spec, layouts)
 
     expected_model = {"model.bin": b"1", "shared/one.txt": b"1", "shared/two.txt": b"2", "clash": b"file from 1",
                       "only-3.txt": b"3"}
@@ -432,9 +429,6 @@ def test_hosts_models_merge_and_algo_1_wins(tmp_path: Path, raw_s3: Any, minio: 
         listed = raw_s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
         assert {o["Key"][len(prefix):]: raw_s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
                 for o in listed} == {**expected_model, "clash/inside": b"dir from 2"}
-    listed = raw_s3.list_objects_v2(Bucket=BUCKET, Prefix=f"ckpt/{job}/")["Contents"]
-    assert {o["Key"].rsplit("/", 1)[1]: raw_s3.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
-            for o in listed} == {"step-1": b"1", "step-2": b"2"}
 
 
 def test_final_metrics_take_the_latest_value_over_all_hosts() -> None:

@@ -39,8 +39,12 @@ from tests.support.smlocal import SmlocalServer
 # ---- what SageMaker can show -------------------------------------------------------------------
 
 State = tuple[str, str]
+# Pending: waiting for a slot (--max-concurrent-jobs), SageMaker's "waiting for compute capacity"; Starting
+# again once a slot takes the job.
 SAGEMAKER_NEXT: dict[State, list[State]] = {
-    ("InProgress", "Starting"): [("InProgress", "Downloading"), ("Stopping", "Stopping"), ("Failed", "Failed")],
+    ("InProgress", "Starting"): [("InProgress", "Pending"), ("InProgress", "Downloading"), ("Stopping", "Stopping"),
+                                 ("Failed", "Failed")],
+    ("InProgress", "Pending"): [("InProgress", "Starting"), ("Stopping", "Stopping"), ("Failed", "Failed")],
     ("InProgress", "Downloading"): [("InProgress", "Training"), ("Stopping", "Stopping"), ("Failed", "Failed")],
     ("InProgress", "Training"): [("InProgress", "Uploading"), ("Stopping", "Stopping"), ("Failed", "Failed")],
     ("InProgress", "Uploading"): [("Completed", "Completed"), ("Stopping", "Stopping"), ("Failed", "Failed")],
@@ -60,13 +64,15 @@ def _reachable(state: State) -> set[State]:
 
 
 def assert_sagemaker_could_show(seen: list[State], job: dict[str, Any]) -> None:
-    """What a poller saw (it may miss short states) goes forward only; the transitions are edges, one per status."""
+    """What a poller saw (it may miss short states) follows SageMaker's edges; the transitions are edges too,
+    one entry per status it entered (Starting twice only around Pending)."""
     start = ("InProgress", "Starting")
     assert seen and (seen[0] == start or seen[0] in _reachable(start)), seen  # a poller may miss Starting
     for before, after in zip(seen, seen[1:], strict=False):
         assert after in _reachable(before), f"{before} -> {after} in {seen}"
     statuses = [t["Status"] for t in job["SecondaryStatusTransitions"]]
-    assert len(statuses) == len(set(statuses)), statuses
+    once = [s for s in statuses if s not in ("Starting", "Pending")]
+    assert len(once) == len(set(once)) and statuses.count("Starting") <= statuses.count("Pending") + 1, statuses
     secondary_next = {a[1]: {b[1] for b in bs} for a, bs in SAGEMAKER_NEXT.items()}
     for before, after in zip(statuses, statuses[1:], strict=False):
         assert after in secondary_next.get(before, set()), statuses
@@ -212,8 +218,8 @@ def no_leftovers(client: docker.DockerClient, server: SmlocalServer) -> None:
 
 # ---- stop in each phase --------------------------------------------------------------------------
 
-def test_stop_while_starting(make_server: Callable[..., SmlocalServer], docker_engine: docker.DockerClient,
-                             unique_name: Callable[[str], str]) -> None:
+def test_stop_while_pending(make_server: Callable[..., SmlocalServer], docker_engine: docker.DockerClient,
+                            unique_name: Callable[[str], str]) -> None:
     server = make_server("--max-concurrent-jobs", "1", "--stop-grace-seconds", "5")
     sm = server.client()
     blocker, name = unique_name("blocker"), unique_name("waiting")
@@ -221,15 +227,18 @@ def test_stop_while_starting(make_server: Callable[..., SmlocalServer], docker_e
         sm.create_training_job(**sh_job(blocker, algorithm()))
         training(server, sm, blocker)
         sm.create_training_job(**sh_job(name, algorithm()))
-        time.sleep(0.5)
-        assert sm.describe_training_job(TrainingJobName=name)["SecondaryStatus"] == "Starting"
+        # No slot for it: Pending, as SageMaker shows a job waiting for capacity.
+        wait_until(lambda: sm.describe_training_job(TrainingJobName=name)["SecondaryStatus"] == "Pending", 10,
+                   "Pending")
+        assert sm.describe_training_job(TrainingJobName=name)["SecondaryStatusTransitions"][-1]["StatusMessage"] == (
+            "Waiting for an instance to become available")
         sm.stop_training_job(TrainingJobName=name)
         # Nothing ran: it is Stopped at once.
         job = sm.describe_training_job(TrainingJobName=name)
         finish(docker_engine, server, blocker)
         wait_for_status(sm, blocker, FINAL)
     assert (job["TrainingJobStatus"], job["SecondaryStatus"]) == ("Stopped", "Stopped")
-    assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == ["Starting", "Stopping", "Stopped"]
+    assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == ["Starting", "Pending", "Stopping", "Stopped"]
     assert "TrainingStartTime" not in job
     recorder.check(sm, name)
     assert recorder.check(sm, blocker)["TrainingJobStatus"] == "Completed"
@@ -335,7 +344,7 @@ def test_stop_while_uploading_keeps_stopping_until_the_model_is_saved(
 
 # ---- restart in each phase ----------------------------------------------------------------------
 
-PHASES = ["starting", "downloading", "training", "uploading", "stopping"]
+PHASES = ["pending", "downloading", "training", "uploading", "stopping"]
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
@@ -348,10 +357,11 @@ def test_restart_in_each_phase_ends_as_sagemaker_would(
     name = unique_name(f"rs-{phase}-{'k' if kill else 't'}")
     blocker = unique_name(f"rsb-{phase}-{'k' if kill else 't'}")
     with Recorder(server) as recorder:
-        if phase == "starting":  # queued behind a job that holds the one slot
+        if phase == "pending":  # queued behind a job that holds the one slot
             sm.create_training_job(**sh_job(blocker, algorithm()))
             training(server, sm, blocker)
             sm.create_training_job(**sh_job(name, algorithm()))
+            in_phase(sm, name, "Pending")
         elif phase == "downloading":
             channels = slow_channel(s3, name)
             slow_s3.slow_down(name)
@@ -374,9 +384,9 @@ def test_restart_in_each_phase_ends_as_sagemaker_would(
 
         server.restart(kill=kill)
         slow_s3.release(name)
-        if phase == "starting":
+        if phase == "pending":
             finish(docker_engine, server, blocker)
-        if phase in ("starting", "downloading"):  # they run (again) from the start
+        if phase in ("pending", "downloading"):  # they run (again) from the start
             training(server, sm, name)
         finish(docker_engine, server, name)
         job = wait_for_status(sm, name, FINAL, timeout=120)
@@ -395,9 +405,10 @@ def test_restart_in_each_phase_ends_as_sagemaker_would(
         assert len(files["weights.bin"]) == 12 * 2**20
     else:
         assert files == {"model.txt": b"trained\n"}
+        waited = ["Pending", "Starting"] if phase == "pending" else []
         assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == [
-            "Starting", "Downloading", "Training", "Uploading", "Completed"]
-    if phase == "starting":
+            "Starting", *waited, "Downloading", "Training", "Uploading", "Completed"]
+    if phase == "pending":
         assert wait_for_status(sm, blocker, FINAL)["TrainingJobStatus"] == "Completed"
     no_leftovers(docker_engine, server)
 
@@ -450,7 +461,7 @@ def test_chaos_ten_jobs_in_mixed_phases_survive_a_sigkill(
                 in_phase(sm, name, "Downloading")
         phases = {n: sm.describe_training_job(TrainingJobName=n)["SecondaryStatus"] for n in names}
         assert sorted(phases.values()) == sorted(
-            ["Training"] * 3 + ["Stopping"] + ["Uploading"] * 2 + ["Downloading"] * 2 + ["Starting"] * 2)
+            ["Training"] * 3 + ["Stopping"] + ["Uploading"] * 2 + ["Downloading"] * 2 + ["Pending"] * 2)
 
         server.restart(kill=True)
         for name in names:

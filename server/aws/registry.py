@@ -32,8 +32,9 @@ class Service:
     handlers: dict[str, Handler] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, service_name: str, provider: Provider) -> Service:
-        model = botocore.session.get_session().get_service_model(service_name)
+    def of(cls, service_name: str, provider: Provider, session: botocore.session.Session | None = None) -> Service:
+        """The service `service_name` as `session`'s loader finds its model (botocore's own by default)."""
+        model = (session or botocore.session.get_session()).get_service_model(service_name)
         handlers = provider.handlers()
         unknown = set(handlers) - set(model.operation_names)
         if unknown:

@@ -6,6 +6,7 @@ SageMaker's defaults. Every runner module reads the job from a `JobSpec`, never 
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +17,31 @@ DEFAULT_CHECKPOINT_PATH = "/opt/ml/checkpoints"
 DEFAULT_GROUP = "homogeneousCluster"
 FULLY_REPLICATED = "FullyReplicated"
 SHARDED = "ShardedByS3Key"
+# LocalPath defaults. TensorBoard: the API reference ("Defaults to /opt/ml/output/tensorboard"). Debug hook:
+# the API reference says "/opt/ml/output/tensors/", but the file SageMaker writes for a request without one
+# reads "/opt/ml/output/tensors" (shiftan/simple_sagemaker, examples/single_task/expected_output, captured
+# from real jobs in 2020), which is smdebug's DEFAULT_SAGEMAKER_OUTDIR (smdebug/core/config_constants.py).
+DEFAULT_TENSORBOARD_PATH = "/opt/ml/output/tensorboard"
+DEFAULT_DEBUG_HOOK_PATH = "/opt/ml/output/tensors"
+# SageMaker appends `<job>/<leaf>` to these configs' S3OutputPath, so each job has a prefix of its own
+# (SDK v2 doc/amazon_sagemaker_debugger.rst: "s3://{destination-bucket-prefix}/{training-job-name}/debug-output/",
+# ".../tensorboard-output/"; Estimator.latest_job_{debugger,tensorboard}_artifacts_path join the same).
+TENSORBOARD_OUTPUT_LEAF = "tensorboard-output"
+DEBUG_OUTPUT_LEAF = "debug-output"
+# The kinds of SyncedFolder: short, used in host folder names and labels.
+KIND_CHECKPOINTS = "checkpoints"
+KIND_TENSORBOARD = "tensorboard"
+KIND_DEBUG_OUTPUT = "debug-output"
 
 
 def job_output_uri(s3_output_path: str, job_name: str) -> str:
     """`<S3OutputPath>/<job>/output`: where SageMaker puts model.tar.gz and output.tar.gz."""
     return f"{s3_output_path.rstrip('/')}/{job_name}/output"
+
+
+def job_prefix_uri(s3_output_path: str, job_name: str, leaf: str) -> str:
+    """`<S3OutputPath>/<job>/<leaf>`: where SageMaker puts a job's TensorBoard or debug output."""
+    return f"{s3_output_path.rstrip('/')}/{job_name}/{leaf}"
 
 
 def model_artifacts_uri(output_data_config: dict[str, Any], job_name: str) -> str:
@@ -95,6 +116,43 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
+class TensorBoardSpec:
+    """TensorBoardOutputConfig: the algorithm writes to `local_path`, synced to
+    `<s3_output_path>/<job>/tensorboard-output`."""
+
+    local_path: str  # as requested (DEFAULT_TENSORBOARD_PATH when absent)
+    s3_output_path: str  # as requested (DescribeTrainingJob echoes it so)
+
+    def output_uri(self, job_name: str) -> str:
+        return job_prefix_uri(self.s3_output_path, job_name, TENSORBOARD_OUTPUT_LEAF)
+
+
+@dataclass(frozen=True)
+class DebugHookSpec:
+    """DebugHookConfig: smdebug's hook reads it and writes to `local_path`, synced to
+    `<s3_output_path>/<job>/debug-output`."""
+
+    local_path: str  # as requested (DEFAULT_DEBUG_HOOK_PATH when absent)
+    s3_output_path: str
+    hook_parameters: dict[str, str] = field(default_factory=dict)
+    collections: tuple[tuple[str, dict[str, str]], ...] = ()  # (CollectionName, CollectionParameters)
+
+    def output_uri(self, job_name: str) -> str:
+        return job_prefix_uri(self.s3_output_path, job_name, DEBUG_OUTPUT_LEAF)
+
+
+@dataclass(frozen=True)
+class SyncedFolder:
+    """A container folder the platform syncs to S3 while the job runs (runner.folder_sync, runner.layout)."""
+
+    kind: str  # KIND_CHECKPOINTS | KIND_TENSORBOARD | KIND_DEBUG_OUTPUT
+    local_path: str  # in the container, normalized (posixpath.normpath)
+    s3_uri: str  # the prefix its files go to, with the `<job>/...` part SageMaker adds
+    restore: bool  # copied in from S3 before the algorithm starts (checkpoints only)
+    delete: bool  # local deletions propagate to S3
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     arn: str
@@ -108,7 +166,13 @@ class JobSpec:
     instance_groups: tuple[InstanceGroup, ...] = ()
     output: OutputSpec = OutputSpec("", True)
     checkpoint: CheckpointSpec | None = None
+    tensorboard: TensorBoardSpec | None = None  # TensorBoardOutputConfig
+    debug_hook: DebugHookSpec | None = None  # DebugHookConfig
     max_runtime_seconds: int = DEFAULT_MAX_RUNTIME
+    spot: bool = False  # EnableManagedSpotTraining: `smlocal interrupt` may reclaim it (runner.execution)
+    max_wait_seconds: int | None = None  # MaxWaitTimeInSeconds (spot only), counted from CreationTime
+    max_pending_seconds: int | None = None  # MaxPendingTimeInSeconds, for a job waiting for a slot
+    max_retry_attempts: int = 0  # RetryStrategy.MaximumRetryAttempts: retries after a platform fault
     network_isolation: bool = False  # EnableNetworkIsolation (runner.networks)
     inter_container_encryption: bool = False  # EnableInterContainerTrafficEncryption (runner.notices)
 
@@ -120,6 +184,24 @@ class JobSpec:
 
     def group_of(self, host: str) -> InstanceGroup:
         return next(g for g in self.instance_groups if host in g.hosts)
+
+    def synced_folders(self) -> tuple[SyncedFolder, ...]:
+        """Every folder synced to S3 while the job runs: the checkpoints, TensorBoard's, the debug hook's.
+
+        Checkpoints are copied in at start and mirrored, deletions included ("If a checkpoint is deleted in the
+        SageMaker AI container, it will also be deleted in the S3 folder": developer guide, model-checkpoints).
+        For the other two SageMaker documents an upload "in near real time" (SDK v2
+        doc/amazon_sagemaker_debugger.rst) and nothing about deletions: they are uploaded only.
+        """
+        folders: list[SyncedFolder] = []
+        if self.checkpoint is not None:
+            folders.append(SyncedFolder(KIND_CHECKPOINTS, posixpath.normpath(self.checkpoint.local_path),
+                                        self.checkpoint.s3_uri, restore=True, delete=True))
+        for kind, config in ((KIND_TENSORBOARD, self.tensorboard), (KIND_DEBUG_OUTPUT, self.debug_hook)):
+            if config is not None:
+                folders.append(SyncedFolder(kind, posixpath.normpath(config.local_path),
+                                            config.output_uri(self.name), restore=False, delete=False))
+        return tuple(folders)
 
     @classmethod
     def from_job(cls, job: JobRecord) -> JobSpec:
@@ -156,10 +238,42 @@ class JobSpec:
             output=OutputSpec(output.get("S3OutputPath", ""), output.get("CompressionType", "GZIP") != "NONE"),
             checkpoint=CheckpointSpec(checkpoint["S3Uri"], checkpoint.get("LocalPath") or DEFAULT_CHECKPOINT_PATH)
             if checkpoint else None,
+            tensorboard=_tensorboard(request.get("TensorBoardOutputConfig")),
+            debug_hook=_debug_hook(request.get("DebugHookConfig")),
             max_runtime_seconds=int(stopping.get("MaxRuntimeInSeconds") or DEFAULT_MAX_RUNTIME),
+            spot=bool(request.get("EnableManagedSpotTraining")),
+            max_wait_seconds=_int_or_none(stopping.get("MaxWaitTimeInSeconds")),
+            max_pending_seconds=_int_or_none(stopping.get("MaxPendingTimeInSeconds")),
+            max_retry_attempts=int((request.get("RetryStrategy") or {}).get("MaximumRetryAttempts") or 0),
             network_isolation=bool(request.get("EnableNetworkIsolation")),
             inter_container_encryption=bool(request.get("EnableInterContainerTrafficEncryption")),
         )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _tensorboard(config: dict[str, Any] | None) -> TensorBoardSpec | None:
+    if not config:
+        return None
+    return TensorBoardSpec(config.get("LocalPath") or DEFAULT_TENSORBOARD_PATH, config["S3OutputPath"])
+
+
+def _debug_hook(config: dict[str, Any] | None) -> DebugHookSpec | None:
+    if not config:
+        return None
+    return DebugHookSpec(
+        local_path=config.get("LocalPath") or DEFAULT_DEBUG_HOOK_PATH,
+        s3_output_path=config["S3OutputPath"],
+        hook_parameters=_strings(config.get("HookParameters")),
+        collections=tuple((c["CollectionName"], _strings(c.get("CollectionParameters")))
+                          for c in config.get("CollectionConfigurations") or []),
+    )
+
+
+def _strings(mapping: dict[str, Any] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (mapping or {}).items()}
 
 
 def _channel(channel: dict[str, Any], job_mode: str) -> ChannelSpec:

@@ -38,10 +38,13 @@ TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, STOPPED})
 
 # SecondaryStatus values smlocal shows.
 STARTING = "Starting"
+PENDING = "Pending"
 DOWNLOADING = "Downloading"
 TRAINING = "Training"
 UPLOADING = "Uploading"
+INTERRUPTED = "Interrupted"
 MAX_RUNTIME_EXCEEDED = "MaxRuntimeExceeded"
+MAX_WAIT_TIME_EXCEEDED = "MaxWaitTimeExceeded"
 
 # SecondaryStatus -> TrainingJobStatus, for every SecondaryStatus SageMaker has.
 PRIMARY_OF = {
@@ -68,19 +71,27 @@ PRIMARY_OF = {
 # Moving to the SecondaryStatus a job already has updates the StatusMessage of its transition in place
 # (SageMaker's Training entry starts as "Downloading the training image..." and becomes "Training image
 # download completed. Training in progress."): that is allowed only where listed.
+#
+# Back to Starting: a retry after a platform fault (RetryStrategy), or a spot job's new run after it was
+# Interrupted. Pending: waiting for one of the server's job slots (--max-concurrent-jobs), SageMaker's
+# "waiting for compute capacity".
 TRANSITIONS: dict[tuple[str, str], frozenset[str]] = {
-    (IN_PROGRESS, STARTING): frozenset({STARTING, DOWNLOADING, STOPPING, FAILED}),
-    (IN_PROGRESS, DOWNLOADING): frozenset({TRAINING, STOPPING, FAILED}),
-    (IN_PROGRESS, TRAINING): frozenset({TRAINING, UPLOADING, STOPPING, FAILED}),
+    (IN_PROGRESS, STARTING): frozenset({STARTING, PENDING, DOWNLOADING, STOPPING, FAILED}),
+    (IN_PROGRESS, PENDING): frozenset({STARTING, STOPPING, FAILED}),
+    (IN_PROGRESS, DOWNLOADING): frozenset({STARTING, TRAINING, STOPPING, FAILED}),
+    (IN_PROGRESS, TRAINING): frozenset({STARTING, TRAINING, INTERRUPTED, UPLOADING, STOPPING, FAILED}),
+    (IN_PROGRESS, INTERRUPTED): frozenset({STARTING, PENDING, STOPPING, FAILED}),
     (IN_PROGRESS, UPLOADING): frozenset({COMPLETED, FAILED, STOPPING}),
     # Once Stopping, a job reads Stopping until the stop ends, even while it saves what the algorithm
     # left: the upload is not a visible transition then. Which of the two it ends in is fixed when the
-    # stop starts (`stop_target`): a StopTrainingJob, or MaxRuntimeInSeconds.
-    (STOPPING, STOPPING): frozenset({STOPPED, MAX_RUNTIME_EXCEEDED}),
+    # stop starts (`stop_target`): a StopTrainingJob (or MaxPendingTimeInSeconds), MaxRuntimeInSeconds,
+    # or MaxWaitTimeInSeconds.
+    (STOPPING, STOPPING): frozenset({STOPPED, MAX_RUNTIME_EXCEEDED, MAX_WAIT_TIME_EXCEEDED}),
     (COMPLETED, COMPLETED): frozenset(),
     (FAILED, FAILED): frozenset(),
     (STOPPED, STOPPED): frozenset(),
     (STOPPED, MAX_RUNTIME_EXCEEDED): frozenset(),
+    (STOPPED, MAX_WAIT_TIME_EXCEEDED): frozenset(),
 }
 
 # The phases of an InProgress job in order; a job run again after a restart does not go back.
@@ -89,12 +100,14 @@ PHASE_ORDER = (STARTING, DOWNLOADING, TRAINING, UPLOADING)
 # The runner's progress. queued: waiting for a slot. preparing: claimed, its containers not started yet
 # (a restart puts it back in the queue). running: containers started (a restart adopts them).
 # terminating: SIGTERM sent, the grace period runs (a restart continues it without signalling again).
+# Back to queued from running or terminating: the job runs again on fresh containers (a retry, a spot
+# interruption).
 QUEUED, PREPARING, RUNNING, TERMINATING, DONE = "queued", "preparing", "running", "terminating", "done"
 RUNNER_TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({PREPARING, DONE}),
     PREPARING: frozenset({RUNNING, QUEUED, DONE}),
-    RUNNING: frozenset({TERMINATING, DONE}),
-    TERMINATING: frozenset({DONE}),
+    RUNNING: frozenset({TERMINATING, DONE, QUEUED}),
+    TERMINATING: frozenset({DONE, QUEUED}),
     DONE: frozenset(),
 }
 UNFINISHED_RUNNER_STATES = (PREPARING, RUNNING, TERMINATING)
@@ -118,6 +131,17 @@ DEFAULT_MESSAGES = {
 PULLING_IMAGE_MESSAGE = "Downloading the training image..."
 # smlocal's own, in SageMaker's words: every address block for job networks is in use (runner.subnets).
 WAITING_FOR_NETWORK_MESSAGE = f"{DEFAULT_MESSAGES[STARTING]}: waiting for a free network"
+PENDING_TOO_LONG_MESSAGE = "Training job stopped: it was pending longer than MaxPendingTimeInSeconds"
+
+
+def retry_message(attempt: int, max_retries: int, reason: str) -> str:
+    """Starting's message on a retry: which attempt, and the platform fault that caused it."""
+    return f"{DEFAULT_MESSAGES[STARTING]} (attempt {attempt} of {max_retries + 1}, after: {reason})"[:1024]
+
+
+def restart_message(interruptions: int) -> str:
+    """Starting's message when a spot job runs again after an interruption."""
+    return f"{DEFAULT_MESSAGES['Restarting']} after spot interruption {interruptions}"
 
 
 def training_job_arn(region: str, account_id: str, name: str) -> str:
@@ -175,6 +199,7 @@ def _move(row: JobRow, secondary: str, *, message: str | None = None, failure_re
         row.training_start_time = now
     if new_status in TERMINAL_STATUSES:
         _set_runner_state(row, DONE, now)
+        row.interrupt_requested_at = None  # an interruption that came too late has nothing left to do
         if row.training_start_time is not None:
             row.training_end_time = now
     if new_status == STOPPING:
@@ -191,6 +216,29 @@ def training_seconds(job: JobRecord) -> int | None:
     if job.training_start_time is None or job.training_end_time is None:
         return None
     return max(1, math.ceil(job.training_end_time - job.training_start_time))
+
+
+def interrupted_seconds(job: JobRecord, now: float | None = None) -> float:
+    """Time a spot job spent reclaimed: from each Interrupted to the next Downloading (the instances are
+    back), or to the job's end if it never came back."""
+    total, since = 0.0, None
+    for t in job.transitions:
+        if t.status == INTERRUPTED and since is None:
+            since = t.start_time
+        elif since is not None and t.status in (DOWNLOADING, TRAINING):
+            total += t.start_time - since
+            since = None
+    if since is not None:
+        total += (job.training_end_time or now or time.time()) - since
+    return total
+
+
+def billable_seconds(job: JobRecord) -> int | None:
+    """BillableTimeInSeconds: the training time less the time between an interruption and the restart."""
+    seconds = training_seconds(job)
+    if seconds is None:
+        return None
+    return max(1, math.ceil(seconds - interrupted_seconds(job)))
 
 
 Listener = Callable[[JobRecord], None]
@@ -334,6 +382,9 @@ class Lifecycle:
         def change(row: JobRow, now: float) -> None:
             if state == QUEUED and row.status != IN_PROGRESS:
                 raise IllegalTransition(f"{arn}: a {row.status} job cannot be queued again")
+            if state == QUEUED and row.runner_state not in (QUEUED, PREPARING):
+                # A job whose containers started runs again only as a retry or after an interruption.
+                raise IllegalTransition(f"{arn}: runner {row.runner_state} -> queued outside retry / interrupted")
             if state == DONE:
                 raise IllegalTransition("a job is done when it ends (end / finish_stop)")
             _set_runner_state(row, state, now)
@@ -345,13 +396,88 @@ class Lifecycle:
         return self._change(arn, lambda row, now: _move(row, secondary, message=message,
                                                         failure_reason=failure_reason, now=now))
 
-    def stop_at_deadline(self, arn: str) -> JobRecord:
-        """MaxRuntimeInSeconds is over: Stopping, to end in MaxRuntimeExceeded. A stop already under way keeps
-        its own end; an ended job is left alone."""
+    def stop_at_deadline(self, arn: str, target: str = MAX_RUNTIME_EXCEEDED,
+                         message: str | None = None) -> JobRecord:
+        """A time limit is over: Stopping, to end in `target` (MaxRuntimeExceeded, MaxWaitTimeExceeded, or
+        Stopped for MaxPendingTimeInSeconds, with `message` as the end's StatusMessage). A job in the queue
+        has nothing to stop and ends at once. A stop already under way keeps its own end; an ended job is
+        left alone."""
         def change(row: JobRow, now: float) -> None:
             if row.status == IN_PROGRESS:
-                _move(row, STOPPING, stop_target=MAX_RUNTIME_EXCEEDED, now=now)
+                _move(row, STOPPING, stop_target=target, now=now)
+                if row.runner_state == QUEUED:
+                    _move(row, target, message=message, now=now)
         return self._change(arn, change)
+
+    # ---- retries, spot interruptions, waiting for a slot ----------------------------------------
+
+    def retry(self, arn: str, reason: str, max_retries: int) -> JobRecord | None:
+        """A platform fault ended this run: if RetryStrategy allows another, back to Starting (the attempt
+        in its message) and to the queue; None when no retry is left (or the job is being stopped)."""
+        retried: list[bool] = []
+
+        def change(row: JobRow, now: float) -> None:
+            if row.status != IN_PROGRESS or (row.attempt or 1) > max_retries:
+                return
+            row.attempt = (row.attempt or 1) + 1
+            row.interrupt_requested_at = None
+            _move(row, STARTING, message=retry_message(row.attempt, max_retries, reason), now=now)
+            _set_runner_state(row, QUEUED, now)
+            retried.append(True)
+        job = self._change(arn, change)
+        return job if retried else None
+
+    def request_interrupt(self, arn: str) -> JobRecord:
+        """InterruptTrainingJob (smlocal's own API): a capacity reclaim for a spot job that is Training.
+
+        Persisted first; the runner hears of it from the listeners and carries it out (SIGTERM, the grace,
+        checkpoints synced, Interrupted, then a new run)."""
+        with self.store.transaction() as s:
+            row = self._get_row(s, arn)
+            request = json.loads(row.request_json)
+            if not request.get("EnableManagedSpotTraining"):
+                raise ApiError("ValidationException", f"Training job {row.name} is not a managed spot training "
+                               "job (EnableManagedSpotTraining): only spot capacity can be interrupted.")
+            # Training: its containers are made, or running (an interruption before they start takes them
+            # down as soon as they do).
+            if row.status != IN_PROGRESS or row.secondary_status != TRAINING:
+                raise ApiError("ValidationException", f"Training job {row.name} can be interrupted only while "
+                               f"it is Training; it is {row.status} ({row.secondary_status}).")
+            if row.interrupt_requested_at is None:
+                row.interrupt_requested_at = time.time()
+                row.last_modified_time = row.interrupt_requested_at
+            job = JobRecord.from_row(row)
+        self._notify(job)
+        return job
+
+    def interrupted(self, arn: str) -> JobRecord:
+        """The interrupted run is over (its hosts exited, checkpoints synced): Interrupted, back to the queue."""
+        def change(row: JobRow, now: float) -> None:
+            if row.status != IN_PROGRESS:
+                raise IllegalTransition(f"{arn}: a {row.status} job is not interrupted")
+            row.interruptions = (row.interruptions or 0) + 1
+            row.interrupt_requested_at = None
+            _move(row, INTERRUPTED, now=now)
+            _set_runner_state(row, QUEUED, now)
+        return self._change(arn, change)
+
+    def mark_pending(self, arn: str) -> JobRecord | None:
+        """A queued job found no free slot: Pending, until a slot takes it (then Starting again)."""
+        def change(row: JobRow, now: float) -> None:
+            if (row.status == IN_PROGRESS and row.runner_state == QUEUED
+                    and row.secondary_status in (STARTING, INTERRUPTED)):
+                _move(row, PENDING, now=now)
+        try:
+            return self._change(arn, change)
+        except IllegalTransition:
+            return None
+
+    def in_progress_jobs(self) -> list[JobRecord]:
+        """Every InProgress job, queued or running (the runner checks their time limits)."""
+        with self.store.read() as s:
+            rows = s.scalars(select(JobRow).where(JobRow.status == IN_PROGRESS)
+                             .order_by(JobRow.creation_time, JobRow.id)).all()
+            return [JobRecord.from_row(r) for r in rows]
 
     def end(self, arn: str, secondary: str, failure_reason: str | None = None) -> JobRecord:
         """End a job in `secondary` (Completed or Failed); a job being stopped ends as its stop says instead.

@@ -58,6 +58,8 @@ class Settings:
     run_jobs: bool = True
     # The IPv4 range job networks are carved from (runner.subnets); None: a default chosen at startup.
     job_subnets: str | None = None
+    # Drills: spot interruptions per hour of Training, at random, for every managed spot job (0: none).
+    spot_interruptions_per_hour: float = 0.0
 
     @property
     def db_path(self) -> str:

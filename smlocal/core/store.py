@@ -66,6 +66,12 @@ class JobRow(Base):
     # While Stopping: the status the stop ends in (Stopped, or MaxRuntimeExceeded for the deadline).
     stop_target: Mapped[str | None] = mapped_column(String(32), nullable=True)
     final_metrics_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Which run of the job this is: 1, then one more per RetryStrategy retry (a platform fault).
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # Spot interruptions so far (`smlocal interrupt`, or `serve --spot-interruptions`).
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)
+    # When an interruption was asked for and not yet carried out (a restarted server carries it out).
+    interrupt_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     transitions: Mapped[list[TransitionRow]] = relationship(
         back_populates="job", order_by="TransitionRow.id", cascade="all, delete-orphan"
@@ -146,6 +152,9 @@ class JobRecord:
     transitions: list[Transition] = field(default_factory=list)
     runner_since: float | None = None
     stop_target: str | None = None
+    attempt: int = 1
+    interruptions: int = 0
+    interrupt_requested_at: float | None = None
 
     @classmethod
     def from_row(cls, row: JobRow, with_transitions: bool = True) -> JobRecord:
@@ -171,6 +180,9 @@ class JobRecord:
             else [],
             runner_since=row.runner_since,
             stop_target=row.stop_target,
+            attempt=row.attempt or 1,
+            interruptions=row.interruptions or 0,
+            interrupt_requested_at=row.interrupt_requested_at,
         )
 
 
@@ -194,8 +206,16 @@ def _v2_runner_phases(conn: Connection) -> None:
     conn.exec_driver_sql("UPDATE training_jobs SET stop_target = 'Stopped' WHERE status = 'Stopping'")
 
 
+def _v3_attempts(conn: Connection) -> None:
+    """Retries and spot interruptions: every job so far ran once, never interrupted."""
+    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
+    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0")
+    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN interrupt_requested_at FLOAT")
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (2, _v2_runner_phases),
+    (3, _v3_attempts),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

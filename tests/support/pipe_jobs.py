@@ -50,8 +50,11 @@ _ORDER = ["InProgress/Starting", "InProgress/Downloading", "InProgress/Training"
 
 
 def ended(job: dict[str, Any], seen: list[str], status: str) -> None:
-    """The job ended in `status`, and every status seen while polling came in an order SageMaker produces."""
+    """The job ended in `status`, and every status seen while polling came in an order SageMaker produces
+    (a job that waited for a slot went Starting -> Pending -> Starting first)."""
     assert job["TrainingJobStatus"] == status, job.get("FailureReason")
+    seen = [s for s in seen if s != "InProgress/Pending"]
+    seen = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
     assert seen and seen[-1] == f"{status}/{job['SecondaryStatus']}" and seen[-1] in _ORDER, seen
     ranks = [_ORDER.index(s) for s in seen]
     assert ranks == sorted(ranks) and sum(s.split("/")[0] in ("Completed", "Failed", "Stopped") for s in seen) == 1

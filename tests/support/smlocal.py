@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from server.services.smlocal.model import smlocal_session
 from smlocal.testing import free_port
 from tests.support.census import SERVERS
 
@@ -97,7 +98,8 @@ class SmlocalServer:
                access_key: str = STORE_KEY, secret_key: str = STORE_KEY, **config: Any) -> Any:
         # SageMaker, CloudWatch Logs and CloudWatch share smlocal's port; S3 is the store's.
         endpoint = self.s3_endpoint if service == "s3" else self.endpoint
-        return boto3.client(
+        # smlocal's own service (InterruptTrainingJob) has its model beside the AWS ones.
+        return boto3.session.Session(botocore_session=smlocal_session()).client(
             service, endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             config=Config(retries={"max_attempts": 1}, **config),

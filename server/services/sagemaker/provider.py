@@ -12,7 +12,7 @@ from server.services.sagemaker.listing import list_training_jobs
 from server.services.sagemaker.rules import check_create_rules, check_host_limit, check_local_channels
 from server.services.sagemaker.tagging import Tags, check_arn_scope, check_tag_keys
 from smlocal.core.jobspec import DEFAULT_MAX_RUNTIME, model_artifacts_uri
-from smlocal.core.lifecycle import Lifecycle, training_job_arn, training_seconds
+from smlocal.core.lifecycle import Lifecycle, billable_seconds, training_job_arn, training_seconds
 from smlocal.core.local_channels import LocalChannelRoots
 from smlocal.core.logstore import JobLogKey, remove_job_logs
 from smlocal.core.settings import default_max_hosts_per_job
@@ -152,7 +152,7 @@ def describe(job: JobRecord) -> dict[str, Any]:
     seconds = training_seconds(job)
     if seconds is not None:
         out["TrainingTimeInSeconds"] = seconds
-        out["BillableTimeInSeconds"] = seconds
+        out["BillableTimeInSeconds"] = billable_seconds(job)
     if job.final_metrics:
         out["FinalMetricDataList"] = job.final_metrics
     return out

@@ -4,11 +4,17 @@ SageMaker's words (ValidationException, ResourceLimitExceeded), checked before t
 from __future__ import annotations
 
 import posixpath
+from pathlib import PurePosixPath
 from typing import Any
 
 from server.aws.validation import raise_if_errors
 from smlocal.core.errors import ApiError
-from smlocal.core.jobspec import DEFAULT_MAX_RUNTIME
+from smlocal.core.jobspec import (
+    DEFAULT_CHECKPOINT_PATH,
+    DEFAULT_DEBUG_HOOK_PATH,
+    DEFAULT_MAX_RUNTIME,
+    DEFAULT_TENSORBOARD_PATH,
+)
 from smlocal.core.local_channels import LocalChannelRoots, is_local_uri, local_path
 
 MAX_RUNTIME_LIMIT = 28 * 24 * 3600
@@ -51,6 +57,7 @@ def check_create_rules(params: dict[str, Any]) -> None:
         _check_channel_mode(channel, algo.get("TrainingInputMode", "File"))
     _check_instances(params["ResourceConfig"])
     _check_checkpoint_path(params.get("CheckpointConfig"))
+    _check_synced_paths(params)
 
 
 # What the platform mounts into a training container; a checkpoint folder cannot take their place.
@@ -66,6 +73,46 @@ def _check_checkpoint_path(checkpoint: dict[str, Any] | None) -> None:
         raise ApiError("ValidationException",
                        f"Invalid CheckpointConfig.LocalPath '{local}': it must be an absolute path in the container "
                        f"other than {', '.join(PLATFORM_PATHS[1:])} (the default is /opt/ml/checkpoints).")
+
+
+# The configs whose LocalPath the platform syncs to S3 while the job runs, with the default LocalPath of each.
+OUTPUT_CONFIGS = (("TensorBoardOutputConfig", DEFAULT_TENSORBOARD_PATH), ("DebugHookConfig", DEFAULT_DEBUG_HOOK_PATH))
+INPUT_PATH = "/opt/ml/input"
+
+
+def _within(path: str, base: str) -> bool:
+    """`path` is `base` or inside it (both normalized)."""
+    return path == base or PurePosixPath(base) in PurePosixPath(path).parents
+
+
+def _check_synced_paths(params: dict[str, Any]) -> None:
+    """TensorBoard's and the debug hook's LocalPath: a folder of the container the platform syncs to S3, like the
+    checkpoints'. It cannot be, hold or sit in /opt/ml/input (the platform's, read at start), cannot be or hold
+    /opt/ml/model or /opt/ml/output (a folder inside them is fine: it is synced from there), and no two synced
+    folders may be one inside the other (the same file would go to two prefixes)."""
+    checkpoint = params.get("CheckpointConfig")
+    taken: list[tuple[str, str, str]] = []  # (member, LocalPath as given, normalized)
+    if checkpoint is not None:
+        local = checkpoint.get("LocalPath") or DEFAULT_CHECKPOINT_PATH
+        taken.append(("CheckpointConfig.LocalPath", local, posixpath.normpath(local)))
+    for name, default in OUTPUT_CONFIGS:
+        config = params.get(name)
+        if config is None:
+            continue
+        member, local = f"{name}.LocalPath", config.get("LocalPath", default)
+        normal = posixpath.normpath(local) if local else ""
+        if (not local.startswith("/") or normal.startswith("//") or _within(normal, INPUT_PATH)
+                or any(_within(platform, normal) for platform in PLATFORM_PATHS[2:])):
+            raise ApiError("ValidationException",
+                           f"Invalid {member} '{local}': it must be an absolute path in the container, outside "
+                           f"{INPUT_PATH} and neither /opt/ml/model, /opt/ml/output nor a folder above them (the "
+                           f"default is {default}).")
+        for other, other_local, other_normal in taken:
+            if _within(normal, other_normal) or _within(other_normal, normal):
+                raise ApiError("ValidationException",
+                               f"Invalid {member} '{local}': it overlaps {other} '{other_local}'; each folder "
+                               "synced to S3 needs a path of its own.")
+        taken.append((member, local, normal))
 
 
 def _check_channel_mode(channel: dict[str, Any], job_mode: str) -> None:

@@ -1,0 +1,1 @@
+"""smlocal's own control service (InterruptTrainingJob, DescribeTrainingJobProgress), in a botocore model."""
