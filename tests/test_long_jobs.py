@@ -148,6 +148,35 @@ def test_local_deletions_propagate_and_s3_content_comes_back_in(runner_server: S
     assert model_files(s3, name) == {"seen.txt": b"earlier run\n"}
 
 
+def test_hosts_share_one_checkpoint_uri_and_each_syncs_its_own_folder(
+        runner_server: SmlocalServer, s3: Any, docker_engine: docker.DockerClient,
+        unique_name: Callable[[str], str]) -> None:
+    sm = runner_server.client()
+    name = unique_name("ckpt-hosts")
+    prefix = f"ckpt/{name}/"
+    s3.put_object(Bucket=OUTPUT_BUCKET, Key=f"{prefix}from-before.txt", Body=b"earlier\n")
+    # SageMaker: one S3 location for every instance, so scripts name their files per host. Every host got
+    # the earlier checkpoint; algo-2 deletes it (a deletion in a container deletes it in S3), and tries to
+    # delete algo-1's file, which it never had: what only another host wrote stays.
+    script = (f"me=$(hostname); echo $me > {CKPT}/$me.txt\n"
+              f"while [ ! -f /opt/ml/model/end ]; do sleep 0.1; done\n"
+              f"if [ $me = algo-2 ]; then rm -f {CKPT}/from-before.txt {CKPT}/algo-1.txt; fi\n")
+    request = _checkpointed(name, script, s3)
+    request["ResourceConfig"]["InstanceCount"] = 2
+    sm.create_training_job(**request)
+    wait_until(lambda: _objects(s3, prefix) == {"from-before.txt": b"earlier\n", "algo-1.txt": b"algo-1\n",
+                                                "algo-2.txt": b"algo-2\n"}, 30, "both hosts' checkpoints in S3")
+    assert _status(sm, name) == "InProgress/Training"
+    containers = docker_engine.containers.list(filters={"label": f"smlocal.job-name={name}"})
+    assert len(containers) == 2
+    for container in containers:
+        container.exec_run(["touch", "/opt/ml/model/end"])
+    job = wait_for_status(sm, name, FINAL)
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    # algo-1 still has from-before.txt, unchanged: it does not send it again after algo-2 deleted it.
+    assert _objects(s3, prefix) == {"algo-1.txt": b"algo-1\n", "algo-2.txt": b"algo-2\n"}
+
+
 def test_a_big_checkpoint_written_slowly_never_lands_torn(runner_server: SmlocalServer, s3: Any,
                                                          unique_name: Callable[[str], str]) -> None:
     sm = runner_server.client()
