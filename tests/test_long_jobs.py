@@ -46,9 +46,14 @@ def _spot(max_runtime: int = 600, max_wait: int = 900) -> dict[str, Any]:
 
 
 def _objects(s3: Any, prefix: str) -> dict[str, bytes]:
-    listed = s3.list_objects_v2(Bucket=OUTPUT_BUCKET, Prefix=prefix).get("Contents", [])
-    return {o["Key"][len(prefix):]: s3.get_object(Bucket=OUTPUT_BUCKET, Key=o["Key"])["Body"].read()
-            for o in listed}
+    """What S3 has under `prefix` now (a key deleted between the listing and its read is left out)."""
+    found = {}
+    for o in s3.list_objects_v2(Bucket=OUTPUT_BUCKET, Prefix=prefix).get("Contents", []):
+        try:
+            found[o["Key"][len(prefix):]] = s3.get_object(Bucket=OUTPUT_BUCKET, Key=o["Key"])["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            pass
+    return found
 
 
 def _status(sm: Any, name: str) -> str:
