@@ -353,18 +353,21 @@ class FolderSync:
         return self._interval
 
     def _batch(self) -> None:
-        with self._inbox_lock:
-            events, self._inbox = self._inbox, []
         if self._lost is not None and self._mode == "watch":
             self._fall_back()
-        if self._mode == "watch":
-            for event in events:
-                self._note(event)
+        self._take_events()
         if self._scan_due or self._mode == "scan":
             self._scan()
         self._settle()
         abort = self._stopping.is_set
         for rel in sorted(self._ready):
+            # A writer may have opened the file again since its close (a checkpoint rewritten in place
+            # truncates it first): what came in meanwhile is looked at right before each upload, so such a
+            # file waits for that writer's close instead of going up empty or half written. (Its last close
+            # always brings one more upload, so the version left in S3 is a closed one in any case.)
+            self._take_events()
+            if rel not in self._ready:
+                continue
             self._ready.discard(rel)
             try:
                 self._upload(rel, abort)
@@ -373,6 +376,14 @@ class FolderSync:
                 raise
         for rel in sorted(self._gone):
             self._remove(rel)
+
+    def _take_events(self) -> None:
+        """Fold what watchdog delivered since the last look into the worker's view (in watch mode)."""
+        with self._inbox_lock:
+            events, self._inbox = self._inbox, []
+        if self._mode == "watch":
+            for event in events:
+                self._note(event)
 
     def _fall_back(self) -> None:
         log.warning("%s: %s; falling back to a full scan every %.1f s (a file is uploaded once unchanged for that "
