@@ -241,6 +241,36 @@ def test_stop_from_another_site_or_without_the_token_is_refused(api_server: Smlo
     sm.stop_training_job(TrainingJobName=name)
 
 
+def test_a_spot_job_shows_its_interruptions_and_interrupt_answers_with_the_apis_error(
+        api_server: SmlocalServer, sm: Any, unique_name: Callable[[str], str]) -> None:
+    """On a server that runs no jobs a spot job waits in Starting: no Interrupt button yet, and a POST with
+    the page's token gets InterruptTrainingJob's own refusal (the running case: tests/test_console_long_jobs.py)."""
+    name = unique_name("spot")
+    sm.create_training_job(**job_request(name, EnableManagedSpotTraining=True,
+                                         StoppingCondition={"MaxRuntimeInSeconds": 600, "MaxWaitTimeInSeconds": 1200},
+                                         RetryStrategy={"MaximumRetryAttempts": 3}))
+    page = job_page(api_server, name).text
+    text = text_of(page)
+    assert "spot interruptions 0" in text and "attempt 1 of 4" in text
+    for row in ("Managed spot yes", "Max wait 20 min 00 s", "Retry strategy MaximumRetryAttempts 3"):
+        assert row in text
+    assert 'id="stop-button"' in page and 'id="interrupt-button"' not in page
+    assert 'id="synced-folders"' not in page  # this server runs nothing, so nothing is synced
+    path = f"/console/jobs/{name}/interrupt"
+    assert post(api_server, path, data={}).status_code == 403
+    refused = post(api_server, path, data={"token": form_token(page)}, headers={"Origin": api_server.endpoint})
+    with pytest.raises(ClientError) as info:
+        api_server.client("smlocal").interrupt_training_job(TrainingJobName=name)
+    error = info.value.response["Error"]
+    assert error["Message"] == (f"Training job {name} can be interrupted only while it is Training; it is "
+                                "InProgress (Starting).")
+    assert refused.status_code == 400
+    assert f"InterruptTrainingJob failed: {error['Code']}: {error['Message']}" in text_of(refused.text)
+    # The summary fragment the page refreshes itself with carries the same.
+    assert "spot interruptions 0" in text_of(get(api_server, f"/console/fragments/jobs/{name}").text)
+    sm.stop_training_job(TrainingJobName=name)
+
+
 def test_console_answers_to_loopback_names_only(api_server: SmlocalServer) -> None:
     """A page whose name was re-pointed at 127.0.0.1 (DNS rebinding) gets neither pages nor feeds."""
     for path in ("/console/", "/console/api/jobs/x/streams", "/console/static/console.js"):

@@ -1,4 +1,4 @@
-"""Who may use the console, and how its one write action is kept from other sites.
+"""Who may use the console, and how its write actions (Stop, Interrupt) are kept from other sites.
 
 - With `--access-key`/`--secret-key` the API takes only requests signed with those keys, so the console
   takes only HTTP Basic credentials made of them (user name: the access key, password: the secret key).
@@ -6,10 +6,10 @@
   (a loopback client); from elsewhere the console refuses and says how to reach it (an SSH tunnel).
 - Served on loopback, the console answers only to a loopback Host (`localhost`, `127.0.0.1`, `[::1]`):
   a web page whose own name was re-pointed at 127.0.0.1 (DNS rebinding) gets nothing.
-- Stop is a POST that must carry the console's token (in the page, which other sites cannot read) and,
-  when the browser says where the request comes from (Origin, Sec-Fetch-Site), come from the console
-  itself.
-- Every answer forbids framing (no clickjacking of the Stop button) and any script but the console's
+- Stop and Interrupt are POSTs that must carry the console's token (in the page, which other sites cannot
+  read) and, when the browser says where the request comes from (Origin, Sec-Fetch-Site), come from the
+  console itself (`write_refusal`, the one check both go through).
+- Every answer forbids framing (no clickjacking of the buttons) and any script but the console's
   own files.
 """
 
@@ -66,7 +66,7 @@ class ConsoleAccess:
         self.keys = (access_key, secret_key) if access_key and secret_key else None
         self.loopback_only = is_loopback_name(bind_host)
         self.bind_host = bind_host
-        # For the Stop form; new on every start, so a page from before a restart must be reloaded.
+        # For the Stop and Interrupt forms; new on every start, so a page from before a restart must be reloaded.
         self.token = secrets.token_urlsafe(32)
 
     def refusal(self, headers: dict[str, str], client_host: str | None) -> Response | None:

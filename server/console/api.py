@@ -3,7 +3,8 @@
 Each call goes through `Service.invoke`, as the wire dispatcher's does for a client: validated against
 the botocore model, handed to the provider's handler with a request context (the server's account, the
 region the console shows) and shaped to the modelled output. The console has no other way to jobs, logs
-or metrics: no SQL, no file of its own.
+or metrics: no SQL, no file of its own. What DescribeTrainingJob does not say (a job's attempt, its spot
+interruptions, the folders it syncs to S3) comes from smlocal's own service, `smlocal`, the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class ConsoleApi:
 
     def stop_job(self, region: str, name: str) -> None:
         self.call("sagemaker", "StopTrainingJob", region, TrainingJobName=name)
+
+    # ---- smlocal's own service ----------------------------------------------------------------
+
+    def job_progress(self, region: str, name: str) -> dict[str, Any]:
+        """Attempt, spot interruptions and (while this server runs the job) its synced folders."""
+        return self.call("smlocal", "DescribeTrainingJobProgress", region, TrainingJobName=name)
+
+    def interrupt_job(self, region: str, name: str) -> None:
+        self.call("smlocal", "InterruptTrainingJob", region, TrainingJobName=name)
 
     # ---- CloudWatch Logs ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -145,19 +146,27 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
 
     # ---- one job --------------------------------------------------------------------------------
 
+    def job_progress(region: str, job: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return api.job_progress(region, job["TrainingJobName"])
+        except ApiError:
+            return None  # deleted since it was described: the page shows what DescribeTrainingJob said
+
     def summary_context(region: str, job: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
+        terminal = job["TrainingJobStatus"] in TERMINAL_STATUSES
         return {
-            "job": job, "region": region, "name": job["TrainingJobName"],
-            "terminal": job["TrainingJobStatus"] in TERMINAL_STATUSES,
+            "job": job, "region": region, "name": job["TrainingJobName"], "terminal": terminal,
             "steps": views.timeline(job, now), "created": views.when(job.get("CreationTime")),
             "started": views.when(job.get("TrainingStartTime")), "ended": views.when(views.end_time(job)),
             "elapsed": views.duration(views.elapsed(job, now)),
             "artifacts": artifacts.available(region, job),
+            "progress": views.progress(job, job_progress(region, job), now),
+            "can_interrupt": views.can_interrupt(job),
         }
 
     def job_page_response(request: Request, name: str, http_status: int = 200,
-                          stop_error: ApiError | str | None = None) -> HTMLResponse:
+                          action_error: tuple[str, ApiError] | None = None) -> HTMLResponse:
         region = region_of(request)
         try:
             job = api.describe_job(region, name)
@@ -165,7 +174,7 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             return error_page(error, region)
         algo = job.get("AlgorithmSpecification") or {}
         return render(
-            "job.html", http_status, **summary_context(region, job), stop_error=stop_error,
+            "job.html", http_status, **summary_context(region, job), action_error=action_error,
             config=views.config_rows(job), channels=views.channel_rows(job),
             hyperparameters=sorted((job.get("HyperParameters") or {}).items()),
             environment=sorted((job.get("Environment") or {}).items()),
@@ -186,8 +195,9 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             return error_page(error, region)
         return render("_job_summary.html", **summary_context(region, job))
 
-    @console.post("/jobs/{name}/stop", response_class=HTMLResponse)
-    async def stop_job(request: Request, name: str) -> Response:
+    async def act(request: Request, name: str, operation: str, action: Callable[[str, str], None]) -> Response:
+        """A button's POST: only with the page's token and from the console's own origin (`write_refusal`),
+        then the API operation; back to the job page, or the page with the operation's error."""
         form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
         headers = {k.lower(): v for k, v in request.headers.items()}
         refusal = access.write_refusal(headers, request.url.scheme, form.get("token"))
@@ -195,17 +205,25 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
         if refusal is not None:
             return render("error.html", 403, region=region, code="Forbidden", message=refusal)
 
-        def stop() -> ApiError | None:
+        def call() -> ApiError | None:
             try:
-                api.stop_job(region, name)
+                action(region, name)
             except ApiError as error:
                 return error
             return None
 
-        error = await run_in_threadpool(stop)
+        error = await run_in_threadpool(call)
         if error is None:
             return RedirectResponse(link(f"/jobs/{name}", region), status_code=303)
-        return await run_in_threadpool(job_page_response, request, name, 400, error)
+        return await run_in_threadpool(job_page_response, request, name, 400, (operation, error))
+
+    @console.post("/jobs/{name}/stop", response_class=HTMLResponse)
+    async def stop_job(request: Request, name: str) -> Response:
+        return await act(request, name, "StopTrainingJob", api.stop_job)
+
+    @console.post("/jobs/{name}/interrupt", response_class=HTMLResponse)
+    async def interrupt_job(request: Request, name: str) -> Response:
+        return await act(request, name, "InterruptTrainingJob", api.interrupt_job)
 
     @console.get("/jobs/{name}/artifacts/{artifact}")
     def download(request: Request, name: str, artifact: str) -> Response:

@@ -38,6 +38,17 @@ def iso(value: Any) -> str:
     return "" if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
 
 
+def ago(value: Any, now: float) -> str:
+    """How long before `now` a time was: `4 s ago`, `3 min 05 s ago` (`just now` under a second)."""
+    seconds = epoch(value)
+    if seconds is None:
+        return ""
+    whole = int(now - seconds)
+    if whole < 1:
+        return "just now"
+    return f"{whole} s ago" if whole < 60 else f"{duration(whole)} ago"
+
+
 def local_zone() -> str:
     now = dt.datetime.now().astimezone()
     name, offset = now.strftime("%Z"), now.strftime("UTC%z")
@@ -147,6 +158,66 @@ def timeline(job: dict[str, Any], now: float) -> list[Step]:
     return steps
 
 
+def is_spot(job: dict[str, Any]) -> bool:
+    return bool(job.get("EnableManagedSpotTraining"))
+
+
+def can_interrupt(job: dict[str, Any]) -> bool:
+    """InterruptTrainingJob's own rule: a managed spot job that is Training."""
+    return is_spot(job) and (job.get("TrainingJobStatus"), job.get("SecondaryStatus")) == ("InProgress", "Training")
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    """One SyncedFolders entry of DescribeTrainingJobProgress: a host's folder mirrored to S3."""
+
+    host: str
+    kind: str
+    local_path: str
+    s3_uri: str
+    files: int
+    bytes: int
+    pending: int
+    last_sync: str  # relative to now ("3 s ago")
+    last_sync_iso: str
+    mode: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What DescribeTrainingJobProgress adds to DescribeTrainingJob, as the job page shows it."""
+
+    attempt: str  # "2 of 3" with a RetryStrategy, else "" (every job has one attempt)
+    interruptions: int | None  # spot jobs only
+    interrupt_requested: bool
+    folders: list[FolderRow]
+
+
+def progress(job: dict[str, Any], answer: dict[str, Any] | None, now: float) -> Progress | None:
+    if answer is None:
+        return None
+    retries = int(answer.get("MaximumRetryAttempts") or 0)
+    attempt = int(answer.get("Attempt") or 1)
+    folders = [FolderRow(
+        host=f.get("Host", ""), kind=f.get("Kind", ""), local_path=f.get("LocalPath", ""), s3_uri=f.get("S3Uri", ""),
+        files=int(f.get("Files") or 0), bytes=int(f.get("Bytes") or 0), pending=int(f.get("Pending") or 0),
+        last_sync=ago(f.get("LastSyncTime"), now), last_sync_iso=iso(f.get("LastSyncTime")), mode=f.get("Mode", ""),
+        error=f.get("LastError", ""),
+    ) for f in answer.get("SyncedFolders") or []]
+    return Progress(
+        attempt=f"{attempt} of {retries + 1}" if retries or attempt > 1 else "",
+        interruptions=int(answer.get("Interruptions") or 0) if is_spot(job) else None,
+        interrupt_requested=bool(answer.get("InterruptRequested")),
+        folders=sorted(folders, key=lambda f: (_host_number(f.host), f.kind)),
+    )
+
+
+def _host_number(host: str) -> int:
+    tail = host.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
 def config_rows(job: dict[str, Any]) -> list[tuple[str, str]]:
     """The request's main settings, as label and text."""
     algo = job.get("AlgorithmSpecification") or {}
@@ -162,15 +233,27 @@ def config_rows(job: dict[str, Any]) -> list[tuple[str, str]]:
         ("Instances", instance_summary(job)),
         ("Volume", f"{(job.get('ResourceConfig') or {}).get('VolumeSizeInGB', '?')} GB"),
         ("Max runtime", duration(stopping.get("MaxRuntimeInSeconds"))),
+        ("Managed spot", "yes" if is_spot(job) else ""),
+        ("Max wait", duration(stopping.get("MaxWaitTimeInSeconds"))),
+        ("Max pending time", duration(stopping.get("MaxPendingTimeInSeconds"))),
+        ("Retry strategy", f"MaximumRetryAttempts {job['RetryStrategy'].get('MaximumRetryAttempts')}"
+         if job.get("RetryStrategy") else ""),
         ("Output", output.get("S3OutputPath", "")),
         ("Compression", output.get("CompressionType", "GZIP")),
         ("Model artifacts", (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts", "")),
         ("Checkpoints", " → ".join(filter(None, [(job.get("CheckpointConfig") or {}).get("S3Uri"),
                                                  (job.get("CheckpointConfig") or {}).get("LocalPath")]))),
+        ("TensorBoard output", _s3_and_local(job.get("TensorBoardOutputConfig"))),
+        ("Debugger output", _s3_and_local(job.get("DebugHookConfig"))),
         ("Training time", f"{job['TrainingTimeInSeconds']} s" if "TrainingTimeInSeconds" in job else ""),
         ("Billable time", f"{job['BillableTimeInSeconds']} s" if "BillableTimeInSeconds" in job else ""),
     ]
     return [(label, str(value)) for label, value in rows if value]
+
+
+def _s3_and_local(config: dict[str, Any] | None) -> str:
+    config = config or {}
+    return " → ".join(filter(None, [config.get("S3OutputPath"), config.get("LocalPath")]))
 
 
 def channel_rows(job: dict[str, Any]) -> list[dict[str, str]]:
