@@ -11,6 +11,8 @@
 4. The FUSE filesystem behind FastFile: rclone mount / mount2 against s3fs (bench/fuse_choice.py).
 5. Checkpoint sync delay: a file's close() in a synced folder to its object visible in S3, against a plain
    put_object of the same file (bench/checkpoint_sync.py).
+6. A job on a warm pool against the same job cold: its start, and a job that fills or finds its
+   persistent cache (bench/warm_pools.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -33,7 +35,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from bench import checkpoint_sync, fuse_choice, streaming
+from bench import checkpoint_sync, fuse_choice, streaming, warm_pools
 from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -197,6 +199,7 @@ def main() -> None:
             upload_dataset(client, "ttfb", streaming.TTFB_COUNT, streaming.TTFB_SIZE)
             rows += streaming.first_byte_rows(sm, client, wait_done, "ttfb")
             rows += checkpoint_sync.rows(client)
+            rows += warm_pools.rows(sm, BUCKET, wait_done)
         finally:
             server.stop()
         fuse_client = Minio(urlparse(s3.endpoint).netloc, access_key="test", secret_key="test", secure=False)

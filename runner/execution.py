@@ -9,6 +9,7 @@ execution's `wake` event.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from runner.environment import container_environment
 from runner.failure import failure_reason
 from runner.folder_sync import FolderSync, SyncStatus
 from runner.inputs import DataDownloadError, DownloadCancelled, InputContext, InputProvider, make_providers
-from runner.layout import HostLayout, container_mounts, job_root, make_private_dir
+from runner.layout import WRITABLE_DIR, HostLayout, container_mounts, job_root, make_private_dir
 from runner.layout import prepare as prepare_layout
 from runner.log_follower import LogFollower
 from runner.metrics import MetricCollector, final_of_all
@@ -72,6 +73,7 @@ from smlocal.core.logstore import JobLogKey, LogStreamWriter, list_streams, stre
 from smlocal.core.metric_series import MetricSeriesWriter
 from smlocal.core.settings import Settings
 from smlocal.core.store import JobRecord
+from smlocal.core.warm_pools import CACHE_FOLDER, CACHE_PATH
 
 log = logging.getLogger("smlocal.runner")
 
@@ -554,6 +556,9 @@ class JobExecution:
             mounts = container_mounts(host.layout, self.spec)
             for provider in host.inputs:
                 mounts.update(provider.mounts())
+            cache = self._warm_pool_cache(host.name)
+            if cache is not None:
+                mounts[str(cache)] = CACHE_PATH
             host.container = self.backend.create(ContainerSpec(
                 image=image, name=f"{name}-{host.name}", network=self.network.name, host=host.name,
                 labels={**host.labels, LABEL_NETWORK: self.network.name}, environment=dict(environment),
@@ -561,6 +566,18 @@ class JobExecution:
                 mounts=mounts, address=addresses.get(host.name),
                 peers={h: a for h, a in addresses.items() if h != host.name}, isolated=self.spec.network_isolation,
             ))
+
+    def _warm_pool_cache(self, host: str) -> Path | None:
+        """The host's folder of the warm pool's persistent cache (kept for the next job on the pool), if the
+        job runs on one: `<data-dir>/warm-pools/<pool>/<host>`, writable by any uid as the rest of the tree."""
+        pool = self._current.warm_pool_id
+        if pool is None:
+            return None
+        folder = self.data_dir / CACHE_FOLDER / pool / host
+        make_private_dir(folder.parent)
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, WRITABLE_DIR)
+        return folder
 
     def _follow(self, host: _Host, stream: Path, *, resume: bool) -> None:
         assert host.container is not None

@@ -31,11 +31,12 @@ from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool
 from runner.spot_drill import SpotDrill
 from runner.subnets import SubnetAllocator, host_routes, resolve_job_subnets
-from runner.time_limits import next_limit
+from runner.time_limits import next_limit, warm_pool_expiry
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.lifecycle import DOWNLOADING, IN_PROGRESS, PENDING, PREPARING, QUEUED, STOPPING, Lifecycle
 from smlocal.core.settings import Settings
 from smlocal.core.store import JobRecord
+from smlocal.core.warm_pools import CACHE_FOLDER
 
 log = logging.getLogger("smlocal.runner")
 
@@ -241,7 +242,38 @@ class Runner:
                 self.lifecycle.stop_at_deadline(job.arn, limit.target, limit.message)
             except Exception:
                 log.exception("could not stop %s at its time limit", job.name)
-        return max(0.05, wait)
+        return max(0.05, min(wait, self._expire_warm_pools(now)))
+
+    def _expire_warm_pools(self, now: float) -> float:
+        """Terminate the warm pools whose keep-alive is over and remove their caches; seconds to the next."""
+        wait, ended = IDLE_WAKE_SECONDS, False
+        try:
+            pools = self.lifecycle.available_warm_pools()
+        except Exception:
+            log.exception("could not read the warm pools")
+            return wait
+        for job in pools:
+            ends = warm_pool_expiry(job)
+            if ends is None:
+                continue
+            if ends > now:
+                wait = min(wait, ends - now)
+                continue
+            log.info("the warm pool of training job %s expired", job.name)
+            ended = self.lifecycle.expire_warm_pool(job.arn) is not None or ended
+        if ended:
+            self._sweep_warm_pool_caches()
+        return wait
+
+    def _sweep_warm_pool_caches(self) -> None:
+        """Remove the cache folders of pools no job runs on or keeps Available any more."""
+        root = Path(self.settings.data_dir).resolve() / CACHE_FOLDER
+        if not root.is_dir():
+            return
+        live = self.lifecycle.live_warm_pool_ids()
+        for folder in root.iterdir():
+            if folder.name not in live:
+                remove_tree(folder)
 
     def _engine_answers(self) -> bool:
         error = self.check_engine()
@@ -338,6 +370,7 @@ class Runner:
                 log.info("training job %s lost its containers when smlocal restarted", job.name)
                 execution.abandon()
         self._sweep(mine, kept)
+        self._sweep_warm_pool_caches()
         self.networks.refill()
         self._wake.set()
 

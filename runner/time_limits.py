@@ -9,6 +9,9 @@
   ml.p, ml.g, and ml.trn families. It has no effect on jobs that request CPU-only instance types." A job
   past it is stopped (TrainingJobStatus Stopped) before it ever ran.
 
+Beside them, a warm pool's KeepAlivePeriodInSeconds counts from when the pool became Available (and a pool
+lives 7 days at most): `warm_pool_expiry`.
+
 The runner asks `next_limit` for each job and acts when one is due; these are pure functions of the job.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from smlocal.core import warm_pools
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.lifecycle import (
     MAX_RUNTIME_EXCEEDED,
@@ -66,3 +70,13 @@ def next_limit(job: JobRecord, spec: JobSpec) -> Limit | None:
     """The clock that runs out first (the earliest; MaxRuntime before MaxWait at the same instant)."""
     found = limits(job, spec)
     return min(found, key=lambda limit: limit.at) if found else None
+
+
+def warm_pool_expiry(job: JobRecord) -> float | None:
+    """When an Available warm pool ends: KeepAlivePeriodInSeconds after it became Available, or at 7 days."""
+    if job.warm_pool_status != warm_pools.AVAILABLE or job.warm_pool_since is None:
+        return None
+    ends = job.warm_pool_since + job.keep_alive_seconds
+    if job.warm_pool_born is not None:
+        ends = min(ends, job.warm_pool_born + warm_pools.MAX_POOL_SECONDS)
+    return ends

@@ -238,6 +238,7 @@ def config_rows(job: dict[str, Any]) -> list[tuple[str, str]]:
         ("Max pending time", duration(stopping.get("MaxPendingTimeInSeconds"))),
         ("Retry strategy", f"MaximumRetryAttempts {job['RetryStrategy'].get('MaximumRetryAttempts')}"
          if job.get("RetryStrategy") else ""),
+        ("Warm pool", warm_pool_text(job)),
         ("Output", output.get("S3OutputPath", "")),
         ("Compression", output.get("CompressionType", "GZIP")),
         ("Model artifacts", (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts", "")),
@@ -249,6 +250,22 @@ def config_rows(job: dict[str, Any]) -> list[tuple[str, str]]:
         ("Billable time", f"{job['BillableTimeInSeconds']} s" if "BillableTimeInSeconds" in job else ""),
     ]
     return [(label, str(value)) for label, value in rows if value]
+
+
+def warm_pool_text(job: dict[str, Any]) -> str:
+    """WarmPoolStatus in a line: `Available (keep-alive 10 min 00 s)`, `Reused by <job> after 42 s`..."""
+    pool = job.get("WarmPoolStatus") or {}
+    if not pool:
+        return ""
+    text = pool["Status"]
+    keep_alive = (job.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds")
+    if pool["Status"] in ("InUse", "Available") and keep_alive:
+        text += f" (keep-alive {duration(keep_alive)})"
+    if pool.get("ReusedByJob"):
+        text += f" by {pool['ReusedByJob']}"
+    if "ResourceRetainedBillableTimeInSeconds" in pool:
+        text += f", kept {pool['ResourceRetainedBillableTimeInSeconds']} s"
+    return text
 
 
 def _s3_and_local(config: dict[str, Any] | None) -> str:

@@ -18,12 +18,14 @@ import logging
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from smlocal.core import warm_pools
 from smlocal.core.errors import ApiError
 from smlocal.core.store import JobRecord, JobRow, Store, TagRow, TransitionRow
 
@@ -206,10 +208,51 @@ def _move(row: JobRow, secondary: str, *, message: str | None = None, failure_re
         row.stop_target = stop_target or STOPPED
     if failure_reason is not None:
         row.failure_reason = failure_reason[:1024]
+    if new_status in TERMINAL_STATUSES and row.warm_pool_status == warm_pools.IN_USE:
+        _leave_warm_pool(row, secondary, now)
     row.status = new_status
     row.secondary_status = secondary
     row.last_modified_time = now
     _record_transition(row, secondary, message, now)
+
+
+def _leave_warm_pool(row: JobRow, secondary: str, now: float) -> None:
+    """The job ended on a pool: the pool stays Available for KeepAlivePeriodInSeconds, or ends here."""
+    young = row.warm_pool_born is not None and now - row.warm_pool_born < warm_pools.MAX_POOL_SECONDS
+    if (row.keep_alive_seconds or 0) > 0 and young and warm_pools.kept_after(
+            secondary, row.failure_reason, row.training_start_time is not None):
+        row.warm_pool_status, row.warm_pool_since = warm_pools.AVAILABLE, now
+    else:
+        row.warm_pool_status, row.warm_pool_retained_seconds = warm_pools.TERMINATED, 0
+
+
+def _end_warm_pool(row: JobRow, now: float, *, expired: bool = False) -> None:
+    """Terminated; ResourceRetainedBillableTimeInSeconds is the time it was kept (all of KeepAlive if it expired)."""
+    since = row.warm_pool_since or now
+    kept = min(now - since, row.keep_alive_seconds or 0) if expired else now - since
+    row.warm_pool_status = warm_pools.TERMINATED
+    row.warm_pool_retained_seconds = max(0, math.ceil(kept))
+    row.last_modified_time = now
+
+
+def _take_warm_pool(s: Any, row: JobRow, now: float) -> None:
+    """At claim: a job asking for a warm pool runs on the oldest Available one that matches (that job's
+    pool becomes Reused), or on a new one."""
+    if (row.keep_alive_seconds or 0) <= 0 or row.warm_pool_id is not None:
+        return  # no pool asked for, or one taken already (a retry, a spot restart keeps it)
+    donor = s.scalars(
+        select(JobRow).where(JobRow.account_id == row.account_id, JobRow.region == row.region,
+                             JobRow.warm_pool_status == warm_pools.AVAILABLE, JobRow.match_key == row.match_key,
+                             JobRow.id != row.id)
+        .order_by(JobRow.warm_pool_since, JobRow.id)).first()
+    if donor is not None and donor.warm_pool_since is not None:
+        donor.warm_pool_status, donor.warm_pool_reused_by = warm_pools.REUSED, row.name
+        donor.warm_pool_retained_seconds = max(0, math.ceil(now - donor.warm_pool_since))
+        donor.last_modified_time = now
+        row.warm_pool_id, row.warm_pool_born = donor.warm_pool_id, donor.warm_pool_born
+    else:
+        row.warm_pool_id, row.warm_pool_born = uuid.uuid4().hex, now
+    row.warm_pool_status = warm_pools.IN_USE
 
 
 def training_seconds(job: JobRecord) -> int | None:
@@ -287,6 +330,7 @@ class Lifecycle:
                     account_id=account_id, region=region, name=name, arn=arn,
                     request_json=json.dumps(request), status=IN_PROGRESS, secondary_status=STARTING,
                     creation_time=now, last_modified_time=now, runner_state=QUEUED, runner_since=now,
+                    keep_alive_seconds=warm_pools.keep_alive(request), match_key=warm_pools.match_key(request),
                 )
                 _record_transition(row, STARTING, None, now)
                 s.add(row)
@@ -366,15 +410,18 @@ class Lifecycle:
             return [JobRecord.from_row(r) for r in rows]
 
     def claim(self, arn: str) -> JobRecord | None:
-        """Take a queued job for running; None if someone else took it or it was stopped meanwhile."""
-        try:
-            def take(row: JobRow, now: float) -> None:
-                if row.runner_state != QUEUED or row.status != IN_PROGRESS:
-                    raise IllegalTransition(arn)
-                _set_runner_state(row, PREPARING, now)
-            return self._change(arn, take)
-        except IllegalTransition:
-            return None
+        """Take a queued job for running (on a warm pool if it asks for one); None if someone else took it
+        or it was stopped meanwhile."""
+        with self.store.transaction() as s:
+            row = s.scalars(select(JobRow).where(JobRow.arn == arn)).first()
+            if row is None or row.runner_state != QUEUED or row.status != IN_PROGRESS:
+                return None
+            now = time.time()
+            _set_runner_state(row, PREPARING, now)
+            _take_warm_pool(s, row, now)
+            job = JobRecord.from_row(row)
+        self._notify(job)
+        return job
 
     def set_runner_state(self, arn: str, state: str) -> JobRecord:
         """The runner's own progress: containers started (running), SIGTERM sent (terminating), or back
@@ -427,6 +474,15 @@ class Lifecycle:
         job = self._change(arn, change)
         return job if retried else None
 
+    def _api_change(self, arn: str, change: Callable[[JobRow, float], None]) -> JobRecord:
+        """As _change, for an API call: an unknown job is SageMaker's "Requested resource not found." """
+        with self.store.transaction() as s:
+            row = self._get_row(s, arn)
+            change(row, time.time())
+            job = JobRecord.from_row(row)
+        self._notify(job)
+        return job
+
     def request_interrupt(self, arn: str) -> JobRecord:
         """InterruptTrainingJob (smlocal's own API): a capacity reclaim for a spot job that is Training.
 
@@ -471,6 +527,47 @@ class Lifecycle:
             return self._change(arn, change)
         except IllegalTransition:
             return None
+
+    # ---- warm pools ---------------------------------------------------------------------------
+
+    def update_keep_alive(self, arn: str, seconds: int) -> JobRecord:
+        """UpdateTrainingJob's ResourceConfig.KeepAlivePeriodInSeconds: for a job still running, or one whose
+        pool is Available (0 terminates it; the new period counts from when the pool became Available)."""
+        def change(row: JobRow, now: float) -> None:
+            if row.status in TERMINAL_STATUSES and row.warm_pool_status != warm_pools.AVAILABLE:
+                raise ApiError("ValidationException", f"The warm pool of training job {row.name} is not "
+                               f"available (WarmPoolStatus: {row.warm_pool_status or 'none'}): only a running job "
+                               "or an Available warm pool can be updated.")
+            if (seconds > 0 and row.status not in TERMINAL_STATUSES and row.warm_pool_id is None
+                    and row.runner_state != QUEUED):
+                raise ApiError("ValidationException", f"Training job {row.name} was started without a warm pool "
+                               "(ResourceConfig.KeepAlivePeriodInSeconds); it cannot ask for one now.")
+            row.keep_alive_seconds = seconds
+            row.last_modified_time = now
+            if row.warm_pool_status == warm_pools.AVAILABLE and seconds == 0:
+                _end_warm_pool(row, now)
+        return self._api_change(arn, change)
+
+    def expire_warm_pool(self, arn: str) -> JobRecord | None:
+        """The pool's KeepAlivePeriodInSeconds (or its 7 days) is over: Terminated. None if it moved on."""
+        def change(row: JobRow, now: float) -> None:
+            if row.warm_pool_status == warm_pools.AVAILABLE:
+                _end_warm_pool(row, now, expired=True)
+        try:
+            return self._change(arn, change)
+        except IllegalTransition:
+            return None
+
+    def available_warm_pools(self) -> list[JobRecord]:
+        with self.store.read() as s:
+            rows = s.scalars(select(JobRow).where(JobRow.warm_pool_status == warm_pools.AVAILABLE)).all()
+            return [JobRecord.from_row(r, with_transitions=False) for r in rows]
+
+    def live_warm_pool_ids(self) -> set[str]:
+        """Pools a job runs on or keeps Available: their cache folders stay."""
+        with self.store.read() as s:
+            return set(s.scalars(select(JobRow.warm_pool_id).where(
+                JobRow.warm_pool_status.in_((warm_pools.IN_USE, warm_pools.AVAILABLE)))).all()) - {None}
 
     def in_progress_jobs(self) -> list[JobRecord]:
         """Every InProgress job, queued or running (the runner checks their time limits)."""

@@ -72,6 +72,18 @@ class JobRow(Base):
     interruptions: Mapped[int] = mapped_column(Integer, default=0)
     # When an interruption was asked for and not yet carried out (a restarted server carries it out).
     interrupt_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Warm pools (smlocal.core.warm_pools). keep_alive_seconds: ResourceConfig.KeepAlivePeriodInSeconds as
+    # last set (UpdateTrainingJob changes it); match_key: what a job must share to reuse the pool.
+    keep_alive_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    match_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The pool this job runs on or left (its cache folder's name), when it was first made, its WarmPoolStatus,
+    # since when it is Available, its ResourceRetainedBillableTimeInSeconds and ReusedByJob.
+    warm_pool_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    warm_pool_born: Mapped[float | None] = mapped_column(Float, nullable=True)
+    warm_pool_status: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    warm_pool_since: Mapped[float | None] = mapped_column(Float, nullable=True)
+    warm_pool_retained_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    warm_pool_reused_by: Mapped[str | None] = mapped_column(String(63), nullable=True)
 
     transitions: Mapped[list[TransitionRow]] = relationship(
         back_populates="job", order_by="TransitionRow.id", cascade="all, delete-orphan"
@@ -155,6 +167,13 @@ class JobRecord:
     attempt: int = 1
     interruptions: int = 0
     interrupt_requested_at: float | None = None
+    keep_alive_seconds: int = 0
+    warm_pool_id: str | None = None
+    warm_pool_born: float | None = None
+    warm_pool_status: str | None = None
+    warm_pool_since: float | None = None
+    warm_pool_retained_seconds: int | None = None
+    warm_pool_reused_by: str | None = None
 
     @classmethod
     def from_row(cls, row: JobRow, with_transitions: bool = True) -> JobRecord:
@@ -183,6 +202,13 @@ class JobRecord:
             attempt=row.attempt or 1,
             interruptions=row.interruptions or 0,
             interrupt_requested_at=row.interrupt_requested_at,
+            keep_alive_seconds=row.keep_alive_seconds or 0,
+            warm_pool_id=row.warm_pool_id,
+            warm_pool_born=row.warm_pool_born,
+            warm_pool_status=row.warm_pool_status,
+            warm_pool_since=row.warm_pool_since,
+            warm_pool_retained_seconds=row.warm_pool_retained_seconds,
+            warm_pool_reused_by=row.warm_pool_reused_by,
         )
 
 
@@ -206,16 +232,21 @@ def _v2_runner_phases(conn: Connection) -> None:
     conn.exec_driver_sql("UPDATE training_jobs SET stop_target = 'Stopped' WHERE status = 'Stopping'")
 
 
-def _v3_attempts(conn: Connection) -> None:
-    """Retries and spot interruptions: every job so far ran once, never interrupted."""
-    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
-    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0")
-    conn.exec_driver_sql("ALTER TABLE training_jobs ADD COLUMN interrupt_requested_at FLOAT")
+def _v3_long_jobs(conn: Connection) -> None:
+    """Retries, spot interruptions and warm pools: every job so far ran once, never interrupted, kept no pool."""
+    for column in ("attempt INTEGER NOT NULL DEFAULT 1", "interruptions INTEGER NOT NULL DEFAULT 0",
+                   "interrupt_requested_at FLOAT", "keep_alive_seconds INTEGER NOT NULL DEFAULT 0",
+                   "match_key TEXT", "warm_pool_id VARCHAR(64)", "warm_pool_born FLOAT",
+                   "warm_pool_status VARCHAR(16)", "warm_pool_since FLOAT", "warm_pool_retained_seconds INTEGER",
+                   "warm_pool_reused_by VARCHAR(63)"):
+        conn.exec_driver_sql(f"ALTER TABLE training_jobs ADD COLUMN {column}")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_training_jobs_warm_pool_status "
+                         "ON training_jobs (warm_pool_status)")
 
 
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (2, _v2_runner_phases),
-    (3, _v3_attempts),
+    (3, _v3_long_jobs),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

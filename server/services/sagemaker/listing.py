@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from server.aws.pagination import decode_token, encode_token
+from smlocal.core import warm_pools
 from smlocal.core.store import JobRow, Store
 
 _SORT_COLUMNS = {"Name": JobRow.name, "CreationTime": JobRow.creation_time, "Status": JobRow.status}
@@ -33,8 +34,7 @@ def list_training_jobs(store: Store, account_id: str, region: str, params: dict[
     if "StatusEquals" in params:
         stmt = stmt.where(JobRow.status == params["StatusEquals"])
     if "WarmPoolStatusEquals" in params:
-        # smlocal keeps no warm pools, so no job has a warm-pool status.
-        stmt = stmt.where(False)
+        stmt = stmt.where(JobRow.warm_pool_status == params["WarmPoolStatusEquals"])
     if "TrainingPlanArnEquals" in params:
         stmt = stmt.where(False)
 
@@ -63,4 +63,7 @@ def _summary(row: JobRow) -> dict[str, Any]:
     }
     if row.training_end_time is not None:
         summary["TrainingEndTime"] = row.training_end_time
+    pool = warm_pools.status_shape(row.warm_pool_status, row.warm_pool_retained_seconds, row.warm_pool_reused_by)
+    if pool is not None:
+        summary["WarmPoolStatus"] = pool
     return summary

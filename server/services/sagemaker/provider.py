@@ -11,6 +11,8 @@ from server.aws.context import RequestContext
 from server.services.sagemaker.listing import list_training_jobs
 from server.services.sagemaker.rules import check_create_rules, check_host_limit, check_local_channels
 from server.services.sagemaker.tagging import Tags, check_arn_scope, check_tag_keys
+from smlocal.core import warm_pools
+from smlocal.core.errors import ApiError
 from smlocal.core.jobspec import DEFAULT_MAX_RUNTIME, model_artifacts_uri
 from smlocal.core.lifecycle import Lifecycle, billable_seconds, training_job_arn, training_seconds
 from smlocal.core.local_channels import LocalChannelRoots
@@ -50,6 +52,7 @@ class Operations:
             "DescribeTrainingJob": self.describe_training_job,
             "ListTrainingJobs": self.list_training_jobs,
             "StopTrainingJob": self.stop_training_job,
+            "UpdateTrainingJob": self.update_training_job,
             "DeleteTrainingJob": self.delete_training_job,
             "AddTags": self.add_tags,
             "ListTags": self.list_tags,
@@ -79,6 +82,20 @@ class Operations:
     def stop_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         self.lifecycle.request_stop(self._arn(ctx, params))
         return {}
+
+    def update_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        """UpdateTrainingJob: the warm pool's KeepAlivePeriodInSeconds. The profiler is not run by smlocal, so
+        its settings are refused rather than accepted and ignored."""
+        arn = self._arn(ctx, params)
+        unsupported = [k for k in ("ProfilerConfig", "ProfilerRuleConfigurations") if k in params]
+        if unsupported:
+            raise ApiError("ValidationException", f"smlocal does not run SageMaker Debugger's profiler: "
+                           f"{', '.join(unsupported)} cannot be updated.")
+        job = self.lifecycle.get(arn)
+        keep_alive = (params.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds")
+        if keep_alive is not None:
+            job = self.lifecycle.update_keep_alive(arn, keep_alive)
+        return {"TrainingJobArn": job.arn}
 
     def delete_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         arn = self._arn(ctx, params)
@@ -155,4 +172,10 @@ def describe(job: JobRecord) -> dict[str, Any]:
         out["BillableTimeInSeconds"] = billable_seconds(job)
     if job.final_metrics:
         out["FinalMetricDataList"] = job.final_metrics
+    if "ResourceConfig" in out and (job.keep_alive_seconds or "KeepAlivePeriodInSeconds" in out["ResourceConfig"]):
+        # As UpdateTrainingJob last set it.
+        out["ResourceConfig"] = {**out["ResourceConfig"], "KeepAlivePeriodInSeconds": job.keep_alive_seconds}
+    pool = warm_pools.status_shape(job.warm_pool_status, job.warm_pool_retained_seconds, job.warm_pool_reused_by)
+    if pool is not None:
+        out["WarmPoolStatus"] = pool
     return out
