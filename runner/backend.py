@@ -41,6 +41,10 @@ class ContainerGone(Exception):
     """The container was removed behind smlocal's back."""
 
 
+class ContainerNotRunning(Exception):  # noqa: N818
+    """A command cannot be started in a container that is not running (it has not started, or it exited)."""
+
+
 @dataclass
 class ContainerSpec:
     image: str
@@ -59,6 +63,19 @@ class ContainerSpec:
     # EnableNetworkIsolation: on an isolated network (`create_network(internal=True)`), and no name for
     # the host (`host.docker.internal`) either.
     isolated: bool = False
+    # Container paths of `mounts` mounted read-only (a FileSystemDataSource channel in `ro` mode).
+    read_only: set[str] = field(default_factory=set)
+    # A second network it is also on (a VPC job's S3 gateway: the engine's default bridge), and sysctls of its
+    # network namespace.
+    uplink: str | None = None
+    sysctls: dict[str, str] = field(default_factory=dict)
+    # What its instance type gives it (smlocal.core.instance_types): /dev/shm's size in bytes (None: the
+    # engine's default), NVIDIA GPUs, and under --enforce-instance-resources the CPUs it may run on (a cpuset,
+    # in the kernel's list format) and its memory limit in bytes.
+    shm_size: int | None = None
+    gpus: int = 0
+    cpuset: str | None = None
+    memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,40 @@ class ContainerOutput(ABC):
     def close(self) -> None: ...
 
 
+STDOUT, STDERR = 1, 2
+
+
+class ExecSession(ABC):
+    """A process started in a running container beside its algorithm (`Backend.exec`): `smlocal shell`.
+
+    With a TTY its output is the terminal's (stdout and stderr as one, marked STDOUT); without one each
+    chunk says which of the two it came from."""
+
+    @abstractmethod
+    def read(self) -> tuple[int, bytes]:
+        """The next chunk of output, as (STDOUT or STDERR, data); data is b"" once the output ended."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """To its stdin (a session started with `stdin`)."""
+
+    @abstractmethod
+    def close_input(self) -> None:
+        """End of its stdin: a shell reading commands from it exits."""
+
+    @abstractmethod
+    def resize(self, rows: int, cols: int) -> None:
+        """The size of its TTY (a session started with `tty`)."""
+
+    @abstractmethod
+    def exit_code(self) -> int | None:
+        """Its exit code once the output ended (None if the engine cannot say)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Detach (a `read()` blocked in another thread returns b""); the process may go on running."""
+
+
 class Backend(ABC):
     """A container engine, as the job flow uses it. Every method may raise BackendUnavailable."""
 
@@ -110,12 +161,20 @@ class Backend(ABC):
     def ping(self) -> None:
         """Return if the engine answers, else raise BackendUnavailable (with what is wrong)."""
 
+    def gpus(self) -> int:
+        """The NVIDIA GPUs the engine can give a container (`ContainerSpec.gpus`); none unless it says so."""
+        return 0
+
     @abstractmethod
     def has_image(self, image: str) -> bool: ...
 
     @abstractmethod
     def pull_image(self, image: str) -> None:
         """Fetch the image; ImageUnavailable (with the FailureReason) when it cannot be had."""
+
+    @abstractmethod
+    def import_image(self, tag: str, rootfs: bytes) -> None:
+        """Make an image `tag` whose file tree is the tar `rootfs` (smlocal's own helper images; nothing pulled)."""
 
     @abstractmethod
     def create_network(self, name: str, labels: dict[str, str], *, subnet: str, internal: bool = False) -> NetworkRef:
@@ -141,6 +200,12 @@ class Backend(ABC):
 
     @abstractmethod
     def logs(self, container: ContainerRef, since_ms: int | None = None) -> ContainerOutput: ...
+
+    @abstractmethod
+    def exec(self, container: ContainerRef, command: list[str], *, tty: bool, stdin: bool,
+             environment: dict[str, str] | None = None) -> ExecSession:
+        """Start `command` in the running container; ContainerNotRunning if it is not, ContainerGone if it
+        was removed."""
 
     @abstractmethod
     def remove(self, container: ContainerRef) -> None:

@@ -5,26 +5,33 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import IPAMConfig, IPAMPool
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool
 from docker.utils import parse_repository_tag
+from docker.utils.socket import frames_iter
 
 from runner.backend import (
+    STDOUT,
     Backend,
     BackendUnavailable,
     ContainerGone,
+    ContainerNotRunning,
     ContainerOutput,
     ContainerRef,
     ContainerSpec,
+    ExecSession,
     ImageUnavailable,
     LogChunk,
     NetworkRef,
@@ -94,11 +101,76 @@ class _DockerOutput(ContainerOutput):
         self._stream.close()
 
 
+# How long `exit_code()` waits for the engine to mark an exec finished after its output ended.
+EXEC_EXIT_WAIT_SECONDS = 5.0
+
+
+class _DockerExec(ExecSession):
+    """`docker exec`: the engine's hijacked connection, stdin one way and the output the other."""
+
+    def __init__(self, api: Any, exec_id: str, sock: Any, tty: bool) -> None:
+        self._api = api
+        self._id = exec_id
+        self._sock = sock
+        # Over a unix socket the SDK hands over a SocketIO; writes and shutdowns go to the socket under it.
+        self._raw: socket.socket = getattr(sock, "_sock", sock)
+        # The client's default timeout would end a shell that is quiet for a minute.
+        self._raw.settimeout(None)
+        # Without a TTY each frame carries an 8-byte header saying stdout or stderr (the SDK parses it).
+        self._frames = frames_iter(sock, tty)
+        self._closed = False
+
+    def read(self) -> tuple[int, bytes]:
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return STDOUT, b""
+        except (OSError, ValueError):
+            if self._closed:  # close() from another thread: the end, not an error
+                return STDOUT, b""
+            raise
+
+    def write(self, data: bytes) -> None:
+        self._raw.sendall(data)
+
+    def close_input(self) -> None:
+        # A half-close: the engine closes the process's stdin and keeps sending its output.
+        self._raw.shutdown(socket.SHUT_WR)
+
+    def resize(self, rows: int, cols: int) -> None:
+        with _engine():
+            self._api.exec_resize(self._id, height=rows, width=cols)
+
+    def exit_code(self) -> int | None:
+        deadline = time.monotonic() + EXEC_EXIT_WAIT_SECONDS
+        with _engine():
+            while True:
+                try:
+                    info = self._api.exec_inspect(self._id)
+                except NotFound:  # the container went, and its execs with it
+                    return None
+                if not info.get("Running"):
+                    code = info.get("ExitCode")
+                    return int(code) if code is not None else None
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._raw.shutdown(socket.SHUT_RDWR)  # wakes a read() blocked in another thread
+        except OSError:
+            pass  # already shut, or the engine hung up first
+        self._raw.close()
+
+
 class DockerBackend(Backend):
     def __init__(self, client: docker.DockerClient | None = None, max_pool_size: int = 32) -> None:
         self._client = client
         self._max_pool_size = max_pool_size
         self._lock = threading.Lock()
+        self._gpus: int | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -118,6 +190,13 @@ class DockerBackend(Backend):
             raise
         except DockerException as e:
             raise BackendUnavailable(f"the Docker engine does not answer: {e}") from e
+
+    def gpus(self) -> int:
+        # Counted once: the machine's GPUs and its engine's NVIDIA support do not change while smlocal runs.
+        if self._gpus is None:
+            with _engine():
+                self._gpus = _usable_gpus(self.client.info())
+        return self._gpus
 
     def has_image(self, image: str) -> bool:
         with _engine():
@@ -141,6 +220,11 @@ class DockerBackend(Backend):
                     f"ClientError: Image {image} could not be found locally or pulled: {detail}") from None
         if not self.has_image(image):
             raise ImageUnavailable(f"ClientError: Image {image} could not be found locally or pulled.")
+
+    def import_image(self, tag: str, rootfs: bytes) -> None:
+        repository, version = parse_repository_tag(tag)
+        with _engine():
+            self.client.api.import_image_from_data(rootfs, repository=repository, tag=version or "latest")
 
     def create_network(self, name: str, labels: dict[str, str], *, subnet: str, internal: bool = False) -> NetworkRef:
         api = self.client.api
@@ -177,16 +261,29 @@ class DockerBackend(Backend):
                 labels=spec.labels,
                 detach=True,
                 host_config=api.create_host_config(
-                    binds={host: {"bind": path, "mode": "rw"} for host, path in spec.mounts.items()},
+                    binds={host: {"bind": path, "mode": "ro" if path in spec.read_only else "rw"}
+                           for host, path in spec.mounts.items()},
+                    sysctls=spec.sysctls or None,
                     network_mode=spec.network,
                     # Lets the algorithm reach smlocal's S3 store on the host, whatever the network (an
                     # isolated job has no route to the host, and no name for it either).
                     extra_hosts={**({} if spec.isolated else {"host.docker.internal": "host-gateway"}),
                                  **spec.peers},
+                    shm_size=spec.shm_size,
+                    cpuset_cpus=spec.cpuset,
+                    mem_limit=spec.memory,
+                    memswap_limit=spec.memory,  # no swap beyond the limit: an instance has none
+                    device_requests=[DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])] if spec.gpus else None,
                 ),
                 networking_config=api.create_networking_config(
                     {spec.network: api.create_endpoint_config(aliases=[spec.host], ipv4_address=spec.address)}),
             )
+            if spec.uplink is not None:
+                try:
+                    api.connect_container_to_network(created["Id"], spec.uplink)
+                except BaseException:
+                    api.remove_container(created["Id"], force=True)
+                    raise
         return ContainerRef(created["Id"], spec.name, dict(spec.labels))
 
     def start(self, container: ContainerRef) -> ContainerRef:
@@ -233,6 +330,22 @@ class DockerBackend(Backend):
                 return _DockerOutput(self.client.api.logs(container.id, **kwargs))
             except NotFound:
                 raise ContainerGone(container.name) from None
+
+    def exec(self, container: ContainerRef, command: list[str], *, tty: bool, stdin: bool,
+             environment: dict[str, str] | None = None) -> ExecSession:
+        api = self.client.api
+        with _engine():
+            try:
+                created = api.exec_create(container.id, command, stdout=True, stderr=True, stdin=stdin, tty=tty,
+                                          environment=environment or None)
+                sock = api.exec_start(created["Id"], tty=tty, socket=True)
+            except NotFound:
+                raise ContainerGone(container.name) from None
+            except APIError as e:
+                if e.status_code == 409:  # "Container ... is not running" (or paused, or restarting)
+                    raise ContainerNotRunning(container.name) from None
+                raise
+        return _DockerExec(api, created["Id"], sock, tty)
 
     def remove(self, container: ContainerRef) -> None:
         with _engine():
@@ -281,3 +394,24 @@ def _network_ref(listed: dict[str, Any]) -> NetworkRef:
     subnet = configs[0]["Subnet"] if configs else None
     gateway = configs[0].get("Gateway") if configs else None
     return NetworkRef(listed["Id"], listed["Name"], dict(listed.get("Labels") or {}), subnet, gateway)
+
+
+# The NVIDIA driver makes one /dev/nvidiaN per GPU (beside nvidiactl, nvidia-uvm...).
+_NVIDIA_DEVICE = re.compile(r"nvidia\d+")
+
+
+def _usable_gpus(info: dict[str, Any], dev: Path = Path("/dev")) -> int:
+    """This machine's NVIDIA GPUs, if the engine can hand them out: Docker serves a `gpu` device request
+    through the NVIDIA Container Toolkit's hook, which the toolkit's set-up (`nvidia-ctk runtime configure`)
+    also registers as the engine's `nvidia` runtime (`docker info`: Runtimes); its hook on the PATH will do."""
+    try:
+        devices = [d for d in dev.iterdir() if _NVIDIA_DEVICE.fullmatch(d.name)]
+    except OSError:
+        return 0
+    if not devices:
+        return 0
+    if "nvidia" in (info.get("Runtimes") or {}) or shutil.which("nvidia-container-runtime-hook"):
+        return len(devices)
+    log.warning("this machine has %d NVIDIA GPUs, but the Docker engine has no NVIDIA runtime (the NVIDIA Container "
+                "Toolkit): jobs on GPU instance types run on CPU", len(devices))
+    return 0

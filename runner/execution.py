@@ -32,9 +32,10 @@ from runner.backend import (
     job_labels,
     resource_name,
 )
-from runner.environment import container_environment
+from runner.environment import container_environment, cpu_count_mounts, instance_resources
 from runner.failure import failure_reason
 from runner.folder_sync import FolderSync, SyncStatus
+from runner.host_address import container_s3_endpoint
 from runner.inputs import DataDownloadError, DownloadCancelled, InputContext, InputProvider, make_providers
 from runner.layout import WRITABLE_DIR, HostLayout, container_mounts, job_root, make_private_dir
 from runner.layout import prepare as prepare_layout
@@ -42,10 +43,11 @@ from runner.log_follower import LogFollower
 from runner.metrics import MetricCollector, final_of_all
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
-from runner.notices import platform_notices
+from runner.notices import no_s3_endpoint_notice, platform_notices
 from runner.policies import Detach, FailurePolicy, GracePolicy, InterruptPolicy, StopPolicy, StopRequested
 from runner.s3 import make_client, parse_s3_uri
 from runner.subnets import NoFreeSubnet, RangeTooSmall
+from runner.vpc import GatewayUnavailable, start_gateway, uses_vpc
 from smlocal.core.jobspec import JobSpec, SyncedFolder
 from smlocal.core.lifecycle import (
     DEFAULT_MESSAGES,
@@ -169,6 +171,7 @@ class JobExecution:
         self._exits: list[_Host] = []  # in the order they happened
         self._exits_lock = threading.Lock()
         self.network: NetworkRef | None = None  # the job's network, once it has one
+        self._network_notices: tuple[str, ...] = ()  # a VPC job without its S3 endpoint says why (runner.vpc)
         self._current = job  # the job as last written by this execution
         self._cleaned = False
         # The folders synced to S3 while the job runs (checkpoints, TensorBoard, Debugger), per host.
@@ -312,7 +315,10 @@ class JobExecution:
             self.networks.notify_on_release(self.wake)
             try:
                 # Kept at once: the cleanup releases it whatever happens next.
-                self.network = self.networks.take(len(self.hosts), internal=self.spec.network_isolation)
+                # A VPC job's network is internal too, with room for its S3 gateway (runner.vpc).
+                vpc = uses_vpc(self.spec)
+                self.network = self.networks.take(len(self.hosts) + (1 if vpc else 0),
+                                                  internal=self.spec.network_isolation or vpc)
                 break
             except NoFreeSubnet as e:
                 if not waiting:
@@ -552,20 +558,41 @@ class JobExecution:
         entrypoint, command = container_command(self.spec.algorithm.entrypoint, self.spec.algorithm.arguments)
         environment = container_environment(self.spec, self.settings)
         addresses = host_addresses(self.network, self.host_names)
-        for host in self.hosts:
+        endpoint_hosts = self._start_s3_gateway(name)
+        for index, host in enumerate(self.hosts):
             mounts = container_mounts(host.layout, self.spec)
+            read_only: set[str] = set()
             for provider in host.inputs:
                 mounts.update(provider.mounts())
+                read_only |= provider.read_only_mounts()
             cache = self._warm_pool_cache(host.name)
             if cache is not None:
                 mounts[str(cache)] = CACHE_PATH
+            resources = instance_resources(self.spec, self.settings, host.name, index, self.backend.gpus())
+            mounts.update(cpu_count_mounts(host.layout, resources))
             host.container = self.backend.create(ContainerSpec(
                 image=image, name=f"{name}-{host.name}", network=self.network.name, host=host.name,
                 labels={**host.labels, LABEL_NETWORK: self.network.name}, environment=dict(environment),
                 entrypoint=entrypoint, command=command,
                 mounts=mounts, address=addresses.get(host.name),
-                peers={h: a for h, a in addresses.items() if h != host.name}, isolated=self.spec.network_isolation,
+                peers={**endpoint_hosts, **{h: a for h, a in addresses.items() if h != host.name}},
+                isolated=self.spec.network_isolation, read_only=read_only,
+                shm_size=resources.shm_size, gpus=resources.gpus, cpuset=resources.cpuset, memory=resources.memory,
             ))
+
+    def _start_s3_gateway(self, name: str) -> dict[str, str]:
+        """A VPC job's S3 gateway (runner.vpc), labelled as the job's: the names its hosts resolve to it. None for
+        other jobs, or when it cannot be made: the job runs without it, and its log says why."""
+        if not uses_vpc(self.spec):
+            return {}
+        assert self.network is not None
+        try:
+            return start_gateway(self.backend, self.network, {**self.labels, LABEL_NETWORK: self.network.name},
+                                 container_s3_endpoint(self.settings), name)
+        except GatewayUnavailable as e:
+            log.warning("training job %s gets no S3 endpoint on its private subnet: %s", self.job.name, e)
+            self._network_notices = (no_s3_endpoint_notice(str(e)),)
+            return {}
 
     def _warm_pool_cache(self, host: str) -> Path | None:
         """The host's folder of the warm pool's persistent cache (kept for the next job on the pool), if the
@@ -588,7 +615,8 @@ class JobExecution:
         # Input notices (a FastFile channel that fell back to File) come after the platform's own.
         input_notices = tuple(dict.fromkeys(p.notice for p in host.inputs if p.notice))
         host.follower = LogFollower(self.backend, host.container, LogStreamWriter(stream), host.metrics,
-                                    platform_notices(self.spec) + input_notices)
+                                    platform_notices(self.spec, host.name, self.backend.gpus())
+                                    + self._network_notices + input_notices)
         if resume:
             host.follower.resume_from_file()
         else:

@@ -135,9 +135,14 @@ def resource_config(spec: JobSpec, host: str) -> dict[str, Any]:
     }
 
 
-def input_data_config(spec: JobSpec) -> dict[str, Any]:
+def input_data_config(spec: JobSpec, host: str | None = None) -> dict[str, Any]:
+    """inputdataconfig.json of `host`: only the channels it gets (a channel with InstanceGroupNames is listed on
+    those groups' hosts only, so the training toolkit's SM_CHANNELS names no folder the host lacks; inferred,
+    SageMaker documents only that the data goes to those groups). `host` None: every channel."""
     config: dict[str, Any] = {}
     for channel in spec.channels:
+        if host is not None and host not in spec.channel_hosts(channel):
+            continue
         entry: dict[str, Any] = {}
         if channel.content_type:
             entry["ContentType"] = channel.content_type
@@ -279,7 +284,7 @@ def prepare(layout: HostLayout, spec: JobSpec) -> None:
     for d in (layout.model_dir, layout.output_dir, layout.output_data_dir, layout.checkpoints_dir):
         _make_dir(d, WRITABLE_DIR)
     _write_json(layout.config_dir / "hyperparameters.json", dict(spec.hyperparameters))
-    _write_json(layout.config_dir / "inputdataconfig.json", input_data_config(spec))
+    _write_json(layout.config_dir / "inputdataconfig.json", input_data_config(spec, layout.host))
     _write_json(layout.config_dir / "resourceconfig.json", resource_config(spec, layout.host))
     checkpoints = checkpoint_config(spec)
     if checkpoints is not None:
@@ -287,4 +292,5 @@ def prepare(layout: HostLayout, spec: JobSpec) -> None:
     _write_output_configs(layout, spec)
     _make_synced_dirs(layout, spec)
     for channel in spec.channels:
-        _make_dir(layout.channel_dir(channel.name), READABLE_DIR)
+        if layout.host in spec.channel_hosts(channel):
+            _make_dir(layout.channel_dir(channel.name), READABLE_DIR)

@@ -22,7 +22,10 @@ from runner.backend import (
     LABEL_MANAGED,
     Backend,
     BackendUnavailable,
+    ContainerGone,
+    ContainerNotRunning,
     ContainerRef,
+    ExecSession,
 )
 from runner.docker_backend import DockerBackend
 from runner.execution import JobExecution, data_dir_label
@@ -146,6 +149,20 @@ class Runner:
                 item["LastError"] = status.last_error
             folders.append(item)
         return folders
+
+    def exec_in_host(self, arn: str, host: str, command: list[str], *, tty: bool, stdin: bool,
+                     environment: dict[str, str] | None = None) -> ExecSession | None:
+        """`command` started in `host`'s container of a job this runner drives (`smlocal shell`); None while
+        that container does not run (not started yet, exited, or the job is not this runner's)."""
+        with self._lock:
+            entry = self._active.get(arn)
+        found = next((h for h in entry[0].hosts if h.name == host), None) if entry is not None else None
+        if found is None or found.container is None or found.container.started_at is None or found.exited.is_set():
+            return None
+        try:
+            return self.backend.exec(found.container, command, tty=tty, stdin=stdin, environment=environment)
+        except (ContainerNotRunning, ContainerGone):
+            return None  # it exited (or went) since we looked
 
     def health(self) -> dict[str, Any]:
         with self._lock:

@@ -10,6 +10,7 @@
 #   smlocal-example/sklearn-script:1
 #                              docker build of examples/script-mode (FROM training-toolkit):
 #                              train.py baked into /opt/ml/code, ENV SAGEMAKER_PROGRAM
+#   smlocal-test/torch:1       rootfs = debootstrap (python3, Debian's PyTorch): the /dev/shm tests
 #
 # Cached by tag: an image is built only when its tag is missing. To pick up a
 # change, bump the tag (and its users) or pass --rebuild TAG (repeatable).
@@ -27,6 +28,7 @@ PYTHON_TAG="smlocal/python-base:1"
 SKLEARN_TAG="smlocal-example/sklearn:1"
 TOOLKIT_TAG="smlocal/training-toolkit:1"
 SCRIPT_TAG="smlocal-example/sklearn-script:1"
+TORCH_TAG="smlocal-test/torch:1"
 # Bump TOOLKIT_TAG with it: the image is cached by tag.
 TOOLKIT_VERSION="5.1.4"
 PYTHON="${PYTHON:-python3}"
@@ -35,6 +37,7 @@ CACHE_DIR="${SMLOCAL_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/smlocal
 SUITE="bookworm"
 FALLBACK_MIRROR="http://deb.debian.org/debian"
 PYTHON_PACKAGES="python3,python3-numpy,python3-sklearn,python3-boto3,python3-venv,python3-pip,ca-certificates"
+TORCH_PACKAGES="python3,python3-torch"
 IMAGE_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -188,18 +191,23 @@ build_busybox() {
     rm -rf --one-file-system "${rootfs}"
 }
 
-build_python_base() {
-    local mirror rootfs
+# A minbase Debian with `packages` in `rootfs`, from the mirror apt uses here.
+debootstrap_rootfs() {
+    local packages="$1" rootfs="$2" mirror
     command -v debootstrap >/dev/null 2>&1 || die "debootstrap is not installed (run scripts/ensure-docker.sh)"
     mirror="$(debian_mirror)"
-    rootfs="${WORK_DIR}/python-rootfs"
     log "debootstrap ${SUITE} from ${mirror} (takes a few minutes)"
-    if ! debootstrap --variant=minbase --include="${PYTHON_PACKAGES}" \
+    if ! debootstrap --variant=minbase --include="${packages}" \
         "${SUITE}" "${rootfs}" "${mirror}" >"${WORK_DIR}/debootstrap.log" 2>&1; then
         tail -n 40 "${WORK_DIR}/debootstrap.log" >&2
         [[ -f "${rootfs}/debootstrap/debootstrap.log" ]] && tail -n 40 "${rootfs}/debootstrap/debootstrap.log" >&2
         die "debootstrap failed (mirror ${mirror})"
     fi
+}
+
+build_python_base() {
+    local rootfs="${WORK_DIR}/python-rootfs"
+    debootstrap_rootfs "${PYTHON_PACKAGES}" "${rootfs}"
     # Downloaded .debs, package lists, docs and translations are dead weight
     # in a container. Most of the remaining ~1 GB is g++/boost, which Debian's
     # python3-scipy drags in through python3-pythran; force-removing them would
@@ -219,6 +227,23 @@ build_python_base() {
         --change "ENV LANG=C.UTF-8" \
         --change 'CMD ["python3"]' \
         --message "smlocal python base: debian ${SUITE} minbase + python3, numpy, sklearn, boto3"
+    rm -rf --one-file-system "${rootfs}"
+}
+
+# Debian's own PyTorch build (CPU only), for a real DataLoader with worker processes.
+build_torch() {
+    local rootfs="${WORK_DIR}/torch-rootfs"
+    debootstrap_rootfs "${TORCH_PACKAGES}" "${rootfs}"
+    rm -rf "${rootfs}"/var/cache/apt/archives/*.deb "${rootfs}"/var/cache/apt/*.bin "${rootfs}"/var/lib/apt/lists/* \
+        "${rootfs}"/usr/share/doc/* "${rootfs}"/usr/share/man/* "${rootfs}"/usr/share/locale/* \
+        "${rootfs}"/tmp/* "${rootfs}"/var/tmp/*
+    : >"${rootfs}/etc/resolv.conf"
+    rm -f "${rootfs}/etc/hostname"
+    import_rootfs "${rootfs}" "${TORCH_TAG}" \
+        --change "ENV PATH=${IMAGE_PATH}" \
+        --change "ENV LANG=C.UTF-8" \
+        --change 'CMD ["python3"]' \
+        --message "smlocal test image: debian ${SUITE} minbase + python3-torch"
     rm -rf --one-file-system "${rootfs}"
 }
 
@@ -317,7 +342,7 @@ main() {
         "${SCRIPT_DIR}/ensure-docker.sh"
     fi
     if { needs_build "${BUSYBOX_TAG}" && ! static_busybox_path >/dev/null; } \
-        || { needs_build "${PYTHON_TAG}" && ! command -v debootstrap >/dev/null 2>&1; }; then
+        || { { needs_build "${PYTHON_TAG}" || needs_build "${TORCH_TAG}"; } && ! command -v debootstrap >/dev/null 2>&1; }; then
         log "build tools missing; running ensure-docker.sh"
         "${SCRIPT_DIR}/ensure-docker.sh"
     fi
@@ -329,8 +354,9 @@ main() {
     build_if_missing "${SKLEARN_TAG}" build_sklearn_example
     build_if_missing "${TOOLKIT_TAG}" build_toolkit
     build_if_missing "${SCRIPT_TAG}" build_script_example
+    build_if_missing "${TORCH_TAG}" build_torch
 
-    for tag in "${BUSYBOX_TAG}" "${PYTHON_TAG}" "${SKLEARN_TAG}" "${TOOLKIT_TAG}" "${SCRIPT_TAG}"; do
+    for tag in "${BUSYBOX_TAG}" "${PYTHON_TAG}" "${SKLEARN_TAG}" "${TOOLKIT_TAG}" "${SCRIPT_TAG}" "${TORCH_TAG}"; do
         log "  ${tag}: ${TIMINGS["${tag}"]}"
     done
     log "done in $((SECONDS - total_start))s"

@@ -21,12 +21,15 @@ from server.services.cloudwatch.provider import CloudWatchMetrics
 from server.services.iam.provider import Iam
 from server.services.logs.provider import CloudWatchLogs
 from server.services.sagemaker.provider import JobLimits, Operations
+from server.services.smlocal.host_access import HostAccess, HostProcess
 from server.services.smlocal.model import SERVICE_NAME, smlocal_session
 from server.services.smlocal.provider import Control
+from server.shell import mount_shell
 from smlocal.core.errors import ApiError
+from smlocal.core.file_systems import FileSystems
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.local_channels import LocalChannelRoots
-from smlocal.core.settings import Settings
+from smlocal.core.settings import Settings, machine
 from smlocal.core.store import Store
 
 log = logging.getLogger("smlocal.server")
@@ -44,20 +47,27 @@ class JobRunner(Protocol):
 
     def progress(self, arn: str) -> list[dict[str, Any]] | None: ...
 
+    def exec_in_host(self, arn: str, host: str, command: list[str], *, tty: bool, stdin: bool,
+                     environment: dict[str, str] | None = None) -> HostProcess | None: ...
+
 
 def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: JobRunner | None) -> FastAPI:
     """The HTTP app over the parts `smlocal serve` built (server.cli, the composition root); `runner` None:
     jobs are not run (--no-run-jobs)."""
     data_dir = Path(settings.data_dir).resolve()
     limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
-                       local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir))
+                       local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir),
+                       file_systems=FileSystems.of(settings.file_systems, settings.data_dir),
+                       machine=machine() if settings.enforce_instance_resources else None)
+    # `smlocal shell`: ExecuteCommand and StartSession, and the WebSocket a session streams over.
+    hosts = HostAccess(lifecycle, runner.exec_in_host if runner is not None else None)
     registry = ServiceRegistry([
         Service.of("sagemaker", Operations(store, lifecycle, data_dir=data_dir, limits=limits)),
         Service.of("logs", CloudWatchLogs(store, data_dir)),
         Service.of("cloudwatch", CloudWatchMetrics(store)),
         Service.of("iam", Iam()),
-        Service.of(SERVICE_NAME, Control(lifecycle, runner.progress if runner is not None else lambda _arn: None),
-                   smlocal_session()),
+        Service.of(SERVICE_NAME, Control(lifecycle, runner.progress if runner is not None else lambda _arn: None,
+                                         hosts), smlocal_session()),
     ])
     authenticator = Authenticator(settings.region, settings.access_key, settings.secret_key)
 
@@ -97,6 +107,7 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
 
     # Before the catch-all API route below, which would take /console too.
     mount_console(app, settings, registry)
+    mount_shell(app, hosts, authenticator)
 
     def handle(route: protocol.Route, body: bytes, ctx: RequestContext, request_id: str) -> Response:
         service, op = route.service, route.operation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,7 @@ from server.datadir import DataDirInUse, DataDirLock, make_private
 from server.s3.base import STORE_KINDS, StoreStartError
 from server.s3.embedded import embedded_store
 from server.s3.front import S3Front, start_front
+from smlocal.core.file_systems import FileSystemMapError, FileSystems, parse_mapping
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.settings import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
 from smlocal.core.store import SchemaTooNew, Store
@@ -73,6 +75,10 @@ def serve(
     local_channel_root: Annotated[list[Path] | None, _opt(
         "LOCAL_CHANNEL_ROOT", "A folder file:// channels may read from (repeatable; the env var takes a "
         "':'-separated list). None: file:// channels are refused.")] = None,
+    file_system: Annotated[list[str] | None, _opt(
+        "FILE_SYSTEM", "FS_ID=DIR: the folder standing for an EFS or FSx for Lustre file system that "
+        "FileSystemDataSource channels name (repeatable; the env var takes a space-separated list). Unmapped ids "
+        "are refused at CreateTrainingJob.")] = None,
     allow_unauthenticated: Annotated[bool, _opt(
         "ALLOW_UNAUTHENTICATED", "Serve a non-loopback --host without --access-key/--secret-key.")] = False,
     stop_grace_seconds: Annotated[float, _opt(
@@ -85,6 +91,10 @@ def serve(
     spot_interruptions: Annotated[float, _opt(
         "SPOT_INTERRUPTIONS", "Drills: interrupt every managed spot job at random, RATE times per hour of "
         "Training on average (as `smlocal interrupt` does). 0: only on demand.")] = 0.0,
+    enforce_instance_resources: Annotated[bool, _opt(
+        "ENFORCE_INSTANCE_RESOURCES", "Give each container its instance type's vCPUs (a cpuset) and memory "
+        "(a limit), and refuse at CreateTrainingJob (ResourceLimitExceeded) an instance type larger than this "
+        "machine.")] = False,
     log_level: Annotated[str, _opt("LOG_LEVEL", "Log level.")] = "info",
 ) -> None:
     """Serve the SageMaker API on HOST:PORT."""
@@ -100,6 +110,7 @@ def serve(
     if max_hosts_per_job is not None and max_hosts_per_job < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--max-hosts-per-job")
     roots = tuple(_local_root(path) for path in local_channel_root or ())
+    file_systems = _file_systems(file_system or (), data_dir)
     job_range = _job_subnets(job_subnets) if run_jobs else None
     if not access_key and not allow_unauthenticated and not _is_loopback(host):
         console.print(f"[red]Refusing to serve {escape(host)} without authentication: anyone who reaches it could run "
@@ -140,8 +151,10 @@ def serve(
         container_s3_endpoint=container_s3_endpoint,
         max_concurrent_jobs=max_concurrent_jobs or default_max_concurrent_jobs(),
         max_hosts_per_job=max_hosts_per_job or default_max_hosts_per_job(), local_channel_roots=roots,
+        file_systems=file_systems,
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs, job_subnets=job_range,
         spot_interruptions_per_hour=spot_interruptions,
+        enforce_instance_resources=enforce_instance_resources,
     )
 
     try:
@@ -196,6 +209,21 @@ def _job_subnets(requested: str | None) -> str:
         raise typer.BadParameter(str(e), param_hint="--job-subnets") from None
 
 
+def _file_systems(values: Iterable[str], data_dir: Path) -> dict[str, Path]:
+    """`--file-system FS_ID=DIR` values as id -> resolved folder (smlocal.core.file_systems)."""
+    mapped: dict[str, Path] = {}
+    try:
+        for value in values:
+            fs_id, folder = parse_mapping(value)
+            if fs_id in mapped and mapped[fs_id] != folder:
+                raise FileSystemMapError(f"{fs_id} is mapped twice ({mapped[fs_id]} and {folder})")
+            mapped[fs_id] = folder
+        FileSystems.of(mapped, data_dir).check_folders()
+    except FileSystemMapError as e:
+        raise typer.BadParameter(str(e), param_hint="--file-system") from None
+    return mapped
+
+
 def _local_root(path: Path) -> Path:
     if not path.is_dir():
         raise typer.BadParameter(f"{path} is not a folder", param_hint="--local-channel-root")
@@ -246,6 +274,8 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
         jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"
                  "               jobs stay InProgress until it answers; smlocal retries (GET /health tells)")
     local = escape(", ".join(str(r) for r in settings.local_channel_roots)) or "off (no --local-channel-root)"
+    if settings.file_systems:
+        local += "\nfile systems   " + escape(", ".join(f"{k}={v}" for k, v in settings.file_systems.items()))
     web = f"{api}/console/"
     if settings.access_key:
         web += " (sign in with the access key / secret key; from this machine only)"

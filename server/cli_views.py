@@ -1,4 +1,5 @@
-"""`smlocal jobs`, `smlocal logs`, `smlocal stop` and `smlocal interrupt`: a running server, through its API.
+"""`smlocal jobs`, `smlocal logs`, `smlocal stop`, `smlocal interrupt` and `smlocal shell`: a running server,
+through its API.
 
 They use boto3 against the server's endpoint, exactly as any client would, and never open its database.
 """
@@ -6,19 +7,24 @@ They use boto3 against the server's endpoint, exactly as any client would, and n
 from __future__ import annotations
 
 import datetime as dt
+import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import boto3
 import typer
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from server import shell_client
+from server.services.smlocal.host_access import DEFAULT_COMMAND_TIMEOUT_SECONDS
 from server.services.smlocal.model import smlocal_session
 from smlocal.core.lifecycle import TERMINAL_STATUSES
 from smlocal.core.logstore import LOG_GROUP
@@ -37,15 +43,26 @@ Region = Annotated[str, typer.Option(
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 
 
-def client(service: str, endpoint: str, region: str) -> Any:
+def _session() -> boto3.session.Session:
     # smlocal's own service model is found beside the AWS ones (`smlocal interrupt`).
-    session = boto3.session.Session(botocore_session=smlocal_session())
+    return boto3.session.Session(botocore_session=smlocal_session())
+
+
+# A server started without --access-key accepts any signature; one is still needed to sign.
+ANY_KEYS = Credentials("test", "test")
+
+
+def _credentials(session: boto3.session.Session) -> Credentials:
+    return session.get_credentials() or ANY_KEYS
+
+
+def client(service: str, endpoint: str, region: str, **config: Any) -> Any:
+    session = _session()
     keys: dict[str, str] = {}
     if session.get_credentials() is None:
-        # A server started without --access-key accepts any signature; one is still needed to sign.
-        keys = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+        keys = {"aws_access_key_id": ANY_KEYS.access_key, "aws_secret_access_key": ANY_KEYS.secret_key}
     return session.client(service, endpoint_url=endpoint, region_name=region,
-                          config=Config(retries={"max_attempts": 3, "mode": "standard"}), **keys)
+                          config=Config(**{"retries": {"max_attempts": 3, "mode": "standard"}, **config}), **keys)
 
 
 @contextmanager
@@ -55,7 +72,7 @@ def api_errors(endpoint: str) -> Iterator[None]:
         yield
     except ClientError as e:
         error = e.response.get("Error", {})
-        err_console.print(f"[red]error[/red] ({error.get('Code')}): {error.get('Message')}")
+        err_console.print(f"[red]error[/red] ({error.get('Code')}): {error.get('Message')}", soft_wrap=True)
         raise typer.Exit(1) from None
     except EndpointConnectionError:
         err_console.print(f"[red]error[/red]: cannot reach smlocal at {endpoint}: is `smlocal serve` running? "
@@ -244,9 +261,101 @@ def interrupt(
                                 described["SecondaryStatus"], "); it runs again from its checkpoints"))
 
 
+# ---- smlocal shell --------------------------------------------------------------------------------
+
+# A command that did not end in time exits with this, as `timeout(1)` does.
+TIMED_OUT_EXIT = 124
+
+
+def shell(
+    job: Annotated[str, typer.Argument(help="The training job's name.")],
+    command: Annotated[list[str] | None, typer.Argument(
+        help="A command to run instead of a shell, after `--` (e.g. -- sh -c 'ls /opt/ml').", show_default=False)
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="The host (algo-1, algo-2, ...); the job's first by default.")
+                    ] = None,
+    interactive: Annotated[bool, typer.Option(
+        "--interactive", "-i", help="Run COMMAND with this terminal's input (and a TTY if it is one), as the "
+        "shell runs.")] = False,
+    timeout: Annotated[int, typer.Option(
+        help="Seconds to wait for COMMAND (without -i) to end; it runs on, detached, after that.")
+    ] = DEFAULT_COMMAND_TIMEOUT_SECONDS,
+    endpoint_url: Endpoint = DEFAULT_ENDPOINT,
+    region: Region = "us-east-1",
+) -> None:
+    """Open a shell in a running host of a training job, through the server (its Docker engine need not be
+    reachable from here), or run COMMAND there and exit with its exit code.
+
+    The job must be InProgress and Training and have remote debugging enabled
+    (RemoteDebugConfig={EnableRemoteDebug=true}), as SageMaker requires for `aws ssm start-session`.
+    """
+    if command and not interactive:
+        _execute(job, command, host, timeout, endpoint_url, region)
+    session = _session()
+    # A terminal on both ends: the remote process gets one too (raw keys, its size); else plain bytes.
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    params: dict[str, Any] = {"TrainingJobName": job, "Tty": tty}
+    if host:
+        params["HostName"] = host
+    if command:
+        params["Command"] = command
+    if tty and (term := os.environ.get("TERM")):
+        params["Environment"] = {"TERM": term}
+    with api_errors(endpoint_url):
+        started = client("smlocal", endpoint_url, region).start_session(**params)
+    try:
+        ws = shell_client.open_stream(endpoint_url, started["StreamUrl"], started["TokenValue"], region,
+                                      _credentials(session).get_frozen_credentials())
+    except shell_client.StreamRefused as e:
+        err_console.print(f"[red]error[/red] ({e.code}): {e.message}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except OSError as e:
+        err_console.print(f"[red]error[/red]: cannot open the session's stream at {endpoint_url}: {e}")
+        raise typer.Exit(1) from None
+    if tty:  # as `aws ssm start-session` says it
+        err_console.print(f"Starting session with SessionId: {started['SessionId']} ({started['HostName']})",
+                          soft_wrap=True)
+    with ws:
+        code = shell_client.relay(ws, tty)
+    if tty:
+        err_console.print(f"\nExiting session with SessionId: {started['SessionId']}.", soft_wrap=True)
+    if code is None:
+        err_console.print("[red]error[/red]: the session ended without the process's exit code")
+        raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
+def _execute(job: str, command: list[str], host: str | None, timeout: int, endpoint_url: str,
+             region: str) -> NoReturn:
+    """ExecuteCommand: its output printed as it came (stdout, stderr), then its exit code as ours."""
+    params: dict[str, Any] = {"TrainingJobName": job, "Command": command, "TimeoutInSeconds": timeout}
+    if host:
+        params["HostName"] = host
+    # One attempt: a command is not run twice because an answer was slow; the answer takes `timeout`.
+    smlocal = client("smlocal", endpoint_url, region, retries={"max_attempts": 1}, read_timeout=timeout + 60)
+    with api_errors(endpoint_url):
+        result = smlocal.execute_command(**params)
+    sys.stdout.write(result.get("StandardOutput", ""))
+    sys.stdout.flush()
+    sys.stderr.write(result.get("StandardError", ""))
+    sys.stderr.flush()
+    if result.get("OutputTruncated"):
+        err_console.print("[yellow]smlocal: the output was longer than ExecuteCommand keeps (1 MiB each): "
+                          "the rest was dropped[/yellow]")
+    if result.get("TimedOut"):
+        err_console.print(f"[red]error[/red]: the command did not end within {timeout} s (--timeout); it runs on "
+                          f"in {result['HostName']}")
+        raise typer.Exit(TIMED_OUT_EXIT)
+    if "ExitCode" not in result:
+        err_console.print("[red]error[/red]: the command ended but its exit code is unknown")
+        raise typer.Exit(1)
+    raise typer.Exit(result["ExitCode"])
+
+
 def register(app: typer.Typer) -> None:
     app.command()(jobs)
     app.command()(logs)
     app.command()(stop)
     app.command()(interrupt)
+    app.command()(shell)
 

@@ -314,6 +314,17 @@ def test_dot_channel_names(sm, unique_name, channel_name):
         sm.describe_training_job(TrainingJobName=name)
 
 
+def test_a_hub_dataset_channel_is_refused_at_create(sm, unique_name):
+    name = unique_name()
+    channels = [{"ChannelName": "hub", "DataSource": {"DatasetSource": {
+        "DatasetArn": "arn:aws:sagemaker:us-east-1:123456789012:hub-content/h/DataSet/d/1.0.0"}}}]
+    assert rejected(sm, **job_request(name, InputDataConfig=channels)) == (
+        "ValidationException", "Invalid data source for channel hub: smlocal cannot read a DatasetSource (a SageMaker "
+        "hub dataset); use an S3DataSource or a FileSystemDataSource")
+    with pytest.raises(ClientError):
+        sm.describe_training_job(TrainingJobName=name)
+
+
 def test_dotted_channel_names_that_are_names_are_fine(sm, unique_name):
     channels = [{"ChannelName": n, "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"s3://b/{n}"}}}
                 for n in ("...", ".hidden", "train.v2")]

@@ -106,9 +106,10 @@ def test_file_uris_copy_a_local_folder(tmp_path: Path, minio: Minio) -> None:
 
 
 def test_unsupported_sources_say_so(tmp_path: Path, minio: Minio) -> None:
+    # CreateTrainingJob refuses it first (tests/test_api_validation.py); staging still says so, not a crash.
     request = {"InputDataConfig": [
-        {"ChannelName": "fs", "DataSource": {"FileSystemDataSource": {"FileSystemId": "fs-1"}}}]}
-    with pytest.raises(DataDownloadError, match="FileSystemDataSource is not supported"):
+        {"ChannelName": "hub", "DataSource": {"DatasetSource": {"DatasetArn": "arn:aws:sagemaker:x"}}}]}
+    with pytest.raises(DataDownloadError, match="DatasetSource is not supported"):
         _stage(request, _layout(tmp_path, request), minio)
 
 

@@ -26,7 +26,8 @@ class _SharedStaging:
             if self._done:
                 return
             spec = self.context.spec
-            stage_channel(self.channel, [layout.channel_dir(self.channel.name) for layout in self.context.layouts],
+            hosts = self.context.channel_hosts(self.channel)
+            stage_channel(self.channel, [self.context.layout(h).channel_dir(self.channel.name) for h in hosts],
                           self.context.s3, spec.region, spec.role_arn, cancelled, self.context.local_roots)
             self._done = True
 

@@ -2,7 +2,8 @@
 
 A provider's life, driven by `runner.execution`:
 - `mounts()` when the host's container is created: extra bind mounts it needs (host path -> container
-  path, below the channel's `/opt/ml/input/data/<channel>`), known before anything is fetched;
+  path, below the channel's `/opt/ml/input/data/<channel>`), known before anything is fetched, and
+  `read_only_mounts()` which of them the container may not write (a FileSystemDataSource mounted `ro`);
 - `prepare(cancelled)` before the container starts (containers are created before it when the image
   is local): File mode downloads the data; Pipe lists the channel and makes the first epoch's FIFO;
   FastFile mounts the S3 prefix at the channel's folder (a mount made before the start is carried
@@ -63,6 +64,11 @@ class InputContext:
     def layout(self, host: str) -> HostLayout:
         return next(layout for layout in self.layouts if layout.host == host)
 
+    def channel_hosts(self, channel: ChannelSpec) -> list[str]:
+        """The hosts of this run that get `channel`, in host order."""
+        mine = {layout.host for layout in self.layouts}
+        return [host for host in self.spec.channel_hosts(channel) if host in mine]
+
 
 class InputProvider(ABC):
     """One channel's data on one host."""
@@ -80,13 +86,19 @@ class InputProvider(ABC):
         return None
 
     @property
+    def channel_hosts(self) -> list[str]:
+        """The hosts that get this channel (InstanceGroupNames: only those groups' hosts; `JobSpec.channel_hosts`)."""
+        return self.context.channel_hosts(self.channel)
+
+    @property
     def host_index(self) -> int:
-        """This host's place among the job's hosts, from 0: which shard of a ShardedByS3Key channel it gets."""
-        return [layout.host for layout in self.context.layouts].index(self.host)
+        """This host's place among the channel's hosts, from 0: which shard of a ShardedByS3Key channel it gets."""
+        return self.channel_hosts.index(self.host)
 
     @property
     def host_count(self) -> int:
-        return len(self.context.layouts)
+        """How many hosts a ShardedByS3Key channel is split among: those that get it."""
+        return len(self.channel_hosts)
 
     @property
     def folder(self) -> Path:
@@ -100,6 +112,10 @@ class InputProvider(ABC):
 
     def mounts(self) -> dict[str, str]:
         return {}
+
+    def read_only_mounts(self) -> set[str]:
+        """The container paths of `mounts()` that are mounted read-only (asked after `mounts()`)."""
+        return set()
 
     @abstractmethod
     def prepare(self, cancelled: Cancelled) -> None: ...

@@ -85,6 +85,16 @@ class S3Source:
 
 
 @dataclass(frozen=True)
+class FileSystemSource:
+    """FileSystemDataSource: a folder of an EFS or FSx for Lustre file system, mounted at the channel's path."""
+
+    file_system_id: str
+    file_system_type: str  # EFS | FSxLustre
+    directory_path: str  # as requested (smlocal.core.file_systems resolves it)
+    access_mode: str  # ro | rw
+
+
+@dataclass(frozen=True)
 class ChannelSpec:
     name: str
     input_mode: str  # File | Pipe | FastFile: the channel's InputMode, else the job's
@@ -94,6 +104,9 @@ class ChannelSpec:
     compression: str = "None"  # None | Gzip
     record_wrapper: str = "None"  # None | RecordIO
     shuffle_seed: int | None = None
+    # S3DataSource.InstanceGroupNames: only these groups' hosts get the channel (none: every host).
+    instance_groups: tuple[str, ...] = ()
+    file_system: FileSystemSource | None = None  # FileSystemDataSource
 
 
 @dataclass(frozen=True)
@@ -174,7 +187,9 @@ class JobSpec:
     max_pending_seconds: int | None = None  # MaxPendingTimeInSeconds, for a job waiting for a slot
     max_retry_attempts: int = 0  # RetryStrategy.MaximumRetryAttempts: retries after a platform fault
     network_isolation: bool = False  # EnableNetworkIsolation (runner.networks)
+    vpc: bool = False  # VpcConfig: a private subnet with an S3 endpoint (runner.vpc)
     inter_container_encryption: bool = False  # EnableInterContainerTrafficEncryption (runner.notices)
+    remote_debug: bool = False  # RemoteDebugConfig.EnableRemoteDebug: `smlocal shell` may enter its hosts
 
     @property
     def hosts(self) -> list[str]:
@@ -184,6 +199,14 @@ class JobSpec:
 
     def group_of(self, host: str) -> InstanceGroup:
         return next(g for g in self.instance_groups if host in g.hosts)
+
+    def channel_hosts(self, channel: ChannelSpec) -> list[str]:
+        """The hosts that get a channel, in host order: with InstanceGroupNames only those groups' hosts ("S3 data
+        will be sent to all instance groups in the specified list", SDK v2 `TrainingInput(instance_groups=)`), and
+        a ShardedByS3Key channel is split among these hosts only; without, every host."""
+        if not channel.instance_groups:
+            return self.hosts
+        return [h for h in self.hosts if self.group_of(h).name in channel.instance_groups]
 
     def synced_folders(self) -> tuple[SyncedFolder, ...]:
         """Every folder synced to S3 while the job runs: the checkpoints, TensorBoard's, the debug hook's.
@@ -246,7 +269,9 @@ class JobSpec:
             max_pending_seconds=_int_or_none(stopping.get("MaxPendingTimeInSeconds")),
             max_retry_attempts=int((request.get("RetryStrategy") or {}).get("MaximumRetryAttempts") or 0),
             network_isolation=bool(request.get("EnableNetworkIsolation")),
+            vpc=bool(request.get("VpcConfig")),
             inter_container_encryption=bool(request.get("EnableInterContainerTrafficEncryption")),
+            remote_debug=bool((request.get("RemoteDebugConfig") or {}).get("EnableRemoteDebug")),
         )
 
 
@@ -279,6 +304,7 @@ def _strings(mapping: dict[str, Any] | None) -> dict[str, str]:
 def _channel(channel: dict[str, Any], job_mode: str) -> ChannelSpec:
     source = channel.get("DataSource") or {}
     s3 = source.get("S3DataSource")
+    file_system = source.get("FileSystemDataSource")
     shuffle = channel.get("ShuffleConfig") or {}
     return ChannelSpec(
         name=channel["ChannelName"],
@@ -291,6 +317,10 @@ def _channel(channel: dict[str, Any], job_mode: str) -> ChannelSpec:
         compression=channel.get("CompressionType", "None"),
         record_wrapper=channel.get("RecordWrapperType", "None"),
         shuffle_seed=shuffle.get("Seed"),
+        instance_groups=tuple((s3 or {}).get("InstanceGroupNames") or ()),
+        file_system=FileSystemSource(file_system["FileSystemId"], file_system["FileSystemType"],
+                                     file_system["DirectoryPath"], file_system["FileSystemAccessMode"])
+        if file_system is not None else None,
     )
 
 

@@ -506,6 +506,24 @@ class Lifecycle:
         self._notify(job)
         return job
 
+    def update_remote_debug(self, arn: str, enabled: bool) -> JobRecord:
+        """UpdateTrainingJob's RemoteDebugConfig: "You can update the remote debugging configuration when the
+        SecondaryStatus of the job is Downloading or Training" (API reference). Kept in the stored request, so
+        DescribeTrainingJob echoes it and `smlocal shell` sees it at once."""
+        with self.store.transaction() as s:
+            row = self._get_row(s, arn)
+            if row.status != IN_PROGRESS or row.secondary_status not in (DOWNLOADING, TRAINING):
+                raise ApiError("ValidationException", "The remote debugging configuration can be updated only "
+                               f"while the training job's SecondaryStatus is {DOWNLOADING} or {TRAINING}; "
+                               f"training job {row.name} is {row.status} ({row.secondary_status}).")
+            request = json.loads(row.request_json)
+            request["RemoteDebugConfig"] = {**(request.get("RemoteDebugConfig") or {}), "EnableRemoteDebug": enabled}
+            row.request_json = json.dumps(request)
+            row.last_modified_time = time.time()
+            job = JobRecord.from_row(row)
+        self._notify(job)
+        return job
+
     def interrupted(self, arn: str) -> JobRecord:
         """The interrupted run is over (its hosts exited, checkpoints synced): Interrupted, back to the queue."""
         def change(row: JobRow, now: float) -> None:

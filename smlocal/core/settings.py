@@ -17,6 +17,11 @@ def _machine() -> tuple[int, float]:
     return cores, mem_gib
 
 
+def machine() -> tuple[int, float]:
+    """This machine's cores and memory (GiB), as `--enforce-instance-resources` measures instance types by."""
+    return _machine()
+
+
 def default_max_concurrent_jobs() -> int:
     # A training container typically wants a core and a few GiB; keep the machine responsive.
     cores, mem_gib = _machine()
@@ -54,12 +59,17 @@ class Settings:
     max_hosts_per_job: int = field(default_factory=default_max_hosts_per_job)
     # Folders `file://` channels may name (resolved, absolute); none: `file://` channels are refused.
     local_channel_roots: tuple[Path, ...] = ()
+    # FileSystemDataSource: file system id -> the folder standing for it (`--file-system`, smlocal.core.file_systems).
+    file_systems: dict[str, Path] = field(default_factory=dict)
     stop_grace_seconds: float = 120.0
     run_jobs: bool = True
     # The IPv4 range job networks are carved from (runner.subnets); None: a default chosen at startup.
     job_subnets: str | None = None
     # Drills: spot interruptions per hour of Training, at random, for every managed spot job (0: none).
     spot_interruptions_per_hour: float = 0.0
+    # Containers get their instance type's vCPUs (a cpuset) and memory limit, and a job whose instance type
+    # this machine cannot hold is ResourceLimitExceeded at CreateTrainingJob (smlocal.core.instance_types).
+    enforce_instance_resources: bool = False
 
     @property
     def db_path(self) -> str:

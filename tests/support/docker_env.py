@@ -31,8 +31,10 @@ SKLEARN_EXAMPLE_IMAGE = "smlocal-example/sklearn:1"
 # The real SageMaker training toolkit (`train`), and the script-mode example baked into it.
 TOOLKIT_IMAGE = "smlocal/training-toolkit:1"
 SCRIPT_EXAMPLE_IMAGE = "smlocal-example/sklearn-script:1"
+# Debian's PyTorch, for a real DataLoader with workers (tests/test_instance_types.py).
+TORCH_IMAGE = "smlocal-test/torch:1"
 TEST_IMAGES: tuple[str, ...] = (BUSYBOX_IMAGE, PYTHON_BASE_IMAGE, SKLEARN_EXAMPLE_IMAGE, TOOLKIT_IMAGE,
-                                SCRIPT_EXAMPLE_IMAGE)
+                                SCRIPT_EXAMPLE_IMAGE, TORCH_IMAGE)
 
 
 

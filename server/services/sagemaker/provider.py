@@ -9,10 +9,17 @@ from typing import Any
 
 from server.aws.context import RequestContext
 from server.services.sagemaker.listing import list_training_jobs
-from server.services.sagemaker.rules import check_create_rules, check_host_limit, check_local_channels
+from server.services.sagemaker.rules import (
+    check_create_rules,
+    check_file_systems,
+    check_host_limit,
+    check_instance_fit,
+    check_local_channels,
+)
 from server.services.sagemaker.tagging import Tags, check_arn_scope, check_tag_keys
 from smlocal.core import warm_pools
 from smlocal.core.errors import ApiError
+from smlocal.core.file_systems import FileSystems
 from smlocal.core.jobspec import DEFAULT_MAX_RUNTIME, model_artifacts_uri
 from smlocal.core.lifecycle import Lifecycle, billable_seconds, training_job_arn, training_seconds
 from smlocal.core.local_channels import LocalChannelRoots
@@ -26,10 +33,13 @@ CREATE_REQUIRED = ("AlgorithmSpecification", "ResourceConfig", "StoppingConditio
 
 @dataclass(frozen=True)
 class JobLimits:
-    """What this server lets one job ask for (`--max-hosts-per-job`, `--local-channel-root`)."""
+    """What this server lets one job ask for (`--max-hosts-per-job`, `--local-channel-root`, `--file-system`)."""
 
     max_hosts_per_job: int = field(default_factory=default_max_hosts_per_job)
     local_roots: LocalChannelRoots = field(default_factory=LocalChannelRoots)
+    file_systems: FileSystems = field(default_factory=FileSystems)
+    # `--enforce-instance-resources`: this machine's (cores, memory GiB) every instance of a job must fit.
+    machine: tuple[int, float] | None = None
 
 
 class Operations:
@@ -65,7 +75,10 @@ class Operations:
         check_create_rules(params)
         check_tag_keys(params.get("Tags", []))
         check_local_channels(params, self.limits.local_roots)
+        check_file_systems(params, self.limits.file_systems)
         check_host_limit(params, self.limits.max_hosts_per_job)
+        if self.limits.machine is not None:
+            check_instance_fit(params, *self.limits.machine)
         request = {k: v for k, v in params.items() if k != "Tags"}
         job = self.lifecycle.create(
             account_id=ctx.account_id, region=ctx.region, name=params["TrainingJobName"],
@@ -84,8 +97,8 @@ class Operations:
         return {}
 
     def update_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        """UpdateTrainingJob: the warm pool's KeepAlivePeriodInSeconds. The profiler is not run by smlocal, so
-        its settings are refused rather than accepted and ignored."""
+        """UpdateTrainingJob: the warm pool's KeepAlivePeriodInSeconds, and RemoteDebugConfig. The profiler is
+        not run by smlocal, so its settings are refused rather than accepted and ignored."""
         arn = self._arn(ctx, params)
         unsupported = [k for k in ("ProfilerConfig", "ProfilerRuleConfigurations") if k in params]
         if unsupported:
@@ -95,6 +108,10 @@ class Operations:
         keep_alive = (params.get("ResourceConfig") or {}).get("KeepAlivePeriodInSeconds")
         if keep_alive is not None:
             job = self.lifecycle.update_keep_alive(arn, keep_alive)
+        # Remote debugging (`smlocal shell`): on or off while the job is Downloading or Training.
+        remote_debug = (params.get("RemoteDebugConfig") or {}).get("EnableRemoteDebug")
+        if remote_debug is not None:
+            job = self.lifecycle.update_remote_debug(arn, remote_debug)
         return {"TrainingJobArn": job.arn}
 
     def delete_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:

@@ -4,16 +4,20 @@ SageMaker's words (ValidationException, ResourceLimitExceeded), checked before t
 from __future__ import annotations
 
 import posixpath
+from collections import Counter
 from pathlib import PurePosixPath
 from typing import Any
 
 from server.aws.validation import raise_if_errors
 from smlocal.core.errors import ApiError
+from smlocal.core.file_systems import FileSystemRefused, FileSystems
+from smlocal.core.instance_types import fits, instance_type
 from smlocal.core.jobspec import (
     DEFAULT_CHECKPOINT_PATH,
     DEFAULT_DEBUG_HOOK_PATH,
     DEFAULT_MAX_RUNTIME,
     DEFAULT_TENSORBOARD_PATH,
+    JobSpec,
 )
 from smlocal.core.local_channels import LocalChannelRoots, is_local_uri, local_path
 
@@ -54,8 +58,10 @@ def check_create_rules(params: dict[str, Any]) -> None:
             raise ApiError("ValidationException", f"Channel name '{name}' is not valid: a channel name cannot be "
                            "'.' or '..'.")
     for channel in params.get("InputDataConfig", []):
+        _check_channel_source(channel)
         _check_channel_mode(channel, algo.get("TrainingInputMode", "File"))
     _check_instances(params["ResourceConfig"])
+    _check_channel_groups(params)
     _check_checkpoint_path(params.get("CheckpointConfig"))
     _check_synced_paths(params)
 
@@ -115,6 +121,14 @@ def _check_synced_paths(params: dict[str, Any]) -> None:
         taken.append((member, local, normal))
 
 
+def _check_channel_source(channel: dict[str, Any]) -> None:
+    """A channel smlocal cannot read is refused when the job is created, never accepted and failed later."""
+    if "DatasetSource" in channel["DataSource"]:
+        raise ApiError("ValidationException", f"Invalid data source for channel {channel['ChannelName']}: smlocal "
+                       "cannot read a DatasetSource (a SageMaker hub dataset); use an S3DataSource or a "
+                       "FileSystemDataSource")
+
+
 def _check_channel_mode(channel: dict[str, Any], job_mode: str) -> None:
     """What each input mode accepts of a channel; the channel's InputMode overrides the job's.
 
@@ -166,6 +180,20 @@ def _check_instances(resource: dict[str, Any]) -> None:
                      "than or equal to 1" for path, count in counts if count is not None and count < 1])
 
 
+def _check_channel_groups(params: dict[str, Any]) -> None:
+    """A channel's S3DataSource.InstanceGroupNames name groups of ResourceConfig.InstanceGroups ("A list of names
+    of instance groups that get data from the S3 data source"); SageMaker's wording for an unknown one is not
+    published: this follows the style of the channel messages above."""
+    groups = [g["InstanceGroupName"] for g in params["ResourceConfig"].get("InstanceGroups") or []]
+    for channel in params.get("InputDataConfig", []):
+        named = (channel["DataSource"].get("S3DataSource") or {}).get("InstanceGroupNames") or []
+        unknown = [n for n in named if n not in groups]
+        if unknown:
+            defined = ", ".join(groups) if groups else "none: the job has no InstanceGroups"
+            raise ApiError("ValidationException", f"Invalid instance group names for channel {channel['ChannelName']}: "
+                           f"{', '.join(unknown)} not defined in ResourceConfig.InstanceGroups ({defined})")
+
+
 def _host_count(resource: dict[str, Any]) -> int:
     groups = resource.get("InstanceGroups")
     if groups:
@@ -185,6 +213,27 @@ def check_host_limit(params: dict[str, Any], limit: int) -> None:
                        "for this limit.")
 
 
+def check_instance_fit(params: dict[str, Any], cores: int, memory_gib: float) -> None:
+    """Under `--enforce-instance-resources`: each instance of the job must fit this machine on its own (its hosts
+    share the machine, but one of them larger than the machine could never get what it asks for; how many run
+    at once is --max-hosts-per-job's and --max-concurrent-jobs' business). A type the table does not know
+    passes: nothing to measure it by."""
+    counts: Counter[str] = Counter()
+    for group in JobSpec.from_request(params).instance_groups:
+        counts[group.instance_type] += len(group.hosts)
+    for name, count in counts.items():
+        instance = instance_type(name)
+        if instance is not None and not fits(instance, cores, memory_gib):
+            # AWS's wording for an instance type the account has no quota for (see check_host_limit).
+            raise ApiError("ResourceLimitExceeded",
+                           f"The account-level service limit '{name} for training job usage' is 0 Instances, with "
+                           f"current utilization of 0 Instances and a request delta of {count} Instances. "
+                           f"{name} has {instance.vcpus} vCPUs and {instance.memory_gib:g} GiB of memory; this "
+                           f"machine has {cores} and {memory_gib:.1f} GiB, and smlocal runs with "
+                           "--enforce-instance-resources. Please choose an instance type this machine can hold, or "
+                           "start smlocal without --enforce-instance-resources.")
+
+
 def check_local_channels(params: dict[str, Any], roots: LocalChannelRoots) -> None:
     """`file://` channels only under the operator's roots (the runner checks again when it stages)."""
     for channel in params.get("InputDataConfig", []):
@@ -195,3 +244,17 @@ def check_local_channels(params: dict[str, Any], roots: LocalChannelRoots) -> No
         if refusal is not None:
             raise ApiError("ValidationException",
                            f"Invalid S3Uri {uri} in channel '{channel['ChannelName']}': {refusal}.")
+
+
+def check_file_systems(params: dict[str, Any], file_systems: FileSystems) -> None:
+    """FileSystemDataSource channels only of file systems the operator mapped (`--file-system`), with a DirectoryPath
+    that stays inside the mapped folder (the runner checks again before it mounts it)."""
+    for channel in params.get("InputDataConfig", []):
+        source = channel["DataSource"].get("FileSystemDataSource")
+        if source is None:
+            continue
+        try:
+            file_systems.resolve(source["FileSystemId"], source["FileSystemType"], source["DirectoryPath"])
+        except FileSystemRefused as e:
+            raise ApiError("ValidationException", f"Invalid FileSystemDataSource in channel "
+                           f"'{channel['ChannelName']}': {e.reason}.") from None

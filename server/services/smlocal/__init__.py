@@ -1,1 +1,2 @@
-"""smlocal's own control service (InterruptTrainingJob, DescribeTrainingJobProgress), in a botocore model."""
+"""smlocal's own control service (InterruptTrainingJob, DescribeTrainingJobProgress, ExecuteCommand,
+StartSession), in a botocore model."""

@@ -1,4 +1,5 @@
-"""smlocal's own operations: a spot interruption on demand, and a job's progress beyond DescribeTrainingJob."""
+"""smlocal's own operations: a spot interruption on demand, a job's progress beyond DescribeTrainingJob, and
+a way into a running host (ExecuteCommand, StartSession: server.services.smlocal.host_access)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server.aws.context import RequestContext
+from server.services.smlocal.host_access import HostAccess
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.lifecycle import Lifecycle, training_job_arn
 
@@ -14,12 +16,14 @@ Progress = Callable[[str], "list[dict[str, Any]] | None"]
 
 
 class Control:
-    def __init__(self, lifecycle: Lifecycle, progress: Progress) -> None:
+    def __init__(self, lifecycle: Lifecycle, progress: Progress, hosts: HostAccess) -> None:
         self._lifecycle = lifecycle
         self._progress = progress
+        self._hosts = hosts
 
     def handlers(self) -> dict[str, Callable[[RequestContext, dict[str, Any]], dict[str, Any]]]:
-        return {"InterruptTrainingJob": self.interrupt, "DescribeTrainingJobProgress": self.progress}
+        return {"InterruptTrainingJob": self.interrupt, "DescribeTrainingJobProgress": self.progress,
+                **self._hosts.handlers()}
 
     def interrupt(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         job = self._lifecycle.request_interrupt(training_job_arn(ctx.region, ctx.account_id, params["TrainingJobName"]))
