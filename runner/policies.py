@@ -26,22 +26,29 @@ class StopRequested(Exception):  # noqa: N818
     """A stop (StopTrainingJob or the deadline, already persisted as Stopping) came before the containers started."""
 
 
-class StopPolicy:
-    """Whether the job must stop (a stop request) or be let go (a shutdown); set by the runner, read by the job."""
+class _Request:
+    """A request the lifecycle persisted before anyone calls `request()`: set once, it wakes the execution."""
 
-    def __init__(self, wake: threading.Event, shutdown: threading.Event) -> None:
+    def __init__(self, wake: threading.Event) -> None:
         self._wake = wake
-        self._shutdown = shutdown
         self._requested = threading.Event()
 
     def request(self) -> None:
-        """The job is Stopping (persisted by the lifecycle before anyone calls this)."""
         self._requested.set()
         self._wake.set()
 
     @property
     def requested(self) -> bool:
         return self._requested.is_set()
+
+
+class StopPolicy(_Request):
+    """Whether the job must stop (a stop request: it is Stopping) or be let go (a shutdown); set by the runner,
+    read by the job."""
+
+    def __init__(self, wake: threading.Event, shutdown: threading.Event) -> None:
+        super().__init__(wake)
+        self._shutdown = shutdown
 
     def detaching(self) -> bool:
         """The server is shutting down: let go of the job as it is."""
@@ -59,21 +66,9 @@ class StopPolicy:
             raise StopRequested()
 
 
-class InterruptPolicy:
-    """A spot interruption asked for (persisted as interrupt_requested_at before anyone calls this): the
-    hosts get SIGTERM and the grace, the synced folders their last sync, and the job runs again."""
-
-    def __init__(self, wake: threading.Event) -> None:
-        self._wake = wake
-        self._requested = threading.Event()
-
-    def request(self) -> None:
-        self._requested.set()
-        self._wake.set()
-
-    @property
-    def requested(self) -> bool:
-        return self._requested.is_set()
+class InterruptPolicy(_Request):
+    """A spot interruption asked for (persisted as interrupt_requested_at): the hosts get SIGTERM and the
+    grace, the synced folders their last sync, and the job runs again."""
 
 
 class HostState(Protocol):

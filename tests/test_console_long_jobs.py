@@ -11,26 +11,14 @@ from typing import Any
 
 from tests.support.console import form_token, get, post, text_of
 from tests.support.jobs import wait_for_status
+from tests.support.long_jobs import CKPT, resumable
 from tests.support.runner_jobs import FINAL, OUTPUT_BUCKET, model_files, sh_job, wait_until
 from tests.support.smlocal import SmlocalServer
 
 SERVER = "runner_server"
-CKPT = "/opt/ml/checkpoints"
-
 # The first run leaves its piece of work in the checkpoint folder and trains on until it is interrupted;
 # the second finds it there (copied back in from S3), adds its own and trains a few seconds more.
-RESUMABLE = f"""
-n=$(ls {CKPT} | grep -c '^run-')
-n=$((n+1))
-echo "work of run $n" > {CKPT}/run-$n
-cat {CKPT}/run-* > /opt/ml/model/work.txt
-if [ $n -eq 1 ]; then
-  trap 'exit 0' TERM
-  i=0; while [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
-else
-  sleep 4
-fi
-"""
+RESUMABLE = resumable("sleep 4")
 
 
 def _fragment(server: SmlocalServer, name: str) -> str:

@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.support.jobs import wait_for_status, wait_recording
+from tests.support.long_jobs import CKPT, resumable
 from tests.support.runner_jobs import (
     FINAL,
     OUTPUT_BUCKET,
@@ -32,7 +33,6 @@ from tests.support.runner_jobs import (
 from tests.support.smlocal import SmlocalServer
 
 SERVER = "runner_server"
-CKPT = "/opt/ml/checkpoints"
 
 
 def _checkpointed(name: str, script: str, s3: Any, **overrides: Any) -> dict[str, Any]:
@@ -275,18 +275,7 @@ def test_tensorboard_output_reaches_s3_while_training_and_the_debug_hook_config_
 
 # ---- managed spot -----------------------------------------------------------------------------
 
-# Each run adds its own piece of work to the checkpoint folder and puts all the work so far in the model;
-# the first run then trains on until it is interrupted.
-_RESUMABLE = f"""
-n=$(ls {CKPT} | grep -c '^run-')
-n=$((n+1))
-echo "work of run $n" > {CKPT}/run-$n
-cat {CKPT}/run-* > /opt/ml/model/work.txt
-if [ $n -eq 1 ]; then
-  trap 'exit 0' TERM
-  i=0; while [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
-fi
-"""
+_RESUMABLE = resumable()
 
 
 def test_an_interrupted_spot_job_resumes_from_its_checkpoint_and_completes(

@@ -488,10 +488,8 @@ class Lifecycle:
 
         Persisted first; the runner hears of it from the listeners and carries it out (SIGTERM, the grace,
         checkpoints synced, Interrupted, then a new run)."""
-        with self.store.transaction() as s:
-            row = self._get_row(s, arn)
-            request = json.loads(row.request_json)
-            if not request.get("EnableManagedSpotTraining"):
+        def change(row: JobRow, now: float) -> None:
+            if not json.loads(row.request_json).get("EnableManagedSpotTraining"):
                 raise ApiError("ValidationException", f"Training job {row.name} is not a managed spot training "
                                "job (EnableManagedSpotTraining): only spot capacity can be interrupted.")
             # Training: its containers are made, or running (an interruption before they start takes them
@@ -500,18 +498,14 @@ class Lifecycle:
                 raise ApiError("ValidationException", f"Training job {row.name} can be interrupted only while "
                                f"it is Training; it is {row.status} ({row.secondary_status}).")
             if row.interrupt_requested_at is None:
-                row.interrupt_requested_at = time.time()
-                row.last_modified_time = row.interrupt_requested_at
-            job = JobRecord.from_row(row)
-        self._notify(job)
-        return job
+                row.interrupt_requested_at = row.last_modified_time = now
+        return self._api_change(arn, change)
 
     def update_remote_debug(self, arn: str, enabled: bool) -> JobRecord:
         """UpdateTrainingJob's RemoteDebugConfig: "You can update the remote debugging configuration when the
         SecondaryStatus of the job is Downloading or Training" (API reference). Kept in the stored request, so
         DescribeTrainingJob echoes it and `smlocal shell` sees it at once."""
-        with self.store.transaction() as s:
-            row = self._get_row(s, arn)
+        def change(row: JobRow, now: float) -> None:
             if row.status != IN_PROGRESS or row.secondary_status not in (DOWNLOADING, TRAINING):
                 raise ApiError("ValidationException", "The remote debugging configuration can be updated only "
                                f"while the training job's SecondaryStatus is {DOWNLOADING} or {TRAINING}; "
@@ -519,10 +513,8 @@ class Lifecycle:
             request = json.loads(row.request_json)
             request["RemoteDebugConfig"] = {**(request.get("RemoteDebugConfig") or {}), "EnableRemoteDebug": enabled}
             row.request_json = json.dumps(request)
-            row.last_modified_time = time.time()
-            job = JobRecord.from_row(row)
-        self._notify(job)
-        return job
+            row.last_modified_time = now
+        return self._api_change(arn, change)
 
     def interrupted(self, arn: str) -> JobRecord:
         """The interrupted run is over (its hosts exited, checkpoints synced): Interrupted, back to the queue."""
