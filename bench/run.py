@@ -13,6 +13,9 @@
    put_object of the same file (bench/checkpoint_sync.py).
 6. A job on a warm pool against the same job cold: its start, and a job that fills or finds its
    persistent cache (bench/warm_pools.py).
+7. The simulated backend (no engine): jobs per minute created-to-Completed with zero-length phases against the
+   API-only server's CreateTrainingJob rate, and one job's create-to-Completed latency against a create's round
+   trip (bench/simulated.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -35,7 +38,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from bench import checkpoint_sync, fuse_choice, streaming, warm_pools
+from bench import checkpoint_sync, fuse_choice, simulated, streaming, warm_pools
 from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -205,6 +208,8 @@ def main() -> None:
         fuse_client = Minio(urlparse(s3.endpoint).netloc, access_key="test", secret_key="test", secure=False)
         fuse_choice.upload(fuse_client)
         fuse_rows = fuse_choice.compare(s3.endpoint)
+    # Servers of its own, after the Docker one has stopped; its latency also against row 1's Docker job.
+    rows += simulated.rows(docker_job_seconds=s)
 
     cpu = platform.processor() or platform.machine()
     memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30

@@ -157,6 +157,9 @@ class ExecSession(ABC):
 class Backend(ABC):
     """A container engine, as the job flow uses it. Every method may raise BackendUnavailable."""
 
+    # What GET /health and the banner call it (`serve --backend`).
+    name = "engine"
+
     @abstractmethod
     def ping(self) -> None:
         """Return if the engine answers, else raise BackendUnavailable (with what is wrong)."""

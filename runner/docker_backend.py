@@ -166,6 +166,8 @@ class _DockerExec(ExecSession):
 
 
 class DockerBackend(Backend):
+    name = "docker"
+
     def __init__(self, client: docker.DockerClient | None = None, max_pool_size: int = 32) -> None:
         self._client = client
         self._max_pool_size = max_pool_size

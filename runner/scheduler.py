@@ -170,7 +170,7 @@ class Runner:
         reachable = self._engine_ok
         return {
             "engine": {
-                "name": "docker",
+                "name": self.backend.name,
                 "reachable": reachable,
                 "error": self._engine_error,
                 "checkedAt": self._engine_checked_at,

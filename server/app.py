@@ -20,6 +20,7 @@ from server.console import mount_console
 from server.services.cloudwatch.provider import CloudWatchMetrics
 from server.services.iam.provider import Iam
 from server.services.logs.provider import CloudWatchLogs
+from server.services.sagemaker.faults import CreateFaults
 from server.services.sagemaker.provider import JobLimits, Operations
 from server.services.smlocal.host_access import HostAccess, HostProcess
 from server.services.smlocal.model import SERVICE_NAME, smlocal_session
@@ -62,7 +63,8 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
     # `smlocal shell`: ExecuteCommand and StartSession, and the WebSocket a session streams over.
     hosts = HostAccess(lifecycle, runner.exec_in_host if runner is not None else None)
     registry = ServiceRegistry([
-        Service.of("sagemaker", Operations(store, lifecycle, data_dir=data_dir, limits=limits)),
+        Service.of("sagemaker", Operations(store, lifecycle, data_dir=data_dir, limits=limits,
+                                           faults=CreateFaults.of(settings))),
         Service.of("logs", CloudWatchLogs(store, data_dir)),
         Service.of("cloudwatch", CloudWatchMetrics(store)),
         Service.of("iam", Iam()),

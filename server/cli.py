@@ -15,9 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
+from runner.backend import Backend
 from runner.docker_backend import DockerBackend
 from runner.host_address import HOST_ALIAS, container_s3_endpoint, docker_bridge_gateway
 from runner.scheduler import Runner
+from runner.simulated_backend import SimulatedBackend
 from runner.subnets import SubnetRangeError, host_routes, resolve_job_subnets
 from server import cli_views
 from server.app import create_app
@@ -29,9 +31,11 @@ from server.s3.front import S3Front, start_front
 from smlocal.core.file_systems import FileSystemMapError, FileSystems, parse_mapping
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.settings import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
+from smlocal.core.simulation import Rules, RulesError
 from smlocal.core.store import SchemaTooNew, Store
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
+BACKENDS = ("docker", "simulated")
 console = Console()
 log = logging.getLogger("smlocal")
 
@@ -95,6 +99,12 @@ def serve(
         "ENFORCE_INSTANCE_RESOURCES", "Give each container its instance type's vCPUs (a cpuset) and memory "
         "(a limit), and refuse at CreateTrainingJob (ResourceLimitExceeded) an instance type larger than this "
         "machine.")] = False,
+    backend: Annotated[str, _opt(
+        "BACKEND", "What runs the jobs: 'docker' (a Docker engine) or 'simulated' (no engine at all: each job "
+        "plays a script its smlocal:* tags or --simulate-rules set; docs/testing.md).")] = "docker",
+    simulate_rules: Annotated[Path | None, _opt(
+        "SIMULATE_RULES", "A JSON or YAML file of rules scripting jobs by name, image or tag: their simulated "
+        "outcome, Training time and log lines, and faults at CreateTrainingJob (docs/testing.md).")] = None,
     log_level: Annotated[str, _opt("LOG_LEVEL", "Log level.")] = "info",
 ) -> None:
     """Serve the SageMaker API on HOST:PORT."""
@@ -109,9 +119,14 @@ def serve(
         raise typer.BadParameter("must be 0 or more", param_hint="--spot-interruptions")
     if max_hosts_per_job is not None and max_hosts_per_job < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--max-hosts-per-job")
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"{backend!r} is not one of {', '.join(BACKENDS)}", param_hint="--backend")
+    # Simulated jobs ask no engine anything: no bridge gateway, no engine networks, no S3 front for containers.
+    simulated = backend == "simulated"
+    rules = _simulate_rules(simulate_rules)
     roots = tuple(_local_root(path) for path in local_channel_root or ())
     file_systems = _file_systems(file_system or (), data_dir)
-    job_range = _job_subnets(job_subnets) if run_jobs else None
+    job_range = _job_subnets(job_subnets, simulated) if run_jobs else None
     if not access_key and not allow_unauthenticated and not _is_loopback(host):
         console.print(f"[red]Refusing to serve {escape(host)} without authentication: anyone who reaches it could run "
                       "containers on this machine. Set --access-key and --secret-key (SigV4 required), or pass "
@@ -131,7 +146,8 @@ def serve(
             raise typer.BadParameter(f"--s3-store must be one of {', '.join(STORE_KINDS)}")
         # Containers reach the store only through the bridge gateway; without jobs nobody needs it.
         embedded = embedded_store(s3_store, data_dir=data_dir, port=embedded_s3_port, access_key=s3_access_key,
-                                  secret_key=s3_secret_key, gateway=docker_bridge_gateway() if run_jobs else None)
+                                  secret_key=s3_secret_key,
+                                  gateway=docker_bridge_gateway() if run_jobs and not simulated else None)
         try:
             embedded.start()
         except StoreStartError as exc:
@@ -139,7 +155,7 @@ def serve(
             raise typer.Exit(1) from None
         s3_endpoint = embedded.endpoint
     front = None
-    if embedded is None and s3_endpoint and run_jobs and not container_s3_endpoint:
+    if embedded is None and s3_endpoint and run_jobs and not simulated and not container_s3_endpoint:
         front = _start_s3_front(s3_endpoint, data_dir, embedded_s3_port)
         if front is not None:
             container_s3_endpoint = front.endpoint_for(HOST_ALIAS)
@@ -155,6 +171,7 @@ def serve(
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs, job_subnets=job_range,
         spot_interruptions_per_hour=spot_interruptions,
         enforce_instance_resources=enforce_instance_resources,
+        backend=backend, simulate_rules=simulate_rules.resolve() if simulate_rules else None,
     )
 
     try:
@@ -165,7 +182,8 @@ def serve(
             raise typer.Exit(1) from None
         # The one place the parts meet: the state, the runner that drives it, the app that serves it.
         lifecycle = Lifecycle(store)
-        runner = Runner(settings, lifecycle) if settings.run_jobs else None
+        runner = (Runner(settings, lifecycle, backend=_backend(settings, lifecycle, rules))
+                  if settings.run_jobs else None)
         application = create_app(settings, store, lifecycle, runner)
         _banner(settings, embedded.describe() if embedded else None,
                 runner.check_engine() if runner is not None else None, _containers_s3(settings, front))
@@ -196,15 +214,38 @@ def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | No
     return front
 
 
-def _job_subnets(requested: str | None) -> str:
-    """The range job networks come from, checked against this machine's routes and the engine's networks."""
+def _simulate_rules(path: Path | None) -> Rules | None:
+    """The --simulate-rules file, read once at start-up; a file that cannot be used stops `serve` (exit 2)."""
+    if path is None:
+        return None
     try:
-        engine_networks = DockerBackend().networks()
-    except Exception as e:  # noqa: BLE001 - no engine (yet): its networks are skipped at each allocation anyway
-        log.debug("no engine networks to check --job-subnets against: %s", e)
-        engine_networks = []
+        return Rules.load(path)
+    except RulesError as e:
+        console.print(f"[red]smlocal: --simulate-rules: {escape(str(e))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _backend(settings: Settings, lifecycle: Lifecycle, rules: Rules | None) -> Backend | None:
+    """The simulated backend when asked for; None: the runner's own default, Docker."""
+    if settings.backend == "simulated":
+        return SimulatedBackend(settings.data_dir, lifecycle, rules)
+    return None
+
+
+def _job_subnets(requested: str | None, simulated: bool = False) -> str:
+    """The range job networks come from, checked against this machine's routes and the engine's networks.
+    Simulated networks are records only, never on this machine: any range will do."""
+    if simulated:
+        engine_networks, routes = [], []
+    else:
+        routes = host_routes()
+        try:
+            engine_networks = DockerBackend().networks()
+        except Exception as e:  # noqa: BLE001 - no engine (yet): its networks are skipped at each allocation anyway
+            log.debug("no engine networks to check --job-subnets against: %s", e)
+            engine_networks = []
     try:
-        return str(resolve_job_subnets(requested, host_routes(), engine_networks))
+        return str(resolve_job_subnets(requested, routes, engine_networks))
     except SubnetRangeError as e:
         raise typer.BadParameter(str(e), param_hint="--job-subnets") from None
 
@@ -246,8 +287,8 @@ def _is_loopback(host: str) -> bool:
 def _containers_s3(settings: Settings, front: S3Front | None) -> str | None:
     """Where training containers reach the store, and what they find there (for the banner)."""
     endpoint = container_s3_endpoint(settings)
-    if not settings.run_jobs or endpoint is None:
-        return None
+    if not settings.run_jobs or endpoint is None or settings.backend == "simulated":
+        return None  # no container to reach it
     if front is not None:
         return f"{endpoint} (S3 API only, forwarded to {settings.s3_endpoint}; not for EnableNetworkIsolation jobs)"
     if settings.container_s3_endpoint:
@@ -268,7 +309,10 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
         auth = "[yellow]UNAUTHENTICATED[/yellow] (any signature accepted; loopback only)"
     else:
         auth = f"[red]UNAUTHENTICATED[/red] (any signature accepted from anyone who reaches {escape(settings.host)})"
-    jobs = (f"{settings.max_concurrent_jobs} at once, in Docker, networks from {settings.job_subnets}"
+    engine = ("simulated (no container engine; scripts from smlocal:* tags"
+              + (f" and {escape(str(settings.simulate_rules))})" if settings.simulate_rules else ")")
+              if settings.backend == "simulated" else f"in Docker, networks from {settings.job_subnets}")
+    jobs = (f"{settings.max_concurrent_jobs} at once, {engine}"
             if settings.run_jobs else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
     if settings.run_jobs and engine_problem:
         jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"

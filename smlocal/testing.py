@@ -3,7 +3,7 @@
 pytest loads it through the `pytest11` entry point once smlocal is installed; nothing to import.
 Fixtures (one smlocal per test session, started on first use):
 
-- `smlocal`: the running service (`Smlocal` below): endpoints, keys, `client(service)`,
+- `smlocal`: the running service (`Smlocal` below): endpoints, keys, `backend`, `client(service)`,
   `wait_for_job(name)`, `require_docker()`;
 - `smlocal_sagemaker`, `smlocal_s3`, `smlocal_logs`: boto3 clients bound to it.
 
@@ -14,8 +14,11 @@ service stops, the containers and networks of its jobs are removed, and its data
 is deleted; the variables are restored.
 
 Options (command line, or the ini key in brackets):
-  --smlocal-jobs auto|docker|none  [smlocal_jobs]      run jobs in Docker (auto: when an engine answers)
-  --smlocal-s3-store memory|files  [smlocal_s3_store]  the embedded S3 store (default memory)
+  --smlocal-backend docker|simulated  [smlocal_backend]   what runs the jobs (default docker; with no engine
+                                                          answering, simulated, and a warning says so)
+  --smlocal-jobs auto|docker|none     [smlocal_jobs]      auto: run jobs; docker: in Docker or not at all (no
+                                                          engine: a usage error); none: API only
+  --smlocal-s3-store memory|files     [smlocal_s3_store]  the embedded S3 store (default memory)
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,23 +84,45 @@ def free_port() -> int:
     raise RuntimeError("no free TCP port outside the ephemeral range")
 
 
-def docker_available() -> bool:
+def engine_problem() -> str | None:
+    """None when a Docker engine answers (DOCKER_HOST, or the local socket), else where and why not."""
     try:
         import docker
 
         docker.from_env(timeout=5).ping()
-    except Exception:  # noqa: BLE001 - any failure means: no engine to run jobs in
-        return False
-    return True
+    except Exception as e:  # noqa: BLE001 - any failure means: no engine to run jobs in
+        return f"{os.environ.get('DOCKER_HOST') or 'the local socket'}: {_root_cause(e)}"
+    return None
+
+
+def _root_cause(error: BaseException) -> str:
+    """The socket's own error when there is one ("Connection refused"), not the HTTP client's layers around it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return (str(error) or type(error).__name__)[:300]
+
+
+def docker_available() -> bool:
+    return engine_problem() is None
+
+
+class SmlocalBackendWarning(pytest.PytestWarning):
+    """The test smlocal runs its jobs on another backend than the one asked for (no Docker engine answered).
+    `-W error::smlocal.testing.SmlocalBackendWarning` makes that an error instead."""
 
 
 class Smlocal:
     """One `smlocal serve` process for a test session."""
 
     def __init__(self, data_dir: Path, *, run_jobs: bool, s3_store: str = "memory", region: str = "us-east-1",
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), backend: str = "docker") -> None:
         self.data_dir = Path(data_dir).resolve()
         self.runs_jobs = run_jobs
+        # What runs its jobs (`serve --backend`): docker, or simulated (no engine; docs/testing.md).
+        self.backend = backend
         self.s3_store = s3_store
         self.region = region
         self.access_key = self.secret_key = KEYS
@@ -146,7 +172,8 @@ class Smlocal:
                    "--data-dir", str(self.data_dir), "--embedded-s3-port", str(self.s3_port),
                    "--s3-store", self.s3_store, "--s3-access-key", self.access_key,
                    "--s3-secret-key", self.secret_key, "--region", self.region,
-                   "--stop-grace-seconds", "2", *([] if self.runs_jobs else ["--no-run-jobs"]), *self.extra_args]
+                   "--stop-grace-seconds", "2", "--backend", self.backend,
+                   *([] if self.runs_jobs else ["--no-run-jobs"]), *self.extra_args]
             # The store is ours: an SMLOCAL_S3_ENDPOINT from the caller's environment must not replace it.
             env = {k: v for k, v in os.environ.items() if not k.startswith("SMLOCAL_")}
             with open(self.log_path, "ab") as log:
@@ -188,9 +215,12 @@ class Smlocal:
                             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key, **kwargs)
 
     def require_docker(self) -> None:
-        """Skip the calling test when this smlocal runs no jobs (no Docker engine, or --smlocal-jobs none)."""
+        """Skip the calling test when this smlocal runs no jobs in Docker (no engine, --smlocal-jobs none, or
+        --smlocal-backend simulated)."""
         if not self.runs_jobs:
-            pytest.skip("smlocal runs no jobs here: no Docker engine (or --smlocal-jobs none)")
+            pytest.skip("smlocal runs no jobs here (--smlocal-jobs none)")
+        if self.backend != "docker":
+            pytest.skip(f"smlocal runs jobs on the {self.backend} backend here, not in Docker")
 
     def wait_for_job(self, name: str, timeout: float = 300.0, poll: float = 0.5) -> dict[str, Any]:
         """DescribeTrainingJob once the job is Completed, Failed or Stopped.
@@ -221,7 +251,7 @@ class Smlocal:
     def cleanup(self) -> None:
         """Stop the service, remove its jobs' containers and networks, delete its data dir and store."""
         self.stop()
-        if self.runs_jobs:
+        if self.runs_jobs and self.backend == "docker":
             remove_job_resources(self.data_dir)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -241,12 +271,22 @@ def remove_job_resources(data_dir: Path) -> None:
 # ---- pytest hooks and fixtures ---------------------------------------------------------------
 
 
+BACKENDS = ("docker", "simulated")
+# Why the session's smlocal runs on another backend than the one asked for (pytest_terminal_summary says it again).
+_FALLBACK = pytest.StashKey[str]()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("smlocal", "smlocal: a local SageMaker for your tests")
+    group.addoption("--smlocal-backend", choices=BACKENDS, default=None,
+                    help="what runs the training jobs: docker (default; when no engine answers, simulated, with "
+                         "a warning) or simulated (no engine: each job plays a script, docs/testing.md)")
     group.addoption("--smlocal-jobs", choices=("auto", "docker", "none"), default=None,
-                    help="run training jobs in Docker: auto (when an engine answers), docker, none (API only)")
+                    help="auto: run jobs (default); docker: in Docker only (no engine: a usage error); "
+                         "none: API only, jobs stay InProgress")
     group.addoption("--smlocal-s3-store", choices=("memory", "files"), default=None,
                     help="the embedded S3 store of the test smlocal (default: memory)")
+    parser.addini("smlocal_backend", "docker | simulated (see --smlocal-backend)", default="docker")
     parser.addini("smlocal_jobs", "auto | docker | none (see --smlocal-jobs)", default="auto")
     parser.addini("smlocal_s3_store", "memory | files (see --smlocal-s3-store)", default="memory")
 
@@ -255,16 +295,46 @@ def _option(config: pytest.Config, name: str) -> str:
     return config.getoption(f"--smlocal-{name.replace('_', '-')}") or config.getini(f"smlocal_{name}")
 
 
+def _backend(config: pytest.Config) -> tuple[bool, str]:
+    """(run jobs?, the backend) the options ask for, once the engine was asked when it matters. With the docker
+    backend and no engine answering, the jobs run simulated, and a warning says so (a test needing real
+    containers calls `require_docker()` and is skipped), rather than failing the session."""
+    backend, jobs = _option(config, "backend"), _option(config, "jobs")
+    if backend not in BACKENDS:
+        raise pytest.UsageError(f"smlocal_backend must be docker or simulated, not {backend!r}")
+    if jobs not in ("auto", "docker", "none"):
+        raise pytest.UsageError(f"smlocal_jobs must be auto, docker or none, not {jobs!r}")
+    if jobs == "none":
+        return False, backend
+    if backend == "simulated":
+        if jobs == "docker":
+            raise pytest.UsageError("--smlocal-jobs docker asks for Docker, --smlocal-backend simulated for none")
+        return True, backend
+    problem = engine_problem()
+    if problem is None:
+        return True, "docker"
+    if jobs == "docker":
+        raise pytest.UsageError(f"--smlocal-jobs docker: no Docker engine answers ({problem})")
+    why = (f"no Docker engine answers ({problem}): smlocal runs the jobs on the simulated backend instead (no "
+           "containers; tests calling smlocal.require_docker() are skipped). Start an engine, or pass "
+           "--smlocal-backend simulated to ask for it.")
+    config.stash[_FALLBACK] = why
+    warnings.warn(SmlocalBackendWarning(why), stacklevel=2)
+    return True, "simulated"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    why = config.stash.get(_FALLBACK, None)
+    if why is not None:
+        terminalreporter.write_sep("-", "smlocal", yellow=True)
+        terminalreporter.write_line(f"smlocal: {why}", yellow=True)
+
+
 @pytest.fixture(scope="session")
 def smlocal(pytestconfig: pytest.Config) -> Iterator[Smlocal]:
     """A running smlocal for this test session, with the AWS_* variables pointing at it."""
-    jobs = _option(pytestconfig, "jobs")
-    if jobs not in ("auto", "docker", "none"):
-        raise pytest.UsageError(f"smlocal_jobs must be auto, docker or none, not {jobs!r}")
-    run_jobs = jobs == "docker" or (jobs == "auto" and docker_available())
-    if jobs == "docker" and not docker_available():
-        raise pytest.UsageError("--smlocal-jobs docker: no Docker engine answers")
-    service = Smlocal(Path(tempfile.mkdtemp(prefix="smlocal-pytest-")), run_jobs=run_jobs,
+    run_jobs, backend = _backend(pytestconfig)
+    service = Smlocal(Path(tempfile.mkdtemp(prefix="smlocal-pytest-")), run_jobs=run_jobs, backend=backend,
                       s3_store=_option(pytestconfig, "s3_store"))
     saved = {name: os.environ.get(name) for name in (*service.environment(), *_CLEARED_VARIABLES)}
     try:

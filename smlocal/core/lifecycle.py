@@ -321,7 +321,9 @@ class Lifecycle:
     # ---- API side -------------------------------------------------------------------------
 
     def create(self, *, account_id: str, region: str, name: str, request: dict[str, Any],
-               tags: list[dict[str, str]]) -> JobRecord:
+               tags: list[dict[str, str]], failure_reason: str | None = None) -> JobRecord:
+        """A new job, Starting; with `failure_reason` it fails in Starting in the same transaction, before any
+        runner can claim it (a scripted CapacityError: SageMaker found no instances for it)."""
         arn = training_job_arn(region, account_id, name)
         now = time.time()
         try:
@@ -333,6 +335,8 @@ class Lifecycle:
                     keep_alive_seconds=warm_pools.keep_alive(request), match_key=warm_pools.match_key(request),
                 )
                 _record_transition(row, STARTING, None, now)
+                if failure_reason is not None:
+                    _move(row, FAILED, failure_reason=failure_reason, now=now)
                 s.add(row)
                 for tag in tags:
                     s.add(TagRow(resource_arn=arn, key=tag["Key"], value=tag.get("Value", "")))

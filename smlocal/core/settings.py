@@ -70,6 +70,11 @@ class Settings:
     # Containers get their instance type's vCPUs (a cpuset) and memory limit, and a job whose instance type
     # this machine cannot hold is ResourceLimitExceeded at CreateTrainingJob (smlocal.core.instance_types).
     enforce_instance_resources: bool = False
+    # What runs the jobs' containers: `docker`, or `simulated` (no engine: runner.simulated_backend plays each job's
+    # script, smlocal.core.simulation).
+    backend: str = "docker"
+    # `--simulate-rules`: the rules file scripting jobs (outcomes, CreateTrainingJob faults); None: tags only.
+    simulate_rules: Path | None = None
 
     @property
     def db_path(self) -> str:

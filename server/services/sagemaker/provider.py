@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from server.aws.context import RequestContext
+from server.services.sagemaker.faults import CreateFaults
 from server.services.sagemaker.listing import list_training_jobs
 from server.services.sagemaker.rules import (
     check_create_rules,
@@ -25,6 +26,7 @@ from smlocal.core.lifecycle import Lifecycle, billable_seconds, training_job_arn
 from smlocal.core.local_channels import LocalChannelRoots
 from smlocal.core.logstore import JobLogKey, remove_job_logs
 from smlocal.core.settings import default_max_hosts_per_job
+from smlocal.core.simulation import check_tags
 from smlocal.core.store import JobRecord, Store
 
 # The seed's required set for container jobs: recent models relaxed these for serverless jobs.
@@ -48,13 +50,14 @@ class Operations:
     extra_required = {"CreateTrainingJob": CREATE_REQUIRED}
 
     def __init__(self, store: Store, lifecycle: Lifecycle, data_dir: Path | None = None,
-                 limits: JobLimits | None = None) -> None:
+                 limits: JobLimits | None = None, faults: CreateFaults | None = None) -> None:
         self.store = store
         self.lifecycle = lifecycle
         # Where the jobs' log streams live (DeleteTrainingJob removes them).
         self.data_dir = data_dir
         self.tags = Tags(store)
         self.limits = limits or JobLimits()
+        self.faults = faults or CreateFaults()
 
     def handlers(self) -> dict[str, Callable[[RequestContext, dict[str, Any]], dict[str, Any]]]:
         return {
@@ -74,15 +77,21 @@ class Operations:
     def create_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         check_create_rules(params)
         check_tag_keys(params.get("Tags", []))
+        # The smlocal:* tags scripting a simulated job (smlocal.core.simulation): a bad value is refused here.
+        check_tags({t["Key"]: t.get("Value", "") for t in params.get("Tags", [])},
+                   spot=bool(params.get("EnableManagedSpotTraining")))
         check_local_channels(params, self.limits.local_roots)
         check_file_systems(params, self.limits.file_systems)
         check_host_limit(params, self.limits.max_hosts_per_job)
         if self.limits.machine is not None:
             check_instance_fit(params, *self.limits.machine)
+        # A scripted fault (smlocal:create-error, --simulate-rules), once the request is known valid: an API error
+        # raised here stores nothing; a CapacityError gives the reason the job is created Failed with.
+        failure_reason = self.faults.check(params)
         request = {k: v for k, v in params.items() if k != "Tags"}
         job = self.lifecycle.create(
             account_id=ctx.account_id, region=ctx.region, name=params["TrainingJobName"],
-            request=request, tags=params.get("Tags", []),
+            request=request, tags=params.get("Tags", []), failure_reason=failure_reason,
         )
         return {"TrainingJobArn": job.arn}
 
