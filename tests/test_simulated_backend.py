@@ -24,12 +24,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.support.jobs import assert_completed_in_order, job_request, wait_for_status, wait_recording
-from tests.support.runner_jobs import log_messages, tar_members, wait_until
+from tests.support.runner_jobs import INPUT_BUCKET, OUTPUT_BUCKET, log_messages, s3_client, tar_members, wait_until
 from tests.support.smlocal import SmlocalServer
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/trainer:1"
-OUTPUT_BUCKET = "smlocal-test-output"  # job_request's S3OutputPath
-INPUT_BUCKET = "smlocal-sim-input"
 FINAL = {"Completed", "Failed", "Stopped"}
 NAMESPACE = "/aws/sagemaker/TrainingJobs"
 # The default script's lines (smlocal.core.simulation.DEFAULT_LOG): five epochs, loss going down.
@@ -108,19 +106,9 @@ def sm(sim: SmlocalServer) -> Any:
     return sim.client()
 
 
-def buckets(server: SmlocalServer) -> Any:
-    s3 = server.client("s3")
-    for bucket in (OUTPUT_BUCKET, INPUT_BUCKET):
-        try:
-            s3.create_bucket(Bucket=bucket)
-        except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
-            pass
-    return s3
-
-
 @pytest.fixture()
 def s3(sim: SmlocalServer) -> Any:
-    return buckets(sim)
+    return s3_client(sim)
 
 
 def sim_job(name: str, tags: dict[str, str] | None = None, **overrides: Any) -> dict[str, Any]:
@@ -344,7 +332,7 @@ def test_a_restart_during_a_long_training_adopts_the_simulated_containers(
     """One job's Training ends while the server is down, another's goes on after the restart: both are
     adopted, as Docker containers are, and complete with every line logged once."""
     server = start_sim()
-    s3, sm = buckets(server), server.client()
+    s3, sm = s3_client(server), server.client()
     ended, running = unique_name("ended"), unique_name("running")
     sm.create_training_job(**sim_job(ended, {"smlocal:training-seconds": "3"}))
     sm.create_training_job(**sim_job(running, {"smlocal:training-seconds": "12"}))
@@ -369,7 +357,7 @@ def test_a_job_whose_simulated_container_vanished_during_a_restart_fails_as_with
         start_sim: Callable[..., SmlocalServer], unique_name: Callable[[str], str]) -> None:
     server = start_sim()
     sm = server.client()
-    buckets(server)
+    s3_client(server)
     name = unique_name("vanished")
     sm.create_training_job(**sim_job(name, {"smlocal:training-seconds": "3600"}))
     wait_for_line(server, name)
@@ -437,7 +425,7 @@ def test_a_rules_file_scripts_jobs_by_name_image_and_tag(
     rules.write_text(RULES_YAML if kind == "yaml" else json.dumps(yaml.safe_load(RULES_YAML)))
     server = start_sim("--simulate-rules", str(rules))
     sm = server.client()
-    buckets(server)
+    s3_client(server)
     by_name, overridden = unique_name("etl"), unique_name("etl")
     by_image, by_tag, no_rule = unique_name("img"), unique_name("tag"), unique_name("none")
     sm.create_training_job(**sim_job(by_name))
