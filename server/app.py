@@ -32,6 +32,7 @@ from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.local_channels import LocalChannelRoots
 from smlocal.core.settings import Settings, machine
 from smlocal.core.store import Store
+from smlocal.core.tuning.lifecycle import TuningLifecycle
 
 log = logging.getLogger("smlocal.server")
 
@@ -52,9 +53,18 @@ class JobRunner(Protocol):
                      environment: dict[str, str] | None = None) -> HostProcess | None: ...
 
 
-def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: JobRunner | None) -> FastAPI:
+class Background(Protocol):
+    """A loop started and stopped with the app (the tuner that drives tuning jobs)."""
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: JobRunner | None,
+               tuning: TuningLifecycle | None = None, tuner: Background | None = None) -> FastAPI:
     """The HTTP app over the parts `smlocal serve` built (server.cli, the composition root); `runner` None:
-    jobs are not run (--no-run-jobs)."""
+    jobs are not run (--no-run-jobs). `tuner` drives the tuning jobs `tuning` holds."""
     data_dir = Path(settings.data_dir).resolve()
     limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
                        local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir),
@@ -64,7 +74,7 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
     hosts = HostAccess(lifecycle, runner.exec_in_host if runner is not None else None)
     registry = ServiceRegistry([
         Service.of("sagemaker", Operations(store, lifecycle, data_dir=data_dir, limits=limits,
-                                           faults=CreateFaults.of(settings))),
+                                           faults=CreateFaults.of(settings), tuning=tuning)),
         Service.of("logs", CloudWatchLogs(store, data_dir)),
         Service.of("cloudwatch", CloudWatchMetrics(store)),
         Service.of("iam", Iam()),
@@ -77,9 +87,13 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if runner is not None:
             runner.start()
+        if tuner is not None:
+            tuner.start()
         try:
             yield
         finally:
+            if tuner is not None:
+                tuner.shutdown()
             if runner is not None:
                 runner.shutdown()
             store.close()

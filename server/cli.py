@@ -21,6 +21,7 @@ from runner.host_address import HOST_ALIAS, container_s3_endpoint, docker_bridge
 from runner.scheduler import Runner
 from runner.simulated_backend import SimulatedBackend
 from runner.subnets import SubnetRangeError, host_routes, resolve_job_subnets
+from runner.tuning.driver import Tuner
 from server import cli_views
 from server.app import create_app
 from server.aws.regions import is_valid_region
@@ -33,6 +34,7 @@ from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.settings import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
 from smlocal.core.simulation import Rules, RulesError
 from smlocal.core.store import SchemaTooNew, Store
+from smlocal.core.tuning.lifecycle import TuningLifecycle
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
 BACKENDS = ("docker", "simulated")
@@ -184,7 +186,9 @@ def serve(
         lifecycle = Lifecycle(store)
         runner = (Runner(settings, lifecycle, backend=_backend(settings, lifecycle, rules))
                   if settings.run_jobs else None)
-        application = create_app(settings, store, lifecycle, runner)
+        tuning = TuningLifecycle(store, lifecycle)
+        application = create_app(settings, store, lifecycle, runner, tuning,
+                                 Tuner(tuning, lifecycle, store) if runner is not None else None)
         _banner(settings, embedded.describe() if embedded else None,
                 runner.check_engine() if runner is not None else None, _containers_s3(settings, front))
         uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),

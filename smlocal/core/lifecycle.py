@@ -321,9 +321,11 @@ class Lifecycle:
     # ---- API side -------------------------------------------------------------------------
 
     def create(self, *, account_id: str, region: str, name: str, request: dict[str, Any],
-               tags: list[dict[str, str]], failure_reason: str | None = None) -> JobRecord:
+               tags: list[dict[str, str]], failure_reason: str | None = None,
+               with_job: Callable[[Any], None] | None = None) -> JobRecord:
         """A new job, Starting; with `failure_reason` it fails in Starting in the same transaction, before any
-        runner can claim it (a scripted CapacityError: SageMaker found no instances for it)."""
+        runner can claim it (a scripted CapacityError: SageMaker found no instances for it). `with_job(session)`
+        adds what must exist exactly when the job does (a tuning job's trial row) in the same transaction."""
         arn = training_job_arn(region, account_id, name)
         now = time.time()
         try:
@@ -340,6 +342,8 @@ class Lifecycle:
                 s.add(row)
                 for tag in tags:
                     s.add(TagRow(resource_arn=arn, key=tag["Key"], value=tag.get("Value", "")))
+                if with_job is not None:
+                    with_job(s)
                 s.flush()
                 job = JobRecord.from_row(row)
         except IntegrityError:

@@ -135,6 +135,69 @@ class MetricPointRow(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+class TuningJobRow(Base):
+    """A hyperparameter tuning job (smlocal.core.tuning.lifecycle changes its status; runner/tuning drives it)."""
+
+    __tablename__ = "tuning_jobs"
+    __table_args__ = (UniqueConstraint("account_id", "region", "name", name="uq_tuning_job_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(12))
+    region: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(32))
+    arn: Mapped[str] = mapped_column(String(256), unique=True)
+    # The validated CreateHyperParameterTuningJob request without its Tags.
+    request_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    failure_reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    creation_time: Mapped[float] = mapped_column(Float, index=True)
+    last_modified_time: Mapped[float] = mapped_column(Float)
+    end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # TuningJobCompletionDetails: trials since the best objective last improved; when convergence was detected.
+    not_improving: Mapped[int] = mapped_column(Integer, default=0)
+    convergence_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    trials: Mapped[list[TrialRow]] = relationship(
+        back_populates="tuning_job", order_by="TrialRow.number", cascade="all, delete-orphan"
+    )
+
+
+class TrialRow(Base):
+    """One training job a tuning job launched: what it was given and, once it ended, what it scored.
+
+    Made in the same transaction as its training job (smlocal.core.lifecycle.Lifecycle.create), so a restarted
+    server finds every trial it launched and launches none twice.
+    """
+
+    __tablename__ = "tuning_trials"
+    __table_args__ = (UniqueConstraint("tuning_job_id", "number", name="uq_trial_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tuning_job_id: Mapped[int] = mapped_column(ForeignKey("tuning_jobs.id", ondelete="CASCADE"), index=True)
+    # 1, 2, ...: the NNN in the training job's name, and the order the search strategy saw the trials in.
+    number: Mapped[int] = mapped_column(Integer)
+    training_job_name: Mapped[str] = mapped_column(String(63))
+    training_job_arn: Mapped[str] = mapped_column(String(256), index=True)
+    definition_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # TunedHyperParameters as the job got them (strings), and the search strategy's own values for them.
+    tuned_json: Mapped[str] = mapped_column(Text)
+    search_params_json: Mapped[str] = mapped_column(Text)
+    # What the training job became, copied when it ended (kept if the training job is deleted later).
+    training_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    training_start_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    training_end_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    objective_status: Mapped[str] = mapped_column(String(16), default="Pending")
+    objective_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The tuning job stopped it early (TrainingJobEarlyStoppingType=Auto, or Hyperband).
+    early_stopped: Mapped[bool] = mapped_column(Integer, default=0)
+    # The pruner's bookkeeping on the trial (optuna system attributes, e.g. Hyperband's rungs): a restarted
+    # server gives it back so the brackets go on where they were.
+    search_attrs_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    tuning_job: Mapped[TuningJobRow] = relationship(back_populates="trials")
+
+
 @dataclass(frozen=True)
 class Transition:
     status: str

@@ -18,6 +18,7 @@ from server.services.sagemaker.rules import (
     check_local_channels,
 )
 from server.services.sagemaker.tagging import Tags, check_arn_scope, check_tag_keys
+from server.services.sagemaker.tuning import TuningOperations
 from smlocal.core import warm_pools
 from smlocal.core.errors import ApiError
 from smlocal.core.file_systems import FileSystems
@@ -28,6 +29,7 @@ from smlocal.core.logstore import JobLogKey, remove_job_logs
 from smlocal.core.settings import default_max_hosts_per_job
 from smlocal.core.simulation import check_tags
 from smlocal.core.store import JobRecord, Store
+from smlocal.core.tuning.lifecycle import TuningLifecycle
 
 # The seed's required set for container jobs: recent models relaxed these for serverless jobs.
 CREATE_REQUIRED = ("AlgorithmSpecification", "ResourceConfig", "StoppingCondition")
@@ -50,9 +52,12 @@ class Operations:
     extra_required = {"CreateTrainingJob": CREATE_REQUIRED}
 
     def __init__(self, store: Store, lifecycle: Lifecycle, data_dir: Path | None = None,
-                 limits: JobLimits | None = None, faults: CreateFaults | None = None) -> None:
+                 limits: JobLimits | None = None, faults: CreateFaults | None = None,
+                 tuning: TuningLifecycle | None = None) -> None:
         self.store = store
         self.lifecycle = lifecycle
+        self.tuning = tuning or TuningLifecycle(store, lifecycle)
+        self.tuning_operations = TuningOperations(store, self.tuning, self.check_training_request)
         # Where the jobs' log streams live (DeleteTrainingJob removes them).
         self.data_dir = data_dir
         self.tags = Tags(store)
@@ -70,11 +75,13 @@ class Operations:
             "AddTags": self.add_tags,
             "ListTags": self.list_tags,
             "DeleteTags": self.delete_tags,
+            **self.tuning_operations.handlers(),
         }
 
     # ---- training jobs --------------------------------------------------------------------
 
-    def create_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    def check_training_request(self, params: dict[str, Any]) -> None:
+        """Every rule a CreateTrainingJob request meets beyond the model (a tuning job's trials meet them too)."""
         check_create_rules(params)
         check_tag_keys(params.get("Tags", []))
         # The smlocal:* tags scripting a simulated job (smlocal.core.simulation): a bad value is refused here.
@@ -85,6 +92,9 @@ class Operations:
         check_host_limit(params, self.limits.max_hosts_per_job)
         if self.limits.machine is not None:
             check_instance_fit(params, *self.limits.machine)
+
+    def create_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+        self.check_training_request(params)
         # A scripted fault (smlocal:create-error, --simulate-rules), once the request is known valid: an API error
         # raised here stores nothing; a CapacityError gives the reason the job is created Failed with.
         failure_reason = self.faults.check(params)
@@ -96,7 +106,11 @@ class Operations:
         return {"TrainingJobArn": job.arn}
 
     def describe_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
-        return describe(self.lifecycle.get(self._arn(ctx, params)))
+        out = describe(self.lifecycle.get(self._arn(ctx, params)))
+        tuning_job = self.tuning.tuning_job_of(out["TrainingJobArn"])
+        if tuning_job is not None:
+            out["TuningJobArn"] = tuning_job
+        return out
 
     def list_training_jobs(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         return list_training_jobs(self.store, ctx.account_id, ctx.region, params)

@@ -1,4 +1,4 @@
-"""Tags on training-job ARNs (AddTags / ListTags / DeleteTags)."""
+"""Tags on training-job and tuning-job ARNs (AddTags / ListTags / DeleteTags)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from server.aws.pagination import decode_token, encode_token
 from smlocal.core.errors import ApiError
-from smlocal.core.store import JobRow, Store, TagRow
+from smlocal.core.store import JobRow, Store, TagRow, TuningJobRow
 
 MAX_TAGS_PER_RESOURCE = 50
 
@@ -47,7 +47,9 @@ class Tags:
 
     @staticmethod
     def _require_job(s: Session, arn: str) -> None:
-        if s.scalars(select(JobRow.id).where(JobRow.arn == arn)).first() is None:
+        """A training job or a hyperparameter tuning job must exist under the ARN."""
+        if (s.scalars(select(JobRow.id).where(JobRow.arn == arn)).first() is None
+                and s.scalars(select(TuningJobRow.id).where(TuningJobRow.arn == arn)).first() is None):
             raise ApiError("ValidationException", f"Resource {arn} not found.")
 
     def add(self, arn: str, tags: list[dict[str, str]]) -> list[dict[str, str]]:
