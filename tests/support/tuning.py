@@ -19,7 +19,10 @@ TUNING_IMAGE = "smlocal-test/tuning:1"
 # A busybox algorithm: reads x (and, if tuned, optimizer) from hyperparameters.json and logs, for epochs
 # 1..EPOCHS, "epoch e loss=<(x-0.3)^2 + penalty + 1/e>": its final loss is (x - 0.3)^2 + penalty + 1/EPOCHS.
 # `fail_above`: x above it makes the algorithm fail (a ClientError trial). `pause`: seconds between epochs.
+# A stop (SIGTERM) ends it after the epoch under way.
 ALGORITHM = r"""#!/bin/sh
+# As a training script does on SIGTERM (a stop): end after the epoch under way.
+trap 'exit 0' TERM
 hp=/opt/ml/input/config/hyperparameters.json
 value() { tr ',{}' '\n\n\n' < $hp | grep "\"$1\"" | sed 's/.*: *"\(.*\)".*/\1/'; }
 x=$(value x); opt=$(value optimizer); epochs=$(value epochs); pause=$(value pause); fail=$(value fail_above)
