@@ -16,6 +16,8 @@
 7. The simulated backend (no engine): jobs per minute created-to-Completed with zero-length phases against the
    API-only server's CreateTrainingJob rate, and one job's create-to-Completed latency against a create's round
    trip (bench/simulated.py).
+8. A tuning job's cost per trial: its trials one at a time against the same training jobs created by hand,
+   one after another (bench/tuning.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -38,7 +40,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from bench import checkpoint_sync, fuse_choice, simulated, streaming, warm_pools
+from bench import checkpoint_sync, fuse_choice, simulated, streaming, tuning, warm_pools
 from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -203,6 +205,7 @@ def main() -> None:
             rows += streaming.first_byte_rows(sm, client, wait_done, "ttfb")
             rows += checkpoint_sync.rows(client)
             rows += warm_pools.rows(sm, BUCKET, wait_done)
+            rows += tuning.rows(sm, BUCKET, wait_done)
         finally:
             server.stop()
         fuse_client = Minio(urlparse(s3.endpoint).netloc, access_key="test", secret_key="test", secure=False)
