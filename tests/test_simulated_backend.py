@@ -465,6 +465,50 @@ def test_a_bad_rules_file_stops_serve_with_a_clear_message(
     assert "--simulate-rules" in done.stdout and str(rules) in done.stdout and says in done.stdout, done.stdout
 
 
+def test_a_tuning_job_runs_its_trials_as_scripted_jobs(
+        start_sim: Callable[..., SmlocalServer], tmp_path: Path) -> None:
+    """Orchestration code that tunes can be tested without an engine: the tuning job's smlocal:* tags go to its
+    trials, and a rule can single one trial out by its name."""
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [{"match": {"name": "sim-tune-002-*"}, "outcome": "Failed:diverged"}]}))
+    server = start_sim("--simulate-rules", str(rules))
+    sm = server.client()
+    s3_client(server)
+    definition = {key: value for key, value in job_request("unused", IMAGE).items()
+                  if key not in ("TrainingJobName", "AlgorithmSpecification")}
+    algorithm = metric_algorithm(("loss", r"loss=(\S+)"))
+    sm.create_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName="sim-tune",
+        HyperParameterTuningJobConfig={
+            "Strategy": "Random", "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "loss"},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2},
+            "ParameterRanges": {"ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1"}]}},
+        TrainingJobDefinition={**definition, "AlgorithmSpecification": algorithm},
+        Tags=[{"Key": "smlocal:log", "Value": "epoch 1 loss=0.4 // epoch 2 loss=0.25"},
+              {"Key": "smlocal:training-seconds", "Value": "0"}])
+    job = wait_until(lambda: (d := sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="sim-tune"))[
+        "HyperParameterTuningJobStatus"] != "InProgress" and d, 60, "the tuning job's end")
+    assert job["HyperParameterTuningJobStatus"] == "Completed"
+    assert job["TrainingJobStatusCounters"] == {"Completed": 3, "InProgress": 0, "RetryableError": 0,
+                                                "NonRetryableError": 1, "Stopped": 0}
+    summaries = sm.list_training_jobs_for_hyper_parameter_tuning_job(HyperParameterTuningJobName="sim-tune")[
+        "TrainingJobSummaries"]
+    for summary in summaries:
+        if summary["TrainingJobName"].startswith("sim-tune-002-"):
+            assert summary["FailureReason"].startswith("AlgorithmError: diverged")
+        else:
+            assert summary["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] == 0.25
+    with pytest.raises(ClientError) as error:  # a bad scripting tag is refused at once, not in each trial
+        sm.create_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName="sim-bad", HyperParameterTuningJobConfig={
+                "Strategy": "Random", "HyperParameterTuningJobObjective": {"Type": "Minimize", "MetricName": "loss"},
+                "ResourceLimits": {"MaxNumberOfTrainingJobs": 1, "MaxParallelTrainingJobs": 1},
+                "ParameterRanges": {"ContinuousParameterRanges": [{"Name": "lr", "MinValue": "0", "MaxValue": "1"}]}},
+            TrainingJobDefinition={**definition, "AlgorithmSpecification": algorithm},
+            Tags=[{"Key": "smlocal:outcome", "Value": "Sideways"}])
+    assert "smlocal:outcome" in error.value.response["Error"]["Message"]
+
+
 def test_no_simulated_server_of_this_module_asked_an_engine_anything(tripwire: Tripwire) -> None:
     """Last in the module: every server above (restarts and refused rules files included) ran without once
     connecting to the DOCKER_HOST they were given."""

@@ -334,3 +334,16 @@ def test_a_killed_server_resumes_its_tuning_job_and_max_runtime_ends_it(
     assert {t["TrainingJobName"] for t in trials(sm, name)} == set(before)
     assert job["TrainingJobStatusCounters"]["Stopped"] == 2
     assert all(v["counters"]["InProgress"] <= 2 for v in seen)
+
+
+def test_convergence_ends_the_tuning_job_and_is_reported(sm: Any) -> None:
+    name = "converges"
+    sm.create_hyper_parameter_tuning_job(**tuning_request(
+        name, max_jobs=60, parallel=4, RandomSeed=12, definition={"static": {"epochs": "1", "pause": "0"}},
+        TuningJobCompletionCriteria={"ConvergenceDetected": {"CompleteOnConvergence": "Enabled"}}))
+    job, _ = wait_tuning(sm, name)
+    assert job["HyperParameterTuningJobStatus"] == "Completed"
+    details = job["TuningJobCompletionDetails"]
+    assert details["ConvergenceDetectedTime"] <= job["HyperParameterTuningEndTime"]
+    assert details["NumberOfTrainingJobsObjectiveNotImproving"] >= 10
+    assert len(trials(sm, name)) < 60

@@ -69,7 +69,8 @@ def _ranges(config: dict[str, Any], definition: dict[str, Any], several: bool) -
 
 
 def _check_definition(config: dict[str, Any], definition: dict[str, Any], several: bool,
-                      check_training: Callable[[dict[str, Any]], None]) -> tuple[list[Param], dict[str, str]]:
+                      check_training: Callable[[dict[str, Any]], None],
+                      tags: list[dict[str, str]]) -> tuple[list[Param], dict[str, str]]:
     objective = _objective(config, definition, several)
     params = _ranges(config, definition, several)
     metrics = [m["Name"] for m in definition["AlgorithmSpecification"].get("MetricDefinitions", [])]
@@ -83,9 +84,10 @@ def _check_definition(config: dict[str, Any], definition: dict[str, Any], severa
     if resource_config(definition) is None:
         raise _invalid("Either ResourceConfig or HyperParameterTuningResourceConfig must be specified in the "
                        "training job definition.")
-    # The trial's request with a value of each range, judged as a CreateTrainingJob request is.
+    # The trial's request with a value of each range and the tags trials get, judged as a CreateTrainingJob
+    # request is (a bad smlocal:* tag is refused here, not in every trial).
     sample = {p.name: p.values[0] if p.kind == CATEGORICAL else p.format(p.low) for p in params}
-    check_training(trial_request(definition, sample, "sample-trial"))
+    check_training({**trial_request(definition, sample, "sample-trial"), "Tags": tags})
     return params, objective
 
 
@@ -103,7 +105,7 @@ def check_tuning_request(params: dict[str, Any], check_training: Callable[[dict[
         raise _invalid("smlocal does not run Autotune: give the strategy, ranges and resource limits yourself.")
     definitions = definitions_of(params)
     several = "TrainingJobDefinitions" in params
-    checked = [_check_definition(config, d, several, check_training) for d in definitions]
+    checked = [_check_definition(config, d, several, check_training, params.get("Tags", [])) for d in definitions]
     strategy = config["Strategy"]
     limits = config["ResourceLimits"]
     max_jobs = limits.get("MaxNumberOfTrainingJobs")
