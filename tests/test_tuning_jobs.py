@@ -347,3 +347,33 @@ def test_convergence_ends_the_tuning_job_and_is_reported(sm: Any) -> None:
     assert details["ConvergenceDetectedTime"] <= job["HyperParameterTuningEndTime"]
     assert details["NumberOfTrainingJobsObjectiveNotImproving"] >= 10
     assert len(trials(sm, name)) < 60
+
+
+def test_trials_lost_to_the_platform_are_retryable_and_replaced(
+        tuning_server: SmlocalServer, sm: Any, docker_engine: docker.DockerClient) -> None:
+    name = "replaced"
+    sm.create_hyper_parameter_tuning_job(**tuning_request(
+        name, max_jobs=2, parallel=2, RandomSeed=13, definition={"static": {"epochs": "6", "pause": "1"}}))
+    wait_until(lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+               ["TrainingJobStatusCounters"].get("InProgress") == 2, 60, "two running trials")
+    lost = [t["TrainingJobName"] for t in trials(sm, name)]
+    wait_until(lambda: all(sm.describe_training_job(TrainingJobName=t)["SecondaryStatus"] == "Training"
+                           and docker_engine.containers.list(filters={"label": f"smlocal.job-name={t}"})
+                           for t in lost), 60, "both trials' containers running")
+    # The machine misbehaves: the server dies and the trials' containers go with it.
+    tuning_server.stop(kill=True)
+    for trial in lost:
+        for container in docker_engine.containers.list(all=True, filters={"label": f"smlocal.job-name={trial}"}):
+            container.remove(force=True)
+    tuning_server.start()
+    sm = tuning_server.client()
+    job, _ = wait_tuning(sm, name)
+    assert job["HyperParameterTuningJobStatus"] == "Completed"
+    summaries = {t["TrainingJobName"]: t for t in trials(sm, name)}
+    for trial in lost:
+        assert summaries[trial]["FailureReason"].startswith("InternalServerError"), summaries[trial]
+    # A platform failure does not spend the budget: two more trials ran in their place.
+    assert len(summaries) == 4
+    assert job["TrainingJobStatusCounters"] == {"Completed": 2, "InProgress": 0, "RetryableError": 2,
+                                                "NonRetryableError": 0, "Stopped": 0}
+    assert job["ObjectiveStatusCounters"] == {"Succeeded": 2, "Pending": 0, "Failed": 2}
