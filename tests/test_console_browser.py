@@ -132,3 +132,38 @@ def test_watch_a_running_job_live_and_stop_it(runner_server: SmlocalServer, brow
     assert shot.stat().st_size > 10_000
     with capsys.disabled():
         print(f"\nconsole screenshots: {shot.parent}")
+
+
+def test_a_tuning_jobs_page_draws_its_objective_chart_and_marks_the_best(
+        runner_server: SmlocalServer, browser: Any, docker_engine: Any) -> None:
+    """Opened while its trials run, the tuning page follows the tuning job to Completed by itself: one dot
+    per finished trial on the chart, and the best trial marked in the table."""
+    from selenium.webdriver.common.by import By
+
+    from tests.support.tuning import build_tuning_image, trials, tuning_request, wait_tuning
+
+    driver = browser
+    name = "browser-tuning"
+    build_tuning_image(docker_engine)
+    sm = runner_server.client()
+    s3_client(runner_server)
+    sm.create_hyper_parameter_tuning_job(**tuning_request(name, max_jobs=3, parallel=2, RandomSeed=5,
+                                                          definition={"static": {"pause": "1"}}))
+    driver.get(f"{runner_server.endpoint}/console/tuning-jobs/{name}")
+    assert driver.find_element(By.ID, "tuning-name").text == name
+    wait("Completed", lambda: driver.find_element(By.ID, "tuning-status").text == "Completed", 120, driver)
+    job, _ = wait_tuning(sm, name, timeout=10)
+    finished = [t for t in trials(sm, name) if t.get("FinalHyperParameterTuningJobObjectiveMetric")]
+    chart = driver.find_element(By.ID, "objective-chart")
+    assert chart.is_displayed() and chart.size["height"] > 100
+    dots = chart.find_elements(By.CSS_SELECTOR, "svg circle.dot")
+    assert sorted(d.get_attribute("data-trial") for d in dots) == sorted(t["TrainingJobName"] for t in finished)
+    assert len(chart.find_elements(By.CSS_SELECTOR, "svg polyline.best-so-far")) == 1
+    best = job["BestTrainingJob"]["TrainingJobName"]
+    assert [d.get_attribute("data-trial") for d in chart.find_elements(By.CSS_SELECTOR, "svg circle.best")] == [best]
+    [row] = driver.find_elements(By.CSS_SELECTOR, "#trials tr.best")
+    assert row.get_attribute("data-trial") == best
+    marker = row.find_element(By.CSS_SELECTOR, ".best-marker")
+    assert marker.is_displayed() and "best" in marker.text
+    assert driver.find_elements(By.ID, "stop-button") == []
+    screenshot(driver, "05-tuning-job")

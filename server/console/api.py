@@ -37,6 +37,27 @@ class ConsoleApi:
     def stop_job(self, region: str, name: str) -> None:
         self.call("sagemaker", "StopTrainingJob", region, TrainingJobName=name)
 
+    def list_tuning_jobs(self, region: str, **params: Any) -> dict[str, Any]:
+        return self.call("sagemaker", "ListHyperParameterTuningJobs", region, **params)
+
+    def describe_tuning_job(self, region: str, name: str) -> dict[str, Any]:
+        return self.call("sagemaker", "DescribeHyperParameterTuningJob", region, HyperParameterTuningJobName=name)
+
+    def tuning_trials(self, region: str, name: str) -> list[dict[str, Any]]:
+        """Every HyperParameterTrainingJobSummary of the tuning job, oldest first, through all of its pages."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"HyperParameterTuningJobName": name, "SortBy": "CreationTime",
+                                  "SortOrder": "Ascending", "MaxResults": 100}
+        while True:
+            page = self.call("sagemaker", "ListTrainingJobsForHyperParameterTuningJob", region, **params)
+            found += page.get("TrainingJobSummaries", [])
+            if not page.get("NextToken"):
+                return found
+            params["NextToken"] = page["NextToken"]
+
+    def stop_tuning_job(self, region: str, name: str) -> None:
+        self.call("sagemaker", "StopHyperParameterTuningJob", region, HyperParameterTuningJobName=name)
+
     # ---- smlocal's own service ----------------------------------------------------------------
 
     def job_progress(self, region: str, name: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The web console at /console: the job list, a page per job, and the few JSON feeds its scripts poll.
+"""The web console at /console: the job list, a page per job, and the few JSON feeds its scripts poll; the
+tuning job pages are in `tuning_pages`.
 
 A sub-application of the API's FastAPI app. Everything it shows or does goes through the registry's
 providers (`ConsoleApi`), under the same validation as API requests; its pages are rendered on the server
@@ -11,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -19,14 +21,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from server.aws.regions import is_valid_region
 from server.aws.registry import ServiceRegistry
-from server.console import views
+from server.console import tuning_views, views
 from server.console.access import ConsoleAccess, ConsoleGuard
 from server.console.api import ConsoleApi
 from server.console.artifacts import ARTIFACT_NAMES, ArtifactStore
+from server.console.pages import PageAgain, Pages
+from server.console.tuning_pages import add_tuning_pages
 from smlocal.core.errors import ApiError
 from smlocal.core.lifecycle import TERMINAL_STATUSES
 from smlocal.core.metric_series import METRIC_NAMESPACE
@@ -47,7 +52,9 @@ def _templates() -> Environment:
 
 
 def _not_found(error: ApiError) -> bool:
-    return error.message == "Requested resource not found."
+    # DescribeTrainingJob says so in its message (a ValidationException, as SageMaker's); the tuning
+    # operations have a code of their own.
+    return error.message == "Requested resource not found." or error.code == "ResourceNotFound"
 
 
 def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
@@ -82,7 +89,7 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             "console": CONSOLE_PATH, "account_id": settings.account_id, "default_region": settings.region,
             "region": region, "regions": known_regions, "token": access.token, "zone": views.local_zone(),
             "keys_required": access.keys is not None, "link": lambda path, **p: link(path, region, **p),
-            "statuses": views.STATUSES,
+            "statuses": views.STATUSES, "section": "jobs",
         }
         return HTMLResponse(templates.get_template(template).render({**base, **context}), status_code=http_status)
 
@@ -94,6 +101,17 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
     async def bad_region(_request: Request, exc: RegionError) -> HTMLResponse:
         return render("error.html", 400, code="InvalidRegion",
                       message=f"'{exc}' is not an AWS region name (e.g. {settings.region}).")
+
+    @console.exception_handler(HTTPException)
+    async def no_route(request: Request, exc: HTTPException) -> HTMLResponse:
+        # An address no route takes (`/console/tuning-jobs/a/b`): the console's own page, not a JSON body.
+        not_found = exc.status_code == 404
+        section = "tuning" if request.url.path.startswith(f"{CONSOLE_PATH}/tuning-jobs") else "jobs"
+        response = render("error.html", exc.status_code, section=section,
+                          code=HTTPStatus(exc.status_code).phrase.replace(" ", "").replace("-", ""),
+                          message="The console has no page at this address." if not_found else str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     @console.exception_handler(Exception)
     async def failed(_request: Request, exc: Exception) -> HTMLResponse:
@@ -180,6 +198,7 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             environment=sorted((job.get("Environment") or {}).items()),
             metric_definitions=algo.get("MetricDefinitions") or [],
             describe_json=views.describe_json(job), hosts=views.hosts(job),
+            tuning_job=tuning_views.tuning_job_name(job),
         )
 
     @console.get("/jobs/{name}", response_class=HTMLResponse)
@@ -195,9 +214,11 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             return error_page(error, region)
         return render("_job_summary.html", **summary_context(region, job))
 
-    async def act(request: Request, name: str, operation: str, action: Callable[[str, str], None]) -> Response:
+    async def act(request: Request, operation: str, action: Callable[[str], None], done: str,
+                  again: PageAgain) -> Response:
         """A button's POST: only with the page's token and from the console's own origin (`write_refusal`),
-        then the API operation; back to the job page, or the page with the operation's error."""
+        then the API operation (`action(region)`); back to the page at `done`, or `again` with the
+        operation's error."""
         form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
         headers = {k.lower(): v for k, v in request.headers.items()}
         refusal = access.write_refusal(headers, request.url.scheme, form.get("token"))
@@ -207,23 +228,29 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
 
         def call() -> ApiError | None:
             try:
-                action(region, name)
+                action(region)
             except ApiError as error:
                 return error
             return None
 
         error = await run_in_threadpool(call)
         if error is None:
-            return RedirectResponse(link(f"/jobs/{name}", region), status_code=303)
-        return await run_in_threadpool(job_page_response, request, name, 400, (operation, error))
+            return RedirectResponse(link(done, region), status_code=303)
+        return await run_in_threadpool(again, request, 400, (operation, error))
+
+    async def act_on_job(request: Request, name: str, operation: str, action: Callable[[str, str], None]) -> Response:
+        def again(request: Request, status: int, error: tuple[str, ApiError]) -> HTMLResponse:
+            return job_page_response(request, name, status, error)
+
+        return await act(request, operation, lambda region: action(region, name), f"/jobs/{name}", again)
 
     @console.post("/jobs/{name}/stop", response_class=HTMLResponse)
     async def stop_job(request: Request, name: str) -> Response:
-        return await act(request, name, "StopTrainingJob", api.stop_job)
+        return await act_on_job(request, name, "StopTrainingJob", api.stop_job)
 
     @console.post("/jobs/{name}/interrupt", response_class=HTMLResponse)
     async def interrupt_job(request: Request, name: str) -> Response:
-        return await act(request, name, "InterruptTrainingJob", api.interrupt_job)
+        return await act_on_job(request, name, "InterruptTrainingJob", api.interrupt_job)
 
     @console.get("/jobs/{name}/artifacts/{artifact}")
     def download(request: Request, name: str, artifact: str) -> Response:
@@ -315,6 +342,7 @@ def create_console(settings: Settings, registry: ServiceRegistry) -> FastAPI:
             out.append({"name": metric, "series": series})
         return JSONResponse({"period": period, "metrics": out})
 
+    add_tuning_pages(console, api, Pages(region_of=region_of, link=link, render=render, act=act))
     return console
 
 
