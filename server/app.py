@@ -25,6 +25,7 @@ from server.services.sagemaker.provider import JobLimits, Operations
 from server.services.smlocal.host_access import HostAccess, HostProcess
 from server.services.smlocal.model import SERVICE_NAME, smlocal_session
 from server.services.smlocal.provider import Control
+from server.services.sts.provider import Sts
 from server.shell import mount_shell
 from smlocal.core.errors import ApiError
 from smlocal.core.file_systems import FileSystems
@@ -78,6 +79,7 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
         Service.of("logs", CloudWatchLogs(store, data_dir)),
         Service.of("cloudwatch", CloudWatchMetrics(store)),
         Service.of("iam", Iam()),
+        Service.of("sts", Sts()),
         Service.of(SERVICE_NAME, Control(lifecycle, runner.progress if runner is not None else lambda _arn: None,
                                          hosts), smlocal_session()),
     ])

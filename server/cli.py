@@ -340,6 +340,7 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
     console.print(f"  export AWS_ENDPOINT_URL_CLOUDWATCH_LOGS={api}", highlight=False)
     console.print(f"  export AWS_ENDPOINT_URL_CLOUDWATCH={api}", highlight=False)
     console.print(f"  export AWS_ENDPOINT_URL_IAM={api}", highlight=False)
+    console.print(f"  export AWS_ENDPOINT_URL_STS={api}", highlight=False)
     console.print(f"  export AWS_ENDPOINT_URL_S3={settings.s3_endpoint}", highlight=False)
     console.print(f"  export AWS_DEFAULT_REGION={settings.region}", highlight=False)
     if not settings.access_key:

@@ -45,7 +45,7 @@ from runner.backend import LABEL_DATA_DIR
 from smlocal.core.rclone import die_with_parent
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
-                      "AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ENDPOINT_URL_IAM")
+                      "AWS_ENDPOINT_URL_CLOUDWATCH", "AWS_ENDPOINT_URL_IAM", "AWS_ENDPOINT_URL_STS")
 # These would take the code under test elsewhere (a profile may not exist here; a session token
 # belongs to other keys).
 _CLEARED_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -158,6 +158,7 @@ class Smlocal:
             "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": self.endpoint,
             "AWS_ENDPOINT_URL_CLOUDWATCH": self.endpoint,
             "AWS_ENDPOINT_URL_IAM": self.endpoint,
+            "AWS_ENDPOINT_URL_STS": self.endpoint,
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,

@@ -150,12 +150,12 @@ def test_query_wire_answers_in_iam_xml(api_server: SmlocalServer) -> None:
     assert error is not None and error.findtext("iam:Code", namespaces=NS) == "ValidationError"
     assert error.findtext("iam:Message", namespaces=NS) == (
         "1 validation error detected: Value null at 'roleName' failed to satisfy constraint: Member must not be null")
-    # Only what SageMaker clients need is served; the rest of IAM is an unknown action, as it is for STS.
+    # Only what SageMaker clients need is served; the rest of IAM is an unknown action, as the rest of STS is.
     for body, code, message in (
             ("Action=CreateRole&Version=2010-05-08", "InvalidAction",
              "Could not find operation CreateRole for version 2010-05-08"),
-            ("Action=GetCallerIdentity&Version=2011-06-15", "InvalidAction",
-             "Could not find operation GetCallerIdentity for version 2011-06-15"),
+            ("Action=AssumeRole&Version=2011-06-15", "InvalidAction",
+             "Could not find operation AssumeRole for version 2011-06-15"),
             ("Version=2010-05-08", "MissingAction", "The request is missing an action or a required parameter.")):
         response = _post(api_server, body)
         assert response.status_code == 400, body

@@ -6,8 +6,9 @@ examples.
 Real SDKs in their venvs under the no-egress guard (tests/support/sdk.py), real `smlocal serve` with the
 embedded stores `make run` starts (the files store for the docs' snippets, the memory store for the notebooks),
 real containers of `smlocal/training-toolkit:1`. The README's exports reach IAM (v3's role and staging
-checks, v2's role-name lookup) on smlocal, and its SDK config names the default bucket, so nothing asks
-AWS; every status the jobs show while the SDK runs is recorded.
+checks, v2's role-name lookup) and STS (the account in the SDK's default bucket, `sagemaker-<region>-<account>`,
+where the code and the models go) on smlocal, so nothing asks AWS; every status the jobs show while the SDK
+runs is recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import docker
 import pytest
 
 from tests.support.sdk_run import (
+    DEFAULT_BUCKET,
     NOTEBOOKS,
     assert_walked_to,
     run_guarded,
@@ -86,13 +88,13 @@ def test_readme_v2_script_mode_ships_the_source_dir_and_prints_the_scripts_outpu
     assert out.index("train_accuracy=") < out.index("Training seconds:") < out.index("Billable seconds:")
 
     described = files_server.client().describe_training_job(TrainingJobName=job)
-    source = f"s3://{bucket}/{job}/source/sourcedir.tar.gz"
+    source = f"s3://{DEFAULT_BUCKET}/{job}/source/sourcedir.tar.gz"
     hyperparameters = described["HyperParameters"]
     assert (hyperparameters["sagemaker_program"], hyperparameters["sagemaker_submit_directory"]) == (
         '"train.py"', f'"{source}"')
     assert (hyperparameters["alpha"], hyperparameters["max_iter"]) == ("0.5", "200")
     assert described["AlgorithmSpecification"]["TrainingImage"] == TOOLKIT_IMAGE
-    # The SDK's sourcedir.tar.gz is in the store, in the default bucket of the SDK config: the folder's files.
+    # The SDK's sourcedir.tar.gz is in the store, in the SDK's default bucket: the folder's files.
     shipped = tmp_path / "sourcedir.tar.gz"
     shipped.write_bytes(s3_get(files_server, source))
     assert model_members(shipped)["train.py"] == Path("examples/script-mode/train.py").read_bytes()
@@ -101,7 +103,7 @@ def test_readme_v2_script_mode_ships_the_source_dir_and_prints_the_scripts_outpu
     [metric] = described["FinalMetricDataList"]
     assert (metric["MetricName"], metric["Value"]) == ("train:accuracy", pytest.approx(printed))
     # The model, where SageMaker puts it for the default output path, downloaded as the snippet does.
-    assert described["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/{job}/output/model.tar.gz"
+    assert described["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{DEFAULT_BUCKET}/{job}/output/model.tar.gz"
     members = model_members(tmp_path / "script-v2-model" / "model.tar.gz")
     assert set(members) == {"model.joblib", "metadata.json"}
     metadata = json.loads(members["metadata.json"])
@@ -118,7 +120,7 @@ def test_readme_v3_script_mode_ships_code_and_drivers_as_channels_and_validates_
     run = run_guarded(3, "import logging\n" + debug + script_mode_snippet(3), files_server, bucket, tmp_path)
     assert run.result.returncode == 0, run.output[-6000:] + files_server.log()
     # No connection left the machine: the role validation and the staging checks went to smlocal's IAM,
-    # the default bucket came from the SDK config (no STS).
+    # the default bucket's account came from smlocal's STS.
     assert run.guard.report() == []
     # v3 validated the role (SimulatePrincipalPolicy and GetRole's trust policy), and its staging check
     # for each uploaded folder got an answer (a failed one is logged and falls back).
@@ -139,12 +141,13 @@ def test_readme_v3_script_mode_ships_code_and_drivers_as_channels_and_validates_
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in described["InputDataConfig"]}
     assert set(channels) == {"train", "code", "sm_drivers"}
     base = job.rsplit("-", 1)[0]
-    assert channels["code"] == f"s3://{bucket}/{base}/{job}/input/code"
-    code = files_server.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{base}/{job}/input/code/")
+    assert channels["code"] == f"s3://{DEFAULT_BUCKET}/{base}/{job}/input/code"
+    code = files_server.client("s3").list_objects_v2(Bucket=DEFAULT_BUCKET, Prefix=f"{base}/{job}/input/code/")
     assert f"{base}/{job}/input/code/train.py" in {o["Key"] for o in code["Contents"]}
     assert s3_get(files_server, f"{channels['sm_drivers']}/sm_train.sh").lstrip().startswith(b"#!/bin/bash")
     assert described["HyperParameters"] == {"alpha": "0.5", "max_iter": "200"}
-    assert described["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/{base}/{job}/output/model.tar.gz"
+    assert (described["ModelArtifacts"]["S3ModelArtifacts"]
+            == f"s3://{DEFAULT_BUCKET}/{base}/{job}/output/model.tar.gz")
     members = model_members(tmp_path / "script-v3-model" / "model.tar.gz")
     assert set(members) == {"model.joblib", "metadata.json"}
     assert json.loads(members["metadata.json"])["training_job_name"] == job
@@ -202,9 +205,8 @@ def test_v2_failing_script_raises_the_sdks_error_with_the_toolkits_reason(
 @pytest.mark.parametrize("version", [2, 3])
 def test_notebook_example_trains_from_a_fresh_default_bucket(
         memory_server: SmlocalServer, tmp_path: Path, unique_name: Callable[[str], str], version: int) -> None:
-    # Nothing is prepared: the notebook makes its data, and the SDK creates its default bucket.
-    bucket = unique_name(f"notebook{version}")
-    run = run_guarded(version, NOTEBOOKS[version].read_text(), memory_server, bucket, tmp_path)
+    # Nothing is prepared: the notebook makes its data, and the SDK creates its default bucket (the first run).
+    run = run_guarded(version, NOTEBOOKS[version].read_text(), memory_server, unique_name("unused"), tmp_path)
     assert run.result.returncode == 0, run.output[-6000:] + memory_server.log()
     assert run.guard.report() == []
     job, seen = run.only_job()
@@ -212,8 +214,8 @@ def test_notebook_example_trains_from_a_fresh_default_bucket(
     assert_walked_to(seen, "Completed/Completed")
 
     out = run.result.stdout
-    assert f"default bucket: {bucket};" in out
-    assert re.search(rf"^600 rows \(\d+% positive\) uploaded to s3://{bucket}/notebook-v{version}/data/train/"
+    assert f"default bucket: {DEFAULT_BUCKET};" in out
+    assert re.search(rf"^600 rows \(\d+% positive\) uploaded to s3://{DEFAULT_BUCKET}/notebook-v{version}/data/train/"
                      r"train\.csv$", out, re.M), out[:3000]
     assert "read 600 rows from 1 file(s) in /opt/ml/input/data/train" in run.output  # the job's log
     assert "model.tar.gz holds: ['metadata.json', 'model.joblib']" in out

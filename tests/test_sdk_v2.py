@@ -1,12 +1,13 @@
 """SageMaker Python SDK v2 (`sagemaker<3`, in .venv-sdk2), unmodified, against smlocal: the README's
-snippet end to end, and TrainingJobAnalytics over a job's whole metric series."""
+snippet end to end, TrainingJobAnalytics over a job's whole metric series, and `Session().default_bucket()`
+with no bucket named anywhere."""
 
 from __future__ import annotations
 
 import json
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,15 @@ import docker
 import pytest
 
 from tests.support.jobs import job_request, wait_for_status
-from tests.support.sdk_run import assert_walked_to, readme_snippet, run_guarded, upload_quickstart_data
+from tests.support.sdk_run import (
+    assert_walked_to,
+    check_default_bucket,
+    check_default_bucket_asks_aws_without_aws_data,
+    readme_snippet,
+    run_guarded,
+    store_only_server,
+    upload_quickstart_data,
+)
 from tests.support.smlocal import SmlocalServer
 
 FINAL = {"Completed", "Failed", "Stopped"}
@@ -104,3 +113,20 @@ def test_training_job_analytics_dataframe_holds_every_logged_value(
     assert 1 <= len(minutes) <= 2
     if len(minutes) == 1:
         assert minutes[0]["value"] == pytest.approx(sum(values) / len(values))
+
+
+@pytest.fixture(scope="module", params=["files", "memory"])
+def store_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmlocalServer]:
+    yield from store_only_server(tmp_path_factory.mktemp(f"smlocal-{request.param}"), request.param)
+
+
+SDK_IMPORTS = "from sagemaker import Session\nfrom sagemaker.s3 import S3Downloader, S3Uploader\n"
+
+
+def test_default_bucket_is_the_sdks_own_made_in_smlocals_store(store_server: SmlocalServer, tmp_path: Path) -> None:
+    check_default_bucket(2, SDK_IMPORTS, store_server, tmp_path)
+
+
+@pytest.mark.parametrize("store_server", ["files"], indirect=True)
+def test_without_aws_data_path_the_default_bucket_asks_aws(store_server: SmlocalServer, tmp_path: Path) -> None:
+    check_default_bucket_asks_aws_without_aws_data(2, SDK_IMPORTS, store_server, tmp_path)

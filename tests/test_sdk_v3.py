@@ -2,20 +2,29 @@
 
 v3 keeps its SageMaker and CloudWatch Logs clients in process-wide singletons built from plain boto3
 sessions, so only the AWS_ENDPOINT_URL_* variables reach them. With the README's settings its IAM calls
-(role validation) go to smlocal and it needs no STS call; the guard proves that nothing else was asked
+(role validation) and its STS call (`Session().default_bucket()`'s account, at an explicit AWS endpoint
+that only the README's AWS_DATA_PATH moves) go to smlocal; the guard proves that nothing else was asked
 of AWS, and the last tests show what happens without them (the guard refuses IAM's and STS's addresses).
 """
 
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.support.sdk_run import assert_walked_to, readme_snippet, run_guarded, upload_quickstart_data
+from tests.support.sdk_run import (
+    assert_walked_to,
+    check_default_bucket,
+    check_default_bucket_asks_aws_without_aws_data,
+    readme_snippet,
+    run_guarded,
+    store_only_server,
+    upload_quickstart_data,
+)
 from tests.support.smlocal import SmlocalServer
 
 
@@ -45,40 +54,31 @@ def test_readme_v3_snippet_trains_streams_logs_and_downloads_the_model(
     assert described["HyperParameters"]["alpha"] in ("0.5", '"0.5"')
 
 
-# The SDK config without the default bucket (telemetry stays off).
-TELEMETRY_ONLY_CONFIG = """SchemaVersion: '1.0'
-SageMaker:
-  PythonSDK:
-    Modules:
-      TelemetryOptOut: true
-"""
-
-
-@pytest.mark.parametrize(("setting", "asked"), [
-    # Why the README points AWS_ENDPOINT_URL_IAM at smlocal: v3 validates the role with IAM first.
-    ("iam-endpoint", "iam.amazonaws.com"),
-    # Why the SDK config names a default bucket: without it (and without output_data_config) the bucket's
-    # name comes from STS, at an explicit regional endpoint that AWS_ENDPOINT_URL_STS does not move.
-    ("default-bucket", "sts.us-east-1.amazonaws.com"),
-])
-def test_without_the_readme_settings_v3_would_ask_aws(server: SmlocalServer, tmp_path: Path,
-                                                      unique_name: Callable[[str], str], setting: str,
-                                                      asked: str) -> None:
+def test_without_the_iam_endpoint_v3_would_ask_aws(server: SmlocalServer, tmp_path: Path,
+                                                 unique_name: Callable[[str], str]) -> None:
+    """Why the README points AWS_ENDPOINT_URL_IAM at smlocal: v3 validates the role with IAM first."""
     bucket = unique_name("sdk3-aws")
     upload_quickstart_data(server, bucket, tmp_path)
-    script = readme_snippet(3)
-    # Even with STS's endpoint variable pointing here, the default bucket's lookup goes to AWS.
-    prelude = "import os\nos.environ['AWS_ENDPOINT_URL_STS'] = os.environ['AWS_ENDPOINT_URL_SAGEMAKER']\n"
-    if setting == "iam-endpoint":
-        prelude += "os.environ.pop('AWS_ENDPOINT_URL_IAM')\n"
-    else:
-        # Beside the config the README's exports name (paths in the script are rewritten, so no literal).
-        (tmp_path / "telemetry-only.yaml").write_text(TELEMETRY_ONLY_CONFIG)
-        prelude += ("os.environ['SAGEMAKER_USER_CONFIG_OVERRIDE'] = os.environ['SAGEMAKER_USER_CONFIG_OVERRIDE']"
-                    ".replace('sagemaker-config.yaml', 'telemetry-only.yaml')\n")
-        script = script.replace('output_data_config=OutputDataConfig(s3_output_path="s3://workshop/output"),', "")
-        assert "OutputDataConfig(" not in script.split("ModelTrainer(", 1)[1].split("trainer.train(", 1)[0]
-    run = run_guarded(3, prelude + script, server, bucket, tmp_path)
+    prelude = "import os\nos.environ.pop('AWS_ENDPOINT_URL_IAM')\n"
+    run = run_guarded(3, prelude + readme_snippet(3), server, bucket, tmp_path)
     refused = {entry["host"] for entry in run.guard.report()}
-    assert asked in refused, (refused, run.output[-3000:])
+    assert "iam.amazonaws.com" in refused, (refused, run.output[-3000:])
     assert run.result.returncode != 0
+
+
+@pytest.fixture(scope="module", params=["files", "memory"])
+def store_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmlocalServer]:
+    yield from store_only_server(tmp_path_factory.mktemp(f"smlocal-{request.param}"), request.param)
+
+
+SDK_IMPORTS = ("from sagemaker.core.helper.session_helper import Session\n"
+               "from sagemaker.core.s3 import S3Downloader, S3Uploader\n")
+
+
+def test_default_bucket_is_the_sdks_own_made_in_smlocals_store(store_server: SmlocalServer, tmp_path: Path) -> None:
+    check_default_bucket(3, SDK_IMPORTS, store_server, tmp_path)
+
+
+@pytest.mark.parametrize("store_server", ["files"], indirect=True)
+def test_without_aws_data_path_the_default_bucket_asks_aws(store_server: SmlocalServer, tmp_path: Path) -> None:
+    check_default_bucket_asks_aws_without_aws_data(3, SDK_IMPORTS, store_server, tmp_path)

@@ -4,8 +4,8 @@
 # The workshop's part 2 from a notebook: make a data set, put it in the store, train `train.py` from
 # `examples/script-mode` with the SageMaker training toolkit, watch its log, then fetch the model and
 # look at what it learned. Nothing here mentions smlocal: the environment does (the README's
-# *The SageMaker Python SDK* exports: `AWS_ENDPOINT_URL_*`, keys, region, and
-# `SAGEMAKER_USER_CONFIG_OVERRIDE` naming the default bucket). The same cells run on SageMaker.
+# *The SageMaker Python SDK* exports: `AWS_ENDPOINT_URL_*`, `AWS_DATA_PATH` for STS, keys, region, and
+# `SAGEMAKER_USER_CONFIG_OVERRIDE` for telemetry). The same cells run on SageMaker.
 #
 # Run it from the repository's top folder, with `make run` in another terminal:
 # `.venv-sdk2/bin/python examples/sdk/notebook_v2.py`, or open it as a notebook (`# %%` cells:
@@ -23,7 +23,7 @@ from sagemaker.estimator import Estimator
 from sagemaker.s3 import S3Downloader, S3Uploader
 
 session = sagemaker.Session()
-bucket = session.default_bucket()  # `workshop`, from the SDK config (created when missing)
+bucket = session.default_bucket()  # `sagemaker-<region>-<account>`, created when missing
 role = "arn:aws:iam::123456789012:role/SageMakerRole"
 work = Path(tempfile.mkdtemp(prefix="notebook-v2-"))
 print(f"default bucket: {bucket}; working folder: {work}")

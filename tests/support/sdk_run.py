@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Where the snippets the SDK tests run live: (document, heading).
 SDK_SECTION = (README, "The SageMaker Python SDK")
 SCRIPT_MODE_SECTION = (DOCS / "sdk-and-script-mode.md", "Script mode (workshop, part 2)")
-# The SDK defaults file the README's exports name, and the bucket it makes the SDK's default.
-SDK_CONFIG = REPO_ROOT / "examples" / "sdk" / "sagemaker-config.yaml"
+# The SDK defaults file the README's exports name (telemetry off; it names no bucket).
 SDK_CONFIG_IN_README = "$PWD/examples/sdk/sagemaker-config.yaml"
-DEFAULT_BUCKET_LINE = "DefaultS3Bucket: workshop"
+# The botocore data folder the README's AWS_DATA_PATH names: an STS endpoint rule set sending STS to smlocal.
+AWS_DATA = REPO_ROOT / "examples" / "sdk" / "aws-data"
+AWS_DATA_IN_README = "$PWD/examples/sdk/aws-data"
+AWS_DATA_ENDPOINT = "http://localhost:8080"
+# The SDKs' own default bucket, `sagemaker-<region>-<account>`, for the README's region and smlocal's account.
+DEFAULT_BUCKET = "sagemaker-us-east-1-123456789012"
 NOTEBOOKS = {2: REPO_ROOT / "examples" / "sdk" / "notebook_v2.py", 3: REPO_ROOT / "examples" / "sdk" / "notebook_v3.py"}
 
 
@@ -47,13 +53,76 @@ def script_mode_snippet(version: int) -> str:
     return {2: v2, 3: v3}[version]
 
 
-def localized_sdk_config(bucket: str, tmp: Path, text: str | None = None) -> Path:
-    """examples/sdk/sagemaker-config.yaml (or `text`) with the test's bucket as the SDK's default bucket."""
-    text = SDK_CONFIG.read_text() if text is None else text
-    assert DEFAULT_BUCKET_LINE in text, "the SDK config no longer names the default bucket"
-    path = tmp / "sagemaker-config.yaml"
-    path.write_text(text.replace(DEFAULT_BUCKET_LINE, f"DefaultS3Bucket: {bucket}"))
-    return path
+def localized_aws_data(api: str, tmp: Path) -> Path:
+    """examples/sdk/aws-data with the test server's address where the rule set names localhost:8080."""
+    folder = tmp / "aws-data"
+    shutil.copytree(AWS_DATA, folder)
+    rules = list(folder.rglob("*.json"))
+    assert rules and all(AWS_DATA_ENDPOINT in path.read_text() for path in rules), \
+        "the STS rule set no longer names localhost:8080"
+    for path in rules:
+        path.write_text(path.read_text().replace(AWS_DATA_ENDPOINT, api))
+    return folder
+
+
+def store_only_server(folder: Path, store: str) -> Iterator[SmlocalServer]:
+    """smlocal with its embedded store (`files`, what `make run` starts, or `memory`) and no jobs run: the SDK
+    calls that need no container, on a machine without an engine too."""
+    server = SmlocalServer(folder, None, ["--no-run-jobs", "--s3-store", store]).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+DEFAULT_BUCKET_CHECK = """
+print("DEFAULT BUCKET " + session.default_bucket())
+# Asked again by a new session, the bucket exists: HeadBucket, with the account as ExpectedBucketOwner.
+print("AGAIN " + Session().default_bucket())
+print("ACCOUNT " + session.account_id())
+uri = S3Uploader.upload_string_as_file_body("hello", f"s3://{session.default_bucket()}/probe/hello.txt",
+                                            sagemaker_session=session)
+print("READ " + S3Downloader.read_file(uri, sagemaker_session=session))
+"""
+
+
+def check_default_bucket(version: int, imports: str, server: SmlocalServer, tmp: Path) -> None:
+    """`Session().default_bucket()` under the README's exports, no bucket named anywhere: the SDK's
+    `sagemaker-<region>-<account>`, with the account from smlocal's STS, made in smlocal's store (a server
+    of store_only_server's). `imports` brings the SDK's Session, S3Uploader and S3Downloader."""
+    s3 = server.client("s3")
+    assert DEFAULT_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    run = run_guarded(version, imports + "session = Session()\n" + DEFAULT_BUCKET_CHECK, server, "unused", tmp,
+                      timeout=300)
+    assert run.result.returncode == 0, run.output[-6000:] + server.log()
+    # Nothing asked AWS: the STS lookup at https://sts.us-east-1.amazonaws.com went to smlocal.
+    assert run.guard.report() == []
+    lines = run.result.stdout.splitlines()
+    for line in (f"DEFAULT BUCKET {DEFAULT_BUCKET}", f"AGAIN {DEFAULT_BUCKET}", "ACCOUNT 123456789012", "READ hello"):
+        assert line in lines, run.output[-4000:]
+    s3.head_bucket(Bucket=DEFAULT_BUCKET)
+    assert s3.get_object(Bucket=DEFAULT_BUCKET, Key="probe/hello.txt")["Body"].read() == b"hello"
+    if server.args[server.args.index("--s3-store") + 1] == "files":  # a folder of the store's, as every bucket
+        assert (server.data_dir / "s3" / DEFAULT_BUCKET / "probe" / "hello.txt").read_text() == "hello"
+
+
+# What a user might try instead of AWS_DATA_PATH: STS's endpoint variable, and the one for every service.
+WITHOUT_AWS_DATA = """
+import os
+os.environ.pop("AWS_DATA_PATH")
+os.environ["AWS_ENDPOINT_URL_STS"] = os.environ["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL_SAGEMAKER"]
+"""
+
+
+def check_default_bucket_asks_aws_without_aws_data(version: int, imports: str, server: SmlocalServer,
+                                                   tmp: Path) -> None:
+    """Why the README sets AWS_DATA_PATH: the SDK's STS client names https://sts.<region>.amazonaws.com
+    itself, and an explicit endpoint beats AWS_ENDPOINT_URL_STS and AWS_ENDPOINT_URL (the guard refuses it)."""
+    run = run_guarded(version, WITHOUT_AWS_DATA + imports + "print(Session().default_bucket())\n", server,
+                      "unused", tmp, timeout=300)
+    refused = {entry["host"] for entry in run.guard.report()}
+    assert "sts.us-east-1.amazonaws.com" in refused, (refused, run.output[-3000:])
+    assert run.result.returncode != 0
 
 
 def upload_quickstart_data(server: SmlocalServer, bucket: str, tmp: Path) -> None:
@@ -103,8 +172,10 @@ def run_guarded(version: int, script: str, server: SmlocalServer, bucket: str, t
     guard, guard_env = make_guard(tmp / "guard", allowed)
     env = {**clean_environment(tmp / "home"), **guard_env}
     exports = localize(readme_environment(), api=server.endpoint, s3=server.s3_endpoint, bucket=bucket, tmp=tmp)
-    assert SDK_CONFIG_IN_README in exports
-    exports = exports.replace(SDK_CONFIG_IN_README, str(localized_sdk_config(bucket, tmp)))
+    # The SDK config is used as it is ($PWD is the repository: the command runs there); the STS rule is
+    # pointed at this test's server.
+    assert SDK_CONFIG_IN_README in exports and AWS_DATA_IN_README in exports
+    exports = exports.replace(AWS_DATA_IN_README, str(localized_aws_data(server.endpoint, tmp)))
     script_path = tmp / f"sdk{version}_script.py"
     script_path.write_text(localize(script, api=server.endpoint, s3=server.s3_endpoint, bucket=bucket, tmp=tmp))
     command = f'{exports}\nexec "{python}" -u "{script_path}"'
