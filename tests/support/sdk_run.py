@@ -24,6 +24,9 @@ SCRIPT_MODE_SECTION = (DOCS / "sdk-and-script-mode.md", "Script mode (workshop, 
 SDK_CONFIG = REPO_ROOT / "examples" / "sdk" / "sagemaker-config.yaml"
 SDK_CONFIG_IN_README = "$PWD/examples/sdk/sagemaker-config.yaml"
 DEFAULT_BUCKET_LINE = "DefaultS3Bucket: workshop"
+# Where the tuning snippets live: the README's SDK v2 tuner, docs/tuning.md's SDK v3 tuner and aws CLI steps.
+TUNING_SECTION = (README, "Hyperparameter tuning")
+TUNING_DOC = DOCS / "tuning.md"
 NOTEBOOKS = {2: REPO_ROOT / "examples" / "sdk" / "notebook_v2.py", 3: REPO_ROOT / "examples" / "sdk" / "notebook_v3.py"}
 
 
@@ -45,6 +48,13 @@ def script_mode_snippet(version: int) -> str:
     doc, title = SCRIPT_MODE_SECTION
     v2, v3 = code_blocks(section(title, doc=doc), "python")
     return {2: v2, 3: v3}[version]
+
+
+def tuning_snippet(version: int) -> str:
+    """The README's SDK v2 HyperparameterTuner block, or docs/tuning.md's SDK v3 one."""
+    doc, title = TUNING_SECTION if version == 2 else (TUNING_DOC, "From SDK v3")
+    [snippet] = code_blocks(section(title, doc=doc), "python")
+    return snippet
 
 
 def localized_sdk_config(bucket: str, tmp: Path, text: str | None = None) -> Path:
