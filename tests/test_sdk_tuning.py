@@ -25,7 +25,14 @@ import pytest
 from tests.support.awscli import aws
 from tests.support.jobs import assert_completed_in_order
 from tests.support.readme import code_blocks, localize, section
-from tests.support.sdk_run import TUNING_DOC, SdkRun, run_guarded, tuning_snippet, upload_quickstart_data
+from tests.support.sdk_run import (
+    DEFAULT_BUCKET,
+    TUNING_DOC,
+    SdkRun,
+    run_guarded,
+    tuning_snippet,
+    upload_quickstart_data,
+)
 from tests.support.smlocal import SmlocalServer
 from tests.support.tuning import most_at_once, trials
 
@@ -187,11 +194,12 @@ def test_docs_v3_tuner_tunes_a_script_mode_trainer(
         trial = sm.describe_training_job(TrainingJobName=summary["TrainingJobName"])
         hyperparameters = trial["HyperParameters"]
         assert hyperparameters["sagemaker_program"] == "train.py"
+        # The source goes to the SDK's default bucket (`sagemaker-<region>-<account>`, from smlocal's STS).
         source = hyperparameters["sagemaker_submit_directory"]
-        assert source.startswith(f"s3://{bucket}/") and source.endswith("/sourcedir.tar.gz")
-        s3.head_object(Bucket=bucket, Key=source.removeprefix(f"s3://{bucket}/"))
+        assert source.startswith(f"s3://{DEFAULT_BUCKET}/") and source.endswith("/sourcedir.tar.gz")
+        s3.head_object(Bucket=DEFAULT_BUCKET, Key=source.removeprefix(f"s3://{DEFAULT_BUCKET}/"))
         assert [c["ChannelName"] for c in trial["InputDataConfig"]] == ["train", "sm_drivers"]
-        assert trial["ModelArtifacts"]["S3ModelArtifacts"].startswith(f"s3://{bucket}/")
+        assert trial["ModelArtifacts"]["S3ModelArtifacts"].startswith(f"s3://{DEFAULT_BUCKET}/")
     events = server.client("logs").filter_log_events(
         logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{result['best']}/",
         filterPattern='"train_accuracy="')["events"]
