@@ -132,11 +132,12 @@ def test_serve_refuses_a_range_over_a_route_of_this_machine(tmp_path: Path) -> N
 # ---- jobs on a real engine ------------------------------------------------------------------------------
 
 
-def _range_networks(client: docker.DockerClient, job_range: str) -> list[str]:
-    """The engine's networks inside `job_range`."""
+def _range_networks(client: docker.DockerClient, job_range: str, server: SmlocalServer) -> list[str]:
+    """`server`'s networks inside `job_range`. Other servers running meanwhile (pytest-xdist workers) carve
+    theirs from the same default range, so only this server's label counts."""
     pool = IPv4Network(job_range)
     found = []
-    for n in client.api.networks():
+    for n in client.api.networks(filters={"label": f"smlocal.data-dir={server.data_dir.resolve()}"}):
         for config in (n.get("IPAM") or {}).get("Config") or []:
             subnet = config.get("Subnet", "")
             if ":" not in subnet and subnet and IPv4Network(subnet).subnet_of(pool):
@@ -195,7 +196,7 @@ def test_more_jobs_at_once_than_the_default_pools_have_networks(
         assert wait_for_status(sm, name, FINAL, timeout=120)["TrainingJobStatus"] == "Stopped"
     assert wait_until(lambda: not leftovers(docker_engine, crowded), 60, "cleanup") is True
     # Only the spare (made for the next job) is left of the range.
-    assert wait_until(lambda: len(_range_networks(docker_engine, job_range)) <= 1, 30, "networks removed")
+    assert wait_until(lambda: len(_range_networks(docker_engine, job_range, crowded)) <= 1, 30, "networks removed")
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +233,7 @@ def test_a_job_waits_in_starting_for_a_free_network_and_then_runs(
         job = sm.describe_training_job(TrainingJobName=third)
         assert (job["TrainingJobStatus"], job["SecondaryStatus"]) == ("InProgress", "Starting"), job
         time.sleep(0.3)
-    assert len(_range_networks(docker_engine, SMALL_RANGE)) == 2
+    assert len(_range_networks(docker_engine, SMALL_RANGE, small_range)) == 2
     sm.stop_training_job(TrainingJobName=first)
     job, seen = wait_recording(sm, third, FINAL, timeout=120)
     assert job["TrainingJobStatus"] == "Completed", (seen, job.get("FailureReason"))
