@@ -1,0 +1,294 @@
+"""`Backend` on Docker Swarm: each host of a job is a service of one task, on an attachable overlay network.
+
+What the job flow calls a container is a service here (`ContainerRef.id` is the service's id):
+- `create` makes it with no replica (SageMaker's instances exist before the algorithm starts; a service of 0
+  replicas is that), `start` scales it to one. Restart condition none: a task that ends is not run again.
+- Its name and alias on the job's overlay network is the host (`algo-N`); the endpoint mode is DNS round-robin,
+  since this kernel has no IPVS (a virtual IP needs it) and a host's name must resolve to its one task anyway.
+- `signal(SIGTERM)` scales it back to 0: Swarm sends the stop signal and, after the service's stop grace period
+  (`--stop-grace-seconds`), SIGKILL, so the grace is the engine's as on SageMaker. A task's exit code is read
+  from its status once it is no longer running.
+- Data does not go through the server's disk: `ContainerSpec.volumes` are node-local named volumes, and the
+  agent's tasks (runner.agent) stage and upload on the node that runs the host (`ContainerSpec.node`).
+- Logs are the service's logs, through the manager, wherever the task runs.
+
+No docker SDK type leaves this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from docker.errors import APIError, NotFound
+from docker.types import (
+    ContainerSpec as SwarmContainerSpec,
+)
+from docker.types import (
+    EndpointSpec,
+    IPAMConfig,
+    IPAMPool,
+    Mount,
+    NetworkAttachmentConfig,
+    Placement,
+    Resources,
+    RestartPolicy,
+    ServiceMode,
+    TaskTemplate,
+)
+
+from runner.backend import (
+    BackendUnavailable,
+    ContainerGone,
+    ContainerNotRunning,
+    ContainerOutput,
+    ContainerRef,
+    ContainerSpec,
+    ExecSession,
+    NetworkRef,
+    SubnetTaken,
+)
+from runner.docker_backend import DockerBackend, _DockerOutput, _engine, _label_filter, parse_docker_time
+from runner.node_data import LABEL_NODE
+
+log = logging.getLogger("smlocal.runner")
+
+# Task states after which the task runs no more (Swarm's words).
+ENDED_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+WAIT_POLL_SECONDS = 0.25
+
+
+class NotAManager(Exception):
+    """The engine is not a swarm manager; `serve --backend swarm` says how to make it one."""
+
+
+class SwarmBackend(DockerBackend):
+    name = "swarm"
+    # Inputs and outputs move on the node that runs the host (runner.agent), never through the server's disk.
+    stages_on_node = True
+
+    def __init__(self, *args: Any, stop_grace_seconds: float = 120.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_grace_seconds = stop_grace_seconds
+        self._next_node = 0
+
+    # ---- the swarm ------------------------------------------------------------------------------------
+
+    def check_manager(self) -> None:
+        """NotAManager unless this engine manages a swarm (services can only be made on a manager)."""
+        with _engine():
+            swarm = self.client.info().get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+            raise NotAManager(f"the Docker engine is not a swarm manager (swarm state: "
+                              f"{swarm.get('LocalNodeState') or 'unknown'})")
+
+    def init_swarm(self, advertise_address: str) -> None:
+        """`serve --swarm-init`: make this engine a single-node swarm (more nodes join it later)."""
+        with _engine():
+            self.client.api.init_swarm(advertise_addr=advertise_address)
+
+    def nodes(self) -> list[str]:
+        """The ids of the nodes a host may run on: ready and active, managers and workers alike."""
+        with _engine():
+            listed = self.client.api.nodes()
+        return sorted(n["ID"] for n in listed if (n.get("Status") or {}).get("State") == "ready"
+                      and (n.get("Spec") or {}).get("Availability", "active") == "active")
+
+    def place(self, hosts: list[str]) -> dict[str, str]:
+        """A node for each host, spreading a job's hosts over the nodes (round robin, from where the previous
+        job stopped so that one-host jobs spread too)."""
+        nodes = self.nodes()
+        if not nodes:
+            raise BackendUnavailable("the swarm has no ready node")
+        placed = {}
+        for host in hosts:
+            placed[host] = nodes[self._next_node % len(nodes)]
+            self._next_node += 1
+        return placed
+
+    # ---- networks ---------------------------------------------------------------------------------------
+
+    def create_network(self, name: str, labels: dict[str, str], *, subnet: str, internal: bool = False) -> NetworkRef:
+        # Attachable: the agents' tasks and the algorithm's join it; internal: an isolated job reaches nothing but
+        # its own hosts (an overlay has no route out without the node's gateway bridge).
+        gateway = None
+        with _engine():
+            try:
+                created = self.client.api.create_network(
+                    name, driver="overlay", attachable=True, internal=internal, labels=labels,
+                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]))
+            except APIError as e:
+                if "overlap" in str(e.explanation or e):
+                    raise SubnetTaken(f"{subnet}: {e.explanation or e}") from None
+                raise
+        return NetworkRef(created["Id"], name, dict(labels), subnet, gateway)
+
+    # ---- hosts as services ---------------------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> ContainerRef:
+        mounts = [Mount(target=path, source=volume, type="volume", labels=dict(spec.labels),
+                        read_only=path in spec.read_only)
+                  for volume, path in spec.volumes.items()]
+        # Bind mounts of the node's own paths (the agent's `wipe` task reaches the node's engine through its socket).
+        mounts += [Mount(target=path, source=source, type="bind", read_only=path in spec.read_only)
+                   for source, path in spec.mounts.items()]
+        container = SwarmContainerSpec(
+            spec.image, command=spec.entrypoint, args=spec.command, hostname=spec.host, env=spec.environment,
+            labels=spec.labels, mounts=mounts,
+            stop_grace_period=int(self.stop_grace_seconds * 1e9), sysctls=spec.sysctls or None)
+        # The instance type's resources (`--enforce-instance-resources`) as reservations: the scheduler puts the
+        # task on a node that has them free.
+        cpus = _cpuset_size(spec.cpuset)
+        resources = Resources(cpu_reservation=int(cpus * 1e9) if cpus else None, mem_reservation=spec.memory)
+        template = TaskTemplate(
+            container, resources=resources, restart_policy=RestartPolicy(condition="none"),
+            placement=Placement(constraints=[f"node.id=={spec.node}"] if spec.node else None),
+            networks=[NetworkAttachmentConfig(spec.network, aliases=[spec.host])] if spec.network else None)
+        labels = {**spec.labels, **({LABEL_NODE: spec.node} if spec.node else {})}
+        with _engine():
+            created = self.client.api.create_service(
+                template, name=spec.name, labels=labels, mode=ServiceMode("replicated", replicas=0),
+                endpoint_spec=EndpointSpec(mode="dnsrr"))
+        return ContainerRef(created["ID"], spec.name, labels)
+
+    def _scale(self, container: ContainerRef, replicas: int) -> None:
+        with _engine():
+            try:
+                service = self.client.api.inspect_service(container.id)
+                self.client.api.update_service(container.id, service["Version"]["Index"],
+                                               mode=ServiceMode("replicated", replicas=replicas),
+                                               fetch_current_spec=True)
+            except NotFound:
+                raise ContainerGone(container.name) from None
+
+    def start(self, container: ContainerRef) -> ContainerRef:
+        started_at = time.time()
+        self._scale(container, 1)
+        return ContainerRef(container.id, container.name, container.labels, "running", started_at)
+
+    def _task(self, service_id: str) -> dict[str, Any] | None:
+        """The service's task (the newest, if Swarm kept several)."""
+        with _engine():
+            tasks = self.client.api.tasks(filters={"service": service_id})
+        return max(tasks, key=lambda t: t.get("CreatedAt", ""), default=None)
+
+    def _exists(self, service_id: str) -> bool:
+        with _engine():
+            try:
+                self.client.api.inspect_service(service_id)
+                return True
+            except NotFound:
+                return False
+
+    def wait(self, container: ContainerRef) -> int:
+        while True:
+            if not self._exists(container.id):
+                raise ContainerGone(container.name)
+            task = self._task(container.id)
+            status = (task or {}).get("Status") or {}
+            if task is not None and status.get("State") in ENDED_STATES:
+                code = (status.get("ContainerStatus") or {}).get("ExitCode")
+                if code is None:
+                    # Rejected (the image is not on the node, a mount failed): the platform's fault.
+                    raise RuntimeError(f"task of {container.name} {status.get('State')}: {status.get('Err')}")
+                return int(code)
+            time.sleep(WAIT_POLL_SECONDS)
+
+    def signal(self, container: ContainerRef, sig: str) -> None:
+        if sig == "SIGTERM":
+            try:
+                self._scale(container, 0)
+            except ContainerGone:
+                pass
+            return
+        # SIGKILL: Swarm kills the task itself once the stop grace period is over; on this node it is done now.
+        task = self._task(container.id)
+        container_id = (((task or {}).get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
+        if container_id and task is not None and task.get("NodeID") == self.local_node():
+            with _engine():
+                try:
+                    self.client.api.kill(container_id, signal=sig)
+                except (NotFound, APIError):
+                    pass
+
+    def local_node(self) -> str | None:
+        with _engine():
+            return (self.client.info().get("Swarm") or {}).get("NodeID")
+
+    def output(self, container: ContainerRef) -> bytes:
+        with _engine():
+            try:
+                chunks = self.client.api.service_logs(container.id, stdout=True, stderr=True, follow=False)
+                return b"".join(chunks)
+            except NotFound:
+                raise ContainerGone(container.name) from None
+
+    def logs(self, container: ContainerRef, since_ms: int | None = None) -> ContainerOutput:
+        kwargs: dict[str, Any] = {"follow": True, "stdout": True, "stderr": True, "timestamps": True}
+        if since_ms is not None:
+            kwargs["since"] = since_ms / 1000
+        with _engine():
+            try:
+                return _DockerOutput(self.client.api.service_logs(container.id, **kwargs))
+            except NotFound:
+                raise ContainerGone(container.name) from None
+
+    def exec(self, container: ContainerRef, command: list[str], *, tty: bool, stdin: bool,
+             environment: dict[str, str] | None = None) -> ExecSession:
+        """A way in (`smlocal shell`) for a host whose task runs on this node; the engine has no exec elsewhere."""
+        task = self._task(container.id)
+        status = (task or {}).get("Status") or {}
+        container_id = (status.get("ContainerStatus") or {}).get("ContainerID")
+        if task is None or status.get("State") != "running" or not container_id:
+            raise ContainerNotRunning(container.name)
+        if task.get("NodeID") != self.local_node():
+            raise ContainerNotRunning(f"{container.name} runs on another node of the swarm")
+        return super().exec(ContainerRef(container_id, container.name, container.labels), command, tty=tty,
+                            stdin=stdin, environment=environment)
+
+    def remove(self, container: ContainerRef) -> None:
+        with _engine():
+            try:
+                self.client.api.remove_service(container.id)
+            except NotFound:
+                pass
+            except APIError as e:
+                log.warning("could not remove service %s: %s", container.name, e)
+
+    def containers(self, labels: dict[str, str]) -> list[ContainerRef]:
+        found = []
+        with _engine():
+            services = self.client.api.services(filters={"label": _label_filter(labels)})
+        for service in services:
+            task = self._task(service["ID"])
+            status = (task or {}).get("Status") or {}
+            state = status.get("State")
+            engine_state = ("running" if state == "running" else "exited" if state in ENDED_STATES
+                            else "created")
+            started = parse_docker_time(status.get("Timestamp") or "") if state == "running" else None
+            found.append(ContainerRef(service["ID"], service["Spec"]["Name"],
+                                      dict(service["Spec"].get("Labels") or {}), engine_state, started))
+        return found
+
+    def remove_volumes(self, labels: dict[str, str]) -> None:
+        """The job's volumes on this node (the agent removes those on other nodes: runner.agent `wipe`)."""
+        with _engine():
+            for volume in (self.client.api.volumes(filters={"label": _label_filter(labels)}) or {}).get(
+                    "Volumes") or []:
+                try:
+                    self.client.api.remove_volume(volume["Name"], force=True)
+                except (NotFound, APIError) as e:
+                    log.warning("could not remove volume %s: %s", volume["Name"], e)
+
+
+def _cpuset_size(cpuset: str | None) -> int:
+    """How many CPUs a cpuset in the kernel's list format names ("0-3,6" is 5)."""
+    total = 0
+    for part in (cpuset or "").split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            total += int(high) - int(low) + 1
+        elif part:
+            total += 1
+    return total
