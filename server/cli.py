@@ -177,9 +177,11 @@ def serve(
             container_s3_endpoint = f"http://{s3_advertise_address or docker_bridge_gateway()}:{embedded_s3_port}"
     front = None
     if embedded is None and s3_endpoint and run_jobs and not simulated and not container_s3_endpoint:
-        front = _start_s3_front(s3_endpoint, data_dir, embedded_s3_port)
+        front = _start_s3_front(s3_endpoint, data_dir, embedded_s3_port, s3_advertise_address)
         if front is not None:
-            container_s3_endpoint = front.endpoint_for(HOST_ALIAS)
+            # A swarm task has no host.docker.internal: it gets the front's address itself.
+            container_s3_endpoint = front.endpoint_for(
+                (s3_advertise_address or docker_bridge_gateway() or HOST_ALIAS) if backend == "swarm" else HOST_ALIAS)
     settings = Settings(
         host=host, port=port, data_dir=data_dir, db=db, region=region, account_id=account_id,
         access_key=access_key, secret_key=secret_key, s3_endpoint=s3_endpoint,
@@ -221,9 +223,10 @@ def serve(
         lock.release()
 
 
-def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | None:
-    """The S3-only address training containers get for a store smlocal does not run (server/s3/front.py)."""
-    gateway = docker_bridge_gateway()
+def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int, address: str | None = None) -> S3Front | None:
+    """The S3-only address training containers get for a store smlocal does not run (server/s3/front.py): on
+    `address` (--s3-advertise-address, what a swarm's nodes reach), else on the Docker bridge gateway."""
+    gateway = address or docker_bridge_gateway()
     if gateway is None:
         return None  # no engine yet: containers cannot run, and get the store's own address if they do
     try:
