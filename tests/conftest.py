@@ -122,6 +122,15 @@ def test_images():  # noqa: ANN201 - a docker client
     return client
 
 
+@pytest.fixture(scope="session")
+def service_image(test_images, request: pytest.FixtureRequest) -> str:  # noqa: ANN001 - a docker client
+    """The id of smlocal/service:dev as this working tree builds it (tests/support/service_image.py: built once,
+    or taken from the last session when the tree did not change since)."""
+    from tests.support.service_image import service_image as image_of_this_tree
+
+    return image_of_this_tree(test_images, request.config.cache)
+
+
 # Servers a session fixture keeps on purpose (api_server); any other one still running when its test module
 # ends was left behind by a test.
 SESSION_SERVERS: set[int] = set()
