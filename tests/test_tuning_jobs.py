@@ -16,6 +16,7 @@ from tests.support.tuning import (
     build_tuning_image,
     continuous_x,
     expected_loss,
+    most_at_once,
     trials,
     tuning_request,
     wait_tuning,
@@ -37,17 +38,6 @@ def tuning_server(module_smlocal_factory: Callable[..., SmlocalServer], docker_e
 @pytest.fixture()
 def sm(tuning_server: SmlocalServer) -> Any:
     return tuning_server.client()
-
-
-def _overlaps(summaries: list[dict[str, Any]]) -> int:
-    """The most trials that were running at one moment, from their training start and end times."""
-    events = sorted([(s["TrainingStartTime"], 1) for s in summaries] + [(s["TrainingEndTime"], -1) for s in summaries],
-                    key=lambda e: (e[0], e[1]))
-    running = peak = 0
-    for _, change in events:
-        running += change
-        peak = max(peak, running)
-    return peak
 
 
 def test_random_search_finds_the_best_trial_within_its_limits(sm: Any) -> None:
@@ -74,7 +64,7 @@ def test_random_search_finds_the_best_trial_within_its_limits(sm: Any) -> None:
         assert summary["ObjectiveStatus"] == "Succeeded"
     best = min(summaries, key=lambda s: s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"])
     assert job["BestTrainingJob"]["TrainingJobName"] == best["TrainingJobName"]
-    assert _overlaps(summaries) <= 2
+    assert most_at_once(summaries) <= 2
     # A trial is a training job like any other, that knows its tuning job and objective.
     trial = sm.describe_training_job(TrainingJobName=best["TrainingJobName"])
     assert trial["TuningJobArn"] == job["HyperParameterTuningJobArn"]

@@ -30,6 +30,9 @@ AWS_DATA_IN_README = "$PWD/examples/sdk/aws-data"
 AWS_DATA_ENDPOINT = "http://localhost:8080"
 # The SDKs' own default bucket, `sagemaker-<region>-<account>`, for the README's region and smlocal's account.
 DEFAULT_BUCKET = "sagemaker-us-east-1-123456789012"
+# Where the tuning snippets live: the README's SDK v2 tuner, docs/tuning.md's SDK v3 tuner and aws CLI steps.
+TUNING_SECTION = (README, "Hyperparameter tuning")
+TUNING_DOC = DOCS / "tuning.md"
 NOTEBOOKS = {2: REPO_ROOT / "examples" / "sdk" / "notebook_v2.py", 3: REPO_ROOT / "examples" / "sdk" / "notebook_v3.py"}
 
 
@@ -123,6 +126,13 @@ def check_default_bucket_asks_aws_without_aws_data(version: int, imports: str, s
     refused = {entry["host"] for entry in run.guard.report()}
     assert "sts.us-east-1.amazonaws.com" in refused, (refused, run.output[-3000:])
     assert run.result.returncode != 0
+
+
+def tuning_snippet(version: int) -> str:
+    """The README's SDK v2 HyperparameterTuner block, or docs/tuning.md's SDK v3 one."""
+    doc, title = TUNING_SECTION if version == 2 else (TUNING_DOC, "From SDK v3")
+    [snippet] = code_blocks(section(title, doc=doc), "python")
+    return snippet
 
 
 def upload_quickstart_data(server: SmlocalServer, bucket: str, tmp: Path) -> None:

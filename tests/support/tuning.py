@@ -133,3 +133,14 @@ def trials(sm: Any, name: str, **params: Any) -> list[dict[str, Any]]:
         token = page.get("NextToken")
         if not token:
             return found
+
+
+def most_at_once(summaries: list[dict[str, Any]]) -> int:
+    """The most trials that were running at one moment, from their training start and end times."""
+    events = sorted([(s["TrainingStartTime"], 1) for s in summaries] + [(s["TrainingEndTime"], -1) for s in summaries],
+                    key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak

@@ -31,6 +31,7 @@ from smlocal.core.tuning.lifecycle import (
     tuning_job_arn,
 )
 from smlocal.core.tuning.limits import max_jobs
+from smlocal.core.tuning.trials import resource_config
 
 
 class TuningOperations:
@@ -189,6 +190,13 @@ def _echoed(job: TuningJobRecord) -> dict[str, Any]:
                                                    "_tuning_objective_metric": objective["MetricName"]}
             if "HyperParameterRanges" in definition:
                 definition["HyperParameterRanges"] = _echoed_ranges(definition["HyperParameterRanges"])
+            # SDK v2's tuner always sends HyperParameterTuningResourceConfig, and its HyperparameterTuner.attach
+            # (and the warm-start helpers built on it) rebuild the estimator from this answer's ResourceConfig, so
+            # the answer shows one: the ResourceConfig its trials get. With InstanceConfigs alone (an instance
+            # chosen per trial) it stays as sent.
+            tuning_resources = definition.get("HyperParameterTuningResourceConfig") or {}
+            if "ResourceConfig" not in definition and "InstanceType" in tuning_resources:
+                definition["ResourceConfig"] = resource_config(definition)
     return request
 
 
