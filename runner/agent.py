@@ -34,6 +34,7 @@ Where it differs from a run on one machine:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -44,6 +45,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import docker
 from minio import Minio
 from minio.error import S3Error
 
@@ -51,6 +53,7 @@ from runner import artifacts, tree
 from runner.agent_protocol import (
     ALWAYS_MODEL_FLAG,
     ENV_VAR,
+    WIPE_LABELS_VAR,
     AgentJob,
     Command,
     Event,
@@ -338,6 +341,16 @@ def _stop_inputs(providers: list[InputProvider]) -> None:
             log.exception("could not stop input %s", provider.channel.name)
 
 
+def wipe(labels: dict[str, str]) -> None:
+    """A job's volumes on this node (a swarm's other node: the server's engine cannot remove them there)."""
+    client = docker.from_env()
+    removed = []
+    for volume in client.volumes.list(filters={"label": [f"{k}={v}" for k, v in labels.items()]}):
+        volume.remove(force=True)
+        removed.append(volume.name)
+    emit(Event.WIPED, volumes=removed)
+
+
 def run_command(work: Callable[[], None]) -> int:
     """Run a command; its end as the protocol says (a `failed` or `cancelled` event, the exit code)."""
     try:
@@ -369,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
 
     def work() -> None:
+        if args.command == Command.WIPE:
+            wipe(json.loads(os.environ[WIPE_LABELS_VAR]))
+            return
         raw = os.environ.get(ENV_VAR)
         if not raw:
             raise ValueError(f"${ENV_VAR} is not set")

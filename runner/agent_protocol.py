@@ -16,6 +16,7 @@ Out: one JSON object per line on stdout, `{"event": <Event>, ...}`; `parse_event
                  {uri} on any host but the first, or `uploaded` {model: the ModelArtifacts URI or null when
                  nothing was uploaded, missing: hosts whose part was not there (only without --always-model)} on
                  the first | `failed`
+- `wipe`      -> `wiped` {volumes: their names} (the node's engine reached through its socket)
 - any command -> `failed` {reason: the FailureReason} with exit 1 (the job's fault: `ClientError: ...`) or 2
                  (smlocal's: `InternalServerError: ...`); `cancelled` with exit 3 after a SIGTERM that came before
                  the work was done (stage, upload).
@@ -30,6 +31,8 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 ENV_VAR = "SMLOCAL_AGENT_JOB"
+# `wipe`: the labels (JSON object) every volume to remove carries.
+WIPE_LABELS_VAR = "SMLOCAL_AGENT_WIPE_LABELS"
 # The agent in the service image: its venv's python is first on the PATH (Dockerfile).
 AGENT_ENTRYPOINT = ("python", "-m", "runner.agent")
 ALWAYS_MODEL_FLAG = "--always-model"
@@ -39,6 +42,8 @@ class Command(StrEnum):
     STAGE = "stage"
     SIDECAR = "sidecar"
     UPLOAD = "upload"
+    # The job's volumes on this node removed, through the node's engine (its socket mounted in the task).
+    WIPE = "wipe"
 
 
 class Event(StrEnum):
@@ -50,6 +55,7 @@ class Event(StrEnum):
     FAILURE_FILE = "failure-file"
     PART_UPLOADED = "part-uploaded"
     UPLOADED = "uploaded"
+    WIPED = "wiped"
     FAILED = "failed"
     CANCELLED = "cancelled"
 

@@ -398,12 +398,12 @@ class JobExecution:
 
     def _start_containers(self) -> None:
         self.stop.check()
+        if self.node_data is not None:
+            self.node_data.start_sidecars(self.stop.cancelled)  # Pipe FIFOs fed and folders synced on the nodes
         for host in self.hosts:
             assert host.container is not None
             host.container = self.backend.start(host.container)
         self.lifecycle.set_runner_state(self.arn, RUNNING)
-        if self.node_data is not None:
-            self.node_data.start_sidecars()  # Pipe FIFOs fed and folders synced on the nodes
         for host in self.hosts:
             for provider in host.inputs if self.node_data is None else ():
                 provider.start()
@@ -698,6 +698,8 @@ class JobExecution:
 
     def _input_failure(self) -> str | None:
         """The FailureReason of a channel whose data broke off while the algorithm ran (Pipe)."""
+        if self.node_data is not None:
+            return self.node_data.input_failure()
         return next((p.failure for h in self.hosts for p in h.inputs if p.failure), None)
 
     def _record_terminating(self) -> float:

@@ -16,15 +16,28 @@ Each agent task says what happened in JSON lines on its output (runner.agent_pro
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from runner.agent import agent_environment
-from runner.agent_protocol import parse_events
+from runner.agent import agent_environment, volume_paths
+from runner.agent_protocol import (
+    AGENT_ENTRYPOINT,
+    WIPE_LABELS_VAR,
+    Command,
+    Event,
+    Exit,
+    S3Access,
+    agent_command,
+    parse_events,
+)
 from runner.backend import LABEL_HOST, Backend, ContainerRef, ContainerSpec, resource_name
-from runner.layout import HostLayout, container_mounts
+from runner.host_address import container_s3_endpoint
+from runner.layout import HostLayout
 from smlocal.core.jobspec import JobSpec
 from smlocal.core.settings import Settings
 from smlocal.core.store import JobRecord
@@ -38,8 +51,10 @@ LABEL_AGENT = "smlocal.agent"
 LABEL_AGENT_HOST = "smlocal.agent-host"
 # The node a service is pinned to (runner.swarm_backend writes it).
 LABEL_NODE = "smlocal.node"
-AGENT_COMMAND = ["python3", "-m", "runner.agent"]
 DOCKER_SOCKET = "/var/run/docker.sock"
+# How long a sidecar has to say it is ready before the algorithm starts anyway (it feeds Pipe FIFOs, which the
+# algorithm's open waits for).
+SIDECAR_READY_SECONDS = 60.0
 
 
 class AgentFailed(Exception):
@@ -74,6 +89,7 @@ class NodeData:
         self.labels = labels  # the job's (no host): the agents are found and removed with the job
         self.image = image
         self.nodes: dict[str, str] = {}
+        self.attempt = job.attempt
         self._sidecars: list[AgentRun] = []
 
     # ---- where hosts run, and what they mount -------------------------------------------------------
@@ -92,52 +108,62 @@ class NodeData:
                           if c.labels.get(LABEL_AGENT) == "sidecar"]
 
     def algorithm_volumes(self, host: str) -> dict[str, str]:
-        """Volume -> path in the algorithm's container: one per folder it would get bind-mounted."""
+        """Volume -> path in the algorithm's container: one per folder it would get bind-mounted (not the agent's
+        own staging folder)."""
         return {volume_name(source): target for source, target in
-                container_mounts(self.layouts[host], self.spec).items()}
+                volume_paths(self.layouts[host], self.spec).items() if target is not None}
 
     def _agent_volumes(self, host: str) -> dict[str, str]:
         """Volume -> path in the agent's container: the path the folder has on the server's disk."""
-        return {volume_name(source): source for source in container_mounts(self.layouts[host], self.spec)}
+        return {volume_name(source): source for source in volume_paths(self.layouts[host], self.spec)}
+
+    def _s3(self) -> S3Access:
+        endpoint = container_s3_endpoint(self.settings) or ""
+        return S3Access(endpoint, self.settings.s3_access_key, self.settings.s3_secret_key, self.job.region)
 
     # ---- agent tasks ------------------------------------------------------------------------------------
 
-    def _spec(self, host: str, role: str, **extra: object) -> ContainerSpec:
+    def _spec(self, host: str, role: str, always_model: bool = False) -> ContainerSpec:
         peers = [h for h in self.layouts if h != host]
-        environment = agent_environment(self.job, host, str(self.layouts[host].job_root), self.settings, peers,
-                                        **extra)
+        # `run`: this run's parts are never an earlier run's (a retry, a spot restart).
+        environment = agent_environment(self.job, host, str(self.layouts[host].job_root), self._s3(), peers,
+                                        run=str(self.attempt), always_model=always_model)
         labels = {**self.labels, LABEL_AGENT: role, LABEL_AGENT_HOST: host}
         labels.pop(LABEL_HOST, None)
         # On no network of the job's: an agent reaches the S3 store, which an isolated job's network cannot.
         return ContainerSpec(
             image=self.image, name=f"{resource_name(self.job.name)}-{host}-{role}", network="",
-            host=f"{host}-{role}", labels=labels, environment=environment, entrypoint=AGENT_COMMAND,
-            command=[role], volumes=self._agent_volumes(host), node=self.nodes.get(host))
+            host=f"{host}-{role}", labels=labels, environment=environment, entrypoint=list(AGENT_ENTRYPOINT),
+            command=agent_command(role, always_model=always_model), volumes=self._agent_volumes(host),
+            node=self.nodes.get(host))
 
-    def _start(self, host: str, role: str, **extra: object) -> AgentRun:
-        container = self.backend.create(self._spec(host, role, **extra))
+    def _start(self, host: str, role: str, always_model: bool = False) -> AgentRun:
+        container = self.backend.create(self._spec(host, role, always_model))
         return AgentRun(host, role, self.backend.start(container))
 
-    def _finish(self, run: AgentRun) -> list[dict[str, object]]:
+    def _events(self, run: AgentRun) -> list[dict[str, Any]]:
+        return parse_events(self.backend.output(run.container).decode("utf-8", errors="replace").splitlines())
+
+    def _finish(self, run: AgentRun) -> list[dict[str, Any]]:
         """Wait for an agent task, read what it said, remove it."""
         try:
             code = self.backend.wait(run.container)
-            events = parse_events(self.backend.output(run.container).decode("utf-8", errors="replace"))
+            events = self._events(run)
         finally:
             self.backend.remove(run.container)
-        failed = next((e for e in events if e.get("event") == "failed"), None)
+        failed = next((e for e in events if e.get("event") == Event.FAILED), None)
         if failed is not None:
-            raise AgentFailed(str(failed.get("reason")), platform=code != 1)
-        if code != 0:
+            raise AgentFailed(str(failed.get("reason")), platform=code != Exit.CLIENT_ERROR)
+        if code != Exit.OK:
             raise AgentFailed(f"InternalServerError: the smlocal agent ({run.role}) on {run.host} exited with "
                               f"status {code}", platform=True)
         return events
 
-    def _run_all(self, role: str, hosts: list[str], cancelled: Callable[[], bool], **extra: object
-                 ) -> dict[str, list[dict[str, object]]]:
+    def _run_all(self, role: str, hosts: list[str], cancelled: Callable[[], bool], always_model: bool = False
+                 ) -> dict[str, list[dict[str, Any]]]:
         """One agent task per host at once; every host's events (the first failure raised once all ended)."""
-        runs = [self._start(h, role, **extra) for h in hosts]
-        results: dict[str, list[dict[str, object]]] = {}
+        runs = [self._start(h, role, always_model) for h in hosts]
+        results: dict[str, list[dict[str, Any]]] = {}
         errors: list[AgentFailed] = []
 
         def finish(run: AgentRun) -> None:
@@ -165,24 +191,41 @@ class NodeData:
 
     def stage(self, cancelled: Callable[[], bool]) -> list[str]:
         """Every host's inputs on its node; the notices to show (a FastFile channel served as File)."""
-        results = self._run_all("stage", list(self.layouts), cancelled)
-        notices = [str(n) for events in results.values() for e in events if e.get("event") == "staged"
-                   for n in e.get("notices") or []]  # type: ignore[union-attr]
+        results = self._run_all(Command.STAGE, list(self.layouts), cancelled)
+        notices = [str(n) for events in results.values() for e in events if e.get("event") == Event.STAGED
+                   for n in e.get("notices") or []]
         return list(dict.fromkeys(notices))
 
     def needs_sidecar(self) -> bool:
         return any(c.input_mode == "Pipe" for c in self.spec.channels) or bool(self.spec.synced_folders())
 
-    def start_sidecars(self) -> None:
-        if self.needs_sidecar():
-            self._sidecars = [self._start(h, "sidecar") for h in self.layouts]
+    def start_sidecars(self, cancelled: Callable[[], bool]) -> None:
+        """A sidecar per host, each ready (feeding its FIFOs, watching its folders) before the algorithms start."""
+        if not self.needs_sidecar():
+            return
+        self._sidecars = [self._start(h, Command.SIDECAR) for h in self.layouts]
+        deadline = time.monotonic() + SIDECAR_READY_SECONDS
+        waiting = list(self._sidecars)
+        while waiting and time.monotonic() < deadline and not cancelled():
+            waiting = [run for run in waiting
+                       if not any(e.get("event") == Event.SIDECAR_READY for e in self._events(run))]
+            if waiting:
+                time.sleep(0.2)
+
+    def input_failure(self) -> str | None:
+        """A Pipe channel's data that broke off while the algorithm ran (a sidecar said so)."""
+        for run in self._sidecars:
+            failed = next((e for e in self._events(run) if e.get("event") == Event.INPUT_FAILED), None)
+            if failed is not None:
+                return str(failed.get("reason"))
+        return None
 
     def stop_sidecars(self) -> None:
-        """SIGTERM: the sidecars stop feeding and sync the folders a last time."""
+        """SIGTERM, from the last host to the first, each waited for: the sidecars stop feeding and sync the
+        folders a last time (algo-1's copy of a file two hosts synced is the one left, as on one engine)."""
         sidecars, self._sidecars = self._sidecars, []
-        for run in sidecars:
+        for run in reversed(sidecars):
             self.backend.signal(run.container, "SIGTERM")
-        for run in sidecars:
             try:
                 self._finish(run)
             except AgentFailed as e:
@@ -190,12 +233,12 @@ class NodeData:
 
     def upload(self, always_model: bool, cancelled: Callable[[], bool]) -> dict[str, str]:
         """The model and output stored (one model.tar.gz for all hosts); each host's failure file text."""
-        first, others = "algo-1" if "algo-1" in self.layouts else next(iter(self.layouts)), []
+        first = "algo-1" if "algo-1" in self.layouts else next(iter(self.layouts))
         others = [h for h in self.layouts if h != first]
-        results = self._run_all("upload", others, cancelled, always_model=always_model) if others else {}
-        results.update(self._run_all("upload", [first], cancelled, always_model=always_model))
+        results = self._run_all(Command.UPLOAD, others, cancelled, always_model) if others else {}
+        results.update(self._run_all(Command.UPLOAD, [first], cancelled, always_model))
         return {host: str(e.get("text")) for host, events in results.items() for e in events
-                if e.get("event") == "failure-file"}
+                if e.get("event") == Event.FAILURE_FILE}
 
     def wipe(self) -> None:
         """The job's volumes, on every node it used: here directly, elsewhere by a task with the node's engine."""
@@ -205,10 +248,10 @@ class NodeData:
         for node in sorted(set(self.nodes.values()) - {local}):
             spec = ContainerSpec(
                 image=self.image, name=f"{resource_name(self.job.name)}-wipe", network="", host="wipe",
-                labels={**self.labels, LABEL_AGENT: "wipe"},
-                environment=agent_environment(self.job, "algo-1", "", self.settings, [],
-                                              volume_labels=volume_labels),
-                entrypoint=AGENT_COMMAND, command=["wipe"], mounts={DOCKER_SOCKET: DOCKER_SOCKET}, node=node)
+                labels={**self.labels, LABEL_AGENT: Command.WIPE},
+                environment={WIPE_LABELS_VAR: json.dumps(volume_labels)},
+                entrypoint=list(AGENT_ENTRYPOINT), command=agent_command(Command.WIPE),
+                mounts={DOCKER_SOCKET: DOCKER_SOCKET}, node=node)
             run = AgentRun("wipe", "wipe", self.backend.start(self.backend.create(spec)))
             try:
                 self._finish(run)

@@ -127,8 +127,9 @@ class SwarmBackend(DockerBackend):
     # ---- hosts as services ---------------------------------------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> ContainerRef:
+        # no_copy: an empty volume stays empty (Docker would copy the image's /opt/ml/model into it, and its mode).
         mounts = [Mount(target=path, source=volume, type="volume", labels=dict(spec.labels),
-                        read_only=path in spec.read_only)
+                        read_only=path in spec.read_only, no_copy=True)
                   for volume, path in spec.volumes.items()]
         # Bind mounts of the node's own paths (the agent's `wipe` task reaches the node's engine through its socket).
         mounts += [Mount(target=path, source=source, type="bind", read_only=path in spec.read_only)
