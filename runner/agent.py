@@ -41,11 +41,13 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 from minio import Minio
 from minio.error import S3Error
 
@@ -345,8 +347,17 @@ def wipe(labels: dict[str, str]) -> None:
     """A job's volumes on this node (a swarm's other node: the server's engine cannot remove them there)."""
     client = docker.from_env()
     removed = []
+    deadline = time.monotonic() + 30
     for volume in client.volumes.list(filters={"label": [f"{k}={v}" for k, v in labels.items()]}):
-        volume.remove(force=True)
+        while True:
+            try:
+                volume.remove(force=True)
+                break
+            except docker.errors.APIError as e:
+                # In use by the containers of services removed a moment ago: they go shortly.
+                if e.status_code != 409 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
         removed.append(volume.name)
     emit(Event.WIPED, volumes=removed)
 

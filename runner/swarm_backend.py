@@ -18,7 +18,11 @@ No docker SDK type leaves this module.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
+import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from docker.errors import APIError, NotFound
@@ -46,10 +50,11 @@ from runner.backend import (
     ContainerRef,
     ContainerSpec,
     ExecSession,
+    LogChunk,
     NetworkRef,
     SubnetTaken,
 )
-from runner.docker_backend import DockerBackend, _DockerOutput, _engine, _label_filter, parse_docker_time
+from runner.docker_backend import DockerBackend, _engine, _label_filter, parse_docker_time, split_docker_timestamp
 from runner.node_data import LABEL_NODE
 
 log = logging.getLogger("smlocal.runner")
@@ -57,6 +62,62 @@ log = logging.getLogger("smlocal.runner")
 # Task states after which the task runs no more (Swarm's words).
 ENDED_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 WAIT_POLL_SECONDS = 0.25
+# How long a volume may stay in use by the containers of services just removed.
+VOLUME_RELEASE_SECONDS = 30.0
+
+
+# A service's log stream follows the service, not its task: it never ends by itself. Once the task ended, what it
+# printed last has this long to arrive through the manager before the stream is closed.
+LOG_TAIL_SECONDS = 1.0
+# Each frame of a log stream that is not a TTY's: stream id (1 byte), 3 zero bytes, the payload's length (4 bytes).
+STREAM_HEADER_SIZE = 8
+
+
+class _ServiceOutput(ContainerOutput):
+    """A service's logs from a point on, ended once its task ended (and its last lines came through).
+
+    Read from the response's socket itself: shutting the socket is the one way to end a read blocked in
+    another thread (the SDK's generator cannot be closed while it runs)."""
+
+    def __init__(self, response: Any, sock: Any, ended: Callable[[], bool]) -> None:
+        self._response = response
+        self._raw: socket.socket = getattr(sock, "_sock", sock)
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, args=(ended,), name="smlocal-service-logs", daemon=True).start()
+
+    def _watch(self, ended: Callable[[], bool]) -> None:
+        while not self._done.wait(WAIT_POLL_SECONDS):
+            if ended():
+                self._done.wait(LOG_TAIL_SECONDS)
+                break
+        self.close()
+
+    def __iter__(self) -> Iterator[LogChunk]:
+        try:
+            # Not a TTY: each frame has the 8-byte header saying stdout or stderr; with timestamps each payload is
+            # `<RFC 3339 nano> <line>`.
+            while True:
+                # Read through urllib3 (the response is chunked), as the SDK's own stream helper does.
+                header = self._response.raw.read(STREAM_HEADER_SIZE)
+                if len(header) < STREAM_HEADER_SIZE:
+                    return
+                length = struct.unpack(">BxxxL", header)[1]
+                frame = self._response.raw.read(length) if length else b""
+                ts, payload = split_docker_timestamp(frame)
+                yield LogChunk(ts, payload)
+        except Exception:  # noqa: BLE001 - the socket shut under the read (urllib3 says ProtocolError): the end
+            if not self._done.is_set():
+                raise
+        finally:
+            self._done.set()
+
+    def close(self) -> None:
+        self._done.set()
+        try:
+            self._raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already shut
+        self._raw.close()
 
 
 class NotAManager(Exception):
@@ -226,14 +287,27 @@ class SwarmBackend(DockerBackend):
                 raise ContainerGone(container.name) from None
 
     def logs(self, container: ContainerRef, since_ms: int | None = None) -> ContainerOutput:
-        kwargs: dict[str, Any] = {"follow": True, "stdout": True, "stderr": True, "timestamps": True}
+        kwargs: dict[str, Any] = {}
         if since_ms is not None:
             kwargs["since"] = since_ms / 1000
+        api = self.client.api
+        params = {"details": False, "follow": True, "stdout": True, "stderr": True, "timestamps": True,
+                  "tail": "all", "since": kwargs.get("since", 0)}
         with _engine():
-            try:
-                return _DockerOutput(self.client.api.service_logs(container.id, **kwargs))
-            except NotFound:
-                raise ContainerGone(container.name) from None
+            response = api._get(api._url("/services/{0}/logs", container.id), params=params, stream=True)
+            if response.status_code == 404:
+                raise ContainerGone(container.name)
+            api._raise_for_status(response)
+            sock = api._get_raw_response_socket(response)
+        return _ServiceOutput(response, sock, lambda: self._ended(container))
+
+    def _ended(self, container: ContainerRef) -> bool:
+        try:
+            task = self._task(container.id)
+        except BackendUnavailable:
+            return False
+        return not self._exists(container.id) or (
+            task is not None and ((task.get("Status") or {}).get("State") in ENDED_STATES))
 
     def exec(self, container: ContainerRef, command: list[str], *, tty: bool, stdin: bool,
              environment: dict[str, str] | None = None) -> ExecSession:
@@ -273,14 +347,27 @@ class SwarmBackend(DockerBackend):
         return found
 
     def remove_volumes(self, labels: dict[str, str]) -> None:
-        """The job's volumes on this node (the agent removes those on other nodes: runner.agent `wipe`)."""
+        """The job's volumes on this node (the agent removes those on other nodes: runner.agent `wipe`). A removed
+        service's task containers go a moment after it: a volume still in use is tried again until they have."""
+        deadline = time.monotonic() + VOLUME_RELEASE_SECONDS
         with _engine():
-            for volume in (self.client.api.volumes(filters={"label": _label_filter(labels)}) or {}).get(
-                    "Volumes") or []:
-                try:
-                    self.client.api.remove_volume(volume["Name"], force=True)
-                except (NotFound, APIError) as e:
-                    log.warning("could not remove volume %s: %s", volume["Name"], e)
+            left = [v["Name"] for v in (self.client.api.volumes(filters={"label": _label_filter(labels)}) or {}).get(
+                "Volumes") or []]
+            while left:
+                in_use = []
+                for name in left:
+                    try:
+                        self.client.api.remove_volume(name, force=True)
+                    except NotFound:
+                        pass
+                    except APIError as e:
+                        if e.status_code != 409 or time.monotonic() > deadline:
+                            log.warning("could not remove volume %s: %s", name, e)
+                        else:
+                            in_use.append(name)
+                left = in_use
+                if left:
+                    time.sleep(WAIT_POLL_SECONDS)
 
 
 def _cpuset_size(cpuset: str | None) -> int:
