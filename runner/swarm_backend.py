@@ -17,6 +17,7 @@ No docker SDK type leaves this module.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import struct
@@ -62,6 +63,8 @@ log = logging.getLogger("smlocal.runner")
 # Task states after which the task runs no more (Swarm's words).
 ENDED_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 WAIT_POLL_SECONDS = 0.25
+# What a process ended by SIGTERM exits with (128 + 15), for a task Swarm removed when it stopped it.
+SIGTERM_EXIT_CODE = 143
 # How long a volume may stay in use by the containers of services just removed.
 VOLUME_RELEASE_SECONDS = 30.0
 
@@ -208,11 +211,12 @@ class SwarmBackend(DockerBackend):
             placement=Placement(constraints=[f"node.id=={spec.node}"] if spec.node else None),
             networks=[NetworkAttachmentConfig(spec.network, aliases=[spec.host])] if spec.network else None)
         labels = {**spec.labels, **({LABEL_NODE: spec.node} if spec.node else {})}
+        name = service_name(spec.name)
         with _engine():
             created = self.client.api.create_service(
-                template, name=spec.name, labels=labels, mode=ServiceMode("replicated", replicas=0),
+                template, name=name, labels=labels, mode=ServiceMode("replicated", replicas=0),
                 endpoint_spec=EndpointSpec(mode="dnsrr"))
-        return ContainerRef(created["ID"], spec.name, labels)
+        return ContainerRef(created["ID"], name, labels)
 
     def _scale(self, container: ContainerRef, replicas: int) -> None:
         with _engine():
@@ -235,6 +239,14 @@ class SwarmBackend(DockerBackend):
             tasks = self.client.api.tasks(filters={"service": service_id})
         return max(tasks, key=lambda t: t.get("CreatedAt", ""), default=None)
 
+    def _scaled_down(self, service_id: str) -> bool:
+        with _engine():
+            try:
+                spec = self.client.api.inspect_service(service_id)["Spec"]
+            except NotFound:
+                return False
+        return ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas") == 0
+
     def _exists(self, service_id: str) -> bool:
         with _engine():
             try:
@@ -249,6 +261,8 @@ class SwarmBackend(DockerBackend):
                 raise ContainerGone(container.name)
             task = self._task(container.id)
             status = (task or {}).get("Status") or {}
+            if task is None and self._scaled_down(container.id):
+                return SIGTERM_EXIT_CODE  # stopped on another node: Swarm removed its task with the scale-down
             if task is not None and status.get("State") in ENDED_STATES:
                 code = (status.get("ContainerStatus") or {}).get("ExitCode")
                 if code is None:
@@ -258,21 +272,27 @@ class SwarmBackend(DockerBackend):
             time.sleep(WAIT_POLL_SECONDS)
 
     def signal(self, container: ContainerRef, sig: str) -> None:
+        """To the task's container when it runs on this node (its exit code and log stay, as with Docker). On another
+        node the engine cannot reach it: SIGTERM scales the service to 0, and Swarm sends SIGTERM and, after the
+        service's stop grace period, SIGKILL itself."""
+        task = self._task(container.id)
+        status = (task or {}).get("Status") or {}
+        container_id = (status.get("ContainerStatus") or {}).get("ContainerID")
+        if container_id and task is not None and task.get("NodeID") == self.local_node():
+            with _engine():
+                try:
+                    self.client.api.kill(container_id, signal=sig)
+                except NotFound:
+                    pass
+                except APIError as e:
+                    if e.status_code != 409:  # it already exited
+                        raise
+            return
         if sig == "SIGTERM":
             try:
                 self._scale(container, 0)
             except ContainerGone:
                 pass
-            return
-        # SIGKILL: Swarm kills the task itself once the stop grace period is over; on this node it is done now.
-        task = self._task(container.id)
-        container_id = (((task or {}).get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID")
-        if container_id and task is not None and task.get("NodeID") == self.local_node():
-            with _engine():
-                try:
-                    self.client.api.kill(container_id, signal=sig)
-                except (NotFound, APIError):
-                    pass
 
     def local_node(self) -> str | None:
         with _engine():
@@ -380,3 +400,14 @@ def _cpuset_size(cpuset: str | None) -> int:
         elif part:
             total += 1
     return total
+
+
+# Swarm's limit on a service's name.
+MAX_SERVICE_NAME = 63
+
+
+def service_name(name: str) -> str:
+    """`name`, or (too long for Swarm) its first characters and a hash of all of it, still unique."""
+    if len(name) <= MAX_SERVICE_NAME:
+        return name
+    return f"{name[:MAX_SERVICE_NAME - 9].rstrip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

@@ -26,6 +26,7 @@ from tests.support.runner_jobs import (
     s3_channel,
     s3_client,
     sh_job,
+    spare_network,
     wait_until,
 )
 from tests.support.smlocal import SmlocalServer
@@ -56,8 +57,9 @@ def swarm_leftovers(client: docker.DockerClient, server: SmlocalServer) -> list[
     found = [f"service {s['Spec']['Name']}" for s in client.api.services(filters={"label": [label]})]
     found += [f"volume {v['Name']}" for v in (client.api.volumes(filters={"label": [label]}) or {}).get(
         "Volumes") or []]
+    spare = spare_network(server)  # made in advance for the next job, as with Docker
     found += [f"network {n['Name']}" for n in client.api.networks(filters={"label": [label]})
-              if n["Driver"] == "overlay" and not client.api.inspect_network(n["Id"]).get("Containers")]
+              if n["Name"] != spare and not client.api.inspect_network(n["Id"]).get("Containers")]
     return found
 
 
@@ -69,6 +71,14 @@ def sm(swarm_server: SmlocalServer) -> Any:
 @pytest.fixture()
 def s3(swarm_server: SmlocalServer) -> Any:
     return s3_client(swarm_server)
+
+
+def _wait_training(sm: Any, server: SmlocalServer, name: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while (job := sm.describe_training_job(TrainingJobName=name))["SecondaryStatus"] != "Training":
+        assert job["TrainingJobStatus"] == "InProgress", job.get("FailureReason")
+        assert time.monotonic() < deadline, f"{name} still {job['SecondaryStatus']}:\n{server.log()[-3000:]}"
+        time.sleep(0.2)
 
 
 def _services_of(client: docker.DockerClient, job: str) -> list[dict[str, Any]]:
@@ -87,8 +97,7 @@ def test_a_job_runs_as_swarm_services_with_its_inputs_staged_and_its_model_uploa
                      AlgorithmSpecification={"MetricDefinitions": [{"Name": "loss", "Regex": "loss=([0-9.]+)"}]})
     sm.create_training_job(**request)
     # While it trains, the host is a service of the swarm, pinned to a node, and the server's disk has no tree.
-    wait_until(lambda: sm.describe_training_job(TrainingJobName=name)["SecondaryStatus"] == "Training", 120,
-               "Training")
+    _wait_training(sm, swarm_server, name)
     services = [s for s in _services_of(docker_engine, name) if "smlocal.host" in s["Spec"]["Labels"]]
     assert [s["Spec"]["Labels"]["smlocal.host"] for s in services] == ["algo-1"]
     spec = services[0]["Spec"]
@@ -115,15 +124,22 @@ def test_a_job_runs_as_swarm_services_with_its_inputs_staged_and_its_model_uploa
         "Volumes"], 30, "its volumes removed")
 
 
-def test_two_hosts_find_each_other_by_name_on_the_overlay(sm: Any, unique_name: Callable[[str], str]) -> None:
+def test_two_hosts_find_each_other_by_name_on_the_overlay(sm: Any, s3: Any, unique_name: Callable[[str], str]
+                                                          ) -> None:
     name = unique_name("swarm-two")
     script = ('h=$(hostname); other=algo-1; [ "$h" = algo-1 ] && other=algo-2; '
               'for i in $(seq 1 30); do ping -c1 -W1 $other >/dev/null 2>&1 && break; sleep 1; done; '
-              'ping -c1 -W2 $other && echo "$h reached $other" > /opt/ml/model/reached-$h')
+              'ping -c1 -W2 $other && echo "$h reached $other" > /opt/ml/model/reached-$h; st=$?; '
+              # Still there while the other looks for it.
+              'sleep 5; exit $st')
     request = sh_job(name, script, ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 2,
                                                    "VolumeSizeInGB": 10})
-    job = wait_for_status(sm, name, FINAL, timeout=180) if sm.create_training_job(**request) else None
-    assert job is not None and job["TrainingJobStatus"] == "Completed", job and job.get("FailureReason")
+    sm.create_training_job(**request)
+    job = wait_for_status(sm, name, FINAL, timeout=180)
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    files = model_files(s3, name)
+    assert files["reached-algo-1"] == b"algo-1 reached algo-2\n"
+    assert files["reached-algo-2"] == b"algo-2 reached algo-1\n"
 
 
 def test_two_hosts_merge_into_one_model(sm: Any, s3: Any, unique_name: Callable[[str], str]) -> None:
@@ -159,8 +175,8 @@ def test_a_missing_input_prefix_fails_as_on_sagemaker(sm: Any, unique_name: Call
     assert job["FailureReason"].startswith("ClientError: "), job["FailureReason"]
 
 
-def test_stop_sends_sigterm_and_the_grace_saves_the_model(sm: Any, s3: Any, unique_name: Callable[[str], str]
-                                                          ) -> None:
+def test_stop_sends_sigterm_and_the_grace_saves_the_model(sm: Any, s3: Any, swarm_server: SmlocalServer,
+                                                          unique_name: Callable[[str], str]) -> None:
     name = unique_name("swarm-stop")
     script = ("trap 'echo saved-on-sigterm > /opt/ml/model/state; exit 0' TERM; "
               "echo started; while true; do sleep 0.2; done")
@@ -172,6 +188,8 @@ def test_stop_sends_sigterm_and_the_grace_saves_the_model(sm: Any, s3: Any, uniq
     job, seen = wait_recording(sm, name, FINAL, timeout=120)
     assert job["TrainingJobStatus"] == "Stopped"
     assert "Stopping/Stopping" in seen
+    files = s3.list_objects_v2(Bucket=OUTPUT_BUCKET, Prefix=f"models/{name}/").get("Contents", [])
+    assert files, swarm_server.log()[-3000:]
     assert model_files(s3, name)["state"] == b"saved-on-sigterm\n"
 
 
