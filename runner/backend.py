@@ -175,6 +175,10 @@ class Backend(ABC):
         """Remove the volumes carrying these labels (a cluster job's, on this node); none made elsewhere."""
         return None
 
+    def volume_job_arns(self, labels: dict[str, str]) -> set[str]:
+        """The jobs (their ARNs) that have volumes carrying these labels on this node (a cluster's); none made here."""
+        return set()
+
     def local_node(self) -> str | None:
         """The id of the node this server's engine is (a cluster's); None for a lone engine."""
         return None

@@ -303,6 +303,10 @@ class JobExecution:
             raise _JobFailed("ClientError: smlocal runs TrainingImage containers only; "
                              f"AlgorithmName {self.spec.algorithm.algorithm_name!r} is not supported.")
         if self.node_data is not None:
+            unreachable = [c.name for c in self.spec.channels if c.source_kind == "FileSystemDataSource"]
+            if unreachable:
+                raise _JobFailed(f"ClientError: channels {', '.join(unreachable)} name a FileSystemDataSource, a "
+                                 "folder of smlocal's machine that the nodes of the swarm cannot read.")
             self.node_data.place()  # the trees are made on the nodes, by the agent (`stage`)
         else:
             make_private_dir(self.data_dir / "jobs")
@@ -644,6 +648,10 @@ class JobExecution:
         """A VPC job's S3 gateway (runner.vpc), labelled as the job's: the names its hosts resolve to it. None for
         other jobs, or when it cannot be made: the job runs without it, and its log says why."""
         if not uses_vpc(self.spec):
+            return {}
+        if self.node_data is not None:
+            # The gateway is a container of this machine's engine; hosts on other nodes could not reach it.
+            self._network_notices = (no_s3_endpoint_notice("smlocal makes no S3 gateway on a swarm"),)
             return {}
         assert self.network is not None
         try:

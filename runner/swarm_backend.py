@@ -44,6 +44,7 @@ from docker.types import (
 )
 
 from runner.backend import (
+    LABEL_JOB_ARN,
     BackendUnavailable,
     ContainerGone,
     ContainerNotRunning,
@@ -365,6 +366,11 @@ class SwarmBackend(DockerBackend):
             found.append(ContainerRef(service["ID"], service["Spec"]["Name"],
                                       dict(service["Spec"].get("Labels") or {}), engine_state, started))
         return found
+
+    def volume_job_arns(self, labels: dict[str, str]) -> set[str]:
+        with _engine():
+            volumes = (self.client.api.volumes(filters={"label": _label_filter(labels)}) or {}).get("Volumes") or []
+        return {(v.get("Labels") or {}).get(LABEL_JOB_ARN, "") for v in volumes} - {""}
 
     def remove_volumes(self, labels: dict[str, str]) -> None:
         """The job's volumes on this node (the agent removes those on other nodes: runner.agent `wipe`). A removed

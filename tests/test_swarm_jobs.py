@@ -48,7 +48,10 @@ def swarm_server(swarm: None, service_image: str, module_smlocal_factory: Callab
     server = module_smlocal_factory("--backend", "swarm", "--stop-grace-seconds", "3", "--max-concurrent-jobs", "3")
     s3_client(server)
     yield server
-    assert wait_until(lambda: not swarm_leftovers(docker_engine, server), 60, "the swarm cleaned up") is True
+    deadline = time.monotonic() + 60
+    while (left := swarm_leftovers(docker_engine, server)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, left
 
 
 def swarm_leftovers(client: docker.DockerClient, server: SmlocalServer) -> list[str]:
@@ -220,3 +223,39 @@ def test_serve_refuses_an_engine_that_is_not_a_swarm_manager(tmp_path: Path, doc
         env={"DOCKER_HOST": "tcp://127.0.0.1:9", "COLUMNS": "250", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "--backend swarm" in done.stdout
+
+
+def test_max_runtime_stops_the_job_as_with_docker(sm: Any, unique_name: Callable[[str], str]) -> None:
+    name = unique_name("swarm-deadline")
+    sm.create_training_job(**sh_job(name, "sleep 120", StoppingCondition={"MaxRuntimeInSeconds": 4}))
+    job = wait_for_status(sm, name, FINAL, timeout=120)
+    assert (job["TrainingJobStatus"], job["SecondaryStatus"]) == ("Stopped", "MaxRuntimeExceeded")
+
+
+def test_an_isolated_job_reaches_its_hosts_and_nothing_else(sm: Any, s3: Any, swarm_server: SmlocalServer,
+                                                            unique_name: Callable[[str], str]) -> None:
+    """EnableNetworkIsolation: an internal overlay. The S3 store (which the agents reach for the job) is out of
+    the algorithm's reach; its model is still uploaded, by the agent."""
+    name = unique_name("swarm-isolated")
+    store = swarm_server.client("s3").meta.endpoint_url.split("//")[1]
+    script = (f"if wget -q -T 3 -O /dev/null http://{store}/ 2>/dev/null || nc -z -w 3 "
+              f"{store.replace(':', ' ')} 2>/dev/null; then echo reached > /opt/ml/model/store; "
+              "else echo unreachable > /opt/ml/model/store; fi")
+    sm.create_training_job(**sh_job(name, script, EnableNetworkIsolation=True))
+    job = wait_for_status(sm, name, FINAL, timeout=180)
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert model_files(s3, name)["store"] == b"unreachable\n"
+
+
+def test_a_fastfile_channel_is_served_as_file_on_a_node_and_says_so(
+        sm: Any, s3: Any, swarm_server: SmlocalServer, unique_name: Callable[[str], str]) -> None:
+    name = unique_name("swarm-fastfile")
+    s3.put_object(Bucket=INPUT_BUCKET, Key=f"{name}/data/a.txt", Body=b"fast\n")
+    channel = s3_channel("train", f"s3://{INPUT_BUCKET}/{name}/data/", InputMode="FastFile")
+    sm.create_training_job(**sh_job(name, "cat /opt/ml/input/data/train/a.txt > /opt/ml/model/copy",
+                                    InputDataConfig=[channel]))
+    job = wait_for_status(sm, name, FINAL, timeout=180)
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert model_files(s3, name)["copy"] == b"fast\n"
+    downloading = next(t for t in job["SecondaryStatusTransitions"] if t["Status"] == "Downloading")
+    assert "FastFile" in downloading["StatusMessage"] and "File" in downloading["StatusMessage"], downloading
