@@ -12,9 +12,9 @@ from tests.support.census import NETWORKS, SERVERS
 from tests.support.s3server import S3Server, start_s3_server
 from tests.support.smlocal import SmlocalServer, module_server
 
-# The runner tests' fixtures (docker_engine, runner_server, s3) for every test module; only this, the
-# top-level conftest, may load plugins.
-pytest_plugins = ["tests.support.runner_jobs"]
+# The runner tests' fixtures (docker_engine, runner_server, s3) and the swarm tests' (swarm_single,
+# swarm_two_nodes) for every test module; only this, the top-level conftest, may load plugins.
+pytest_plugins = ["tests.support.runner_jobs", "tests.support.swarm"]
 # pytest rewrites a plugin's asserts, not a helper module's: pipe_jobs' status checks (ended) keep the detailed
 # failure messages they had in a test module.
 pytest.register_assert_rewrite("tests.support.pipe_jobs")
