@@ -376,18 +376,19 @@ class JobExecution:
     def _stage_on_nodes(self) -> None:
         """Every host's inputs staged on its node by the agent; a channel it cannot serve as asked is said."""
         assert self.node_data is not None
-        self._enter(DOWNLOADING)
+
+        def downloading(notices: list[str]) -> None:
+            self._enter(DOWNLOADING, "; ".join([DEFAULT_MESSAGES[DOWNLOADING], *notices]) if notices else None)
+            self._network_notices += tuple(notices)  # in the hosts' logs too, as with one engine
+
         try:
-            notices = self.node_data.stage(self.stop.cancelled)
+            self.node_data.stage(self.stop.cancelled, downloading)
         except AgentFailed as e:
             self.stop.check()
             if e.platform:
                 raise RuntimeError(e.reason) from None
             raise _JobFailed(e.reason) from None
         self.stop.check()
-        if notices:
-            self._enter(DOWNLOADING, "; ".join([DEFAULT_MESSAGES[DOWNLOADING], *notices]))
-            self._network_notices += tuple(notices)
 
     def _pull_image(self) -> None:
         image = self.spec.algorithm.image

@@ -159,10 +159,13 @@ class NodeData:
                               f"status {code}", platform=True)
         return events
 
-    def _run_all(self, role: str, hosts: list[str], cancelled: Callable[[], bool], always_model: bool = False
-                 ) -> dict[str, list[dict[str, Any]]]:
-        """One agent task per host at once; every host's events (the first failure raised once all ended)."""
+    def _run_all(self, role: str, hosts: list[str], cancelled: Callable[[], bool], always_model: bool = False,
+                 started: Callable[[list[AgentRun]], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """One agent task per host at once; every host's events (the first failure raised once all ended).
+        `started(runs)` is called once they all run."""
         runs = [self._start(h, role, always_model) for h in hosts]
+        if started is not None:
+            started(runs)
         results: dict[str, list[dict[str, Any]]] = {}
         errors: list[AgentFailed] = []
 
@@ -189,12 +192,29 @@ class NodeData:
 
     # ---- the phases ---------------------------------------------------------------------------------------
 
-    def stage(self, cancelled: Callable[[], bool]) -> list[str]:
-        """Every host's inputs on its node; the notices to show (a FastFile channel served as File)."""
-        results = self._run_all(Command.STAGE, list(self.layouts), cancelled)
-        notices = [str(n) for events in results.values() for e in events if e.get("event") == Event.STAGED
-                   for n in e.get("notices") or []]
-        return list(dict.fromkeys(notices))
+    def stage(self, cancelled: Callable[[], bool], downloading: Callable[[list[str]], None]) -> None:
+        """Every host's inputs on its node. `downloading(notices)` once each agent said, before fetching anything,
+        what it will not serve as asked (a FastFile channel served as File): the Downloading phase begins."""
+        def said(runs: list[AgentRun]) -> None:
+            notices: list[str] = []
+            waiting = list(runs)
+            while waiting and not cancelled():
+                for run in list(waiting):
+                    events = self._events(run)
+                    first = next((e for e in events if e.get("event") in (Event.STAGING, Event.FAILED)), None)
+                    if first is not None or self._ended(run):
+                        notices += [str(n) for n in (first or {}).get("notices") or []]
+                        waiting.remove(run)
+                if waiting:
+                    time.sleep(0.1)
+            downloading(list(dict.fromkeys(notices)))
+
+        self._run_all(Command.STAGE, list(self.layouts), cancelled, started=said)
+
+    def _ended(self, run: AgentRun) -> bool:
+        refs = [c for c in self.backend.containers({LABEL_AGENT_HOST: run.host, LABEL_AGENT: run.role,
+                                                    **self.labels}) if c.id == run.container.id]
+        return not refs or refs[0].state == "exited"
 
     def needs_sidecar(self) -> bool:
         return any(c.input_mode == "Pipe" for c in self.spec.channels) or bool(self.spec.synced_folders())
