@@ -200,8 +200,8 @@ class SwarmBackend(DockerBackend):
         mounts += [Mount(target=path, source=source, type="bind", read_only=path in spec.read_only)
                    for source, path in spec.mounts.items()]
         container = SwarmContainerSpec(
-            spec.image, command=spec.entrypoint, args=spec.command, hostname=spec.host, env=spec.environment,
-            labels=spec.labels, mounts=mounts,
+            self._image_id(spec.image), command=spec.entrypoint, args=spec.command, hostname=spec.host,
+            env=spec.environment, labels=spec.labels, mounts=mounts,
             stop_grace_period=int(self.stop_grace_seconds * 1e9), sysctls=spec.sysctls or None)
         # The instance type's resources (`--enforce-instance-resources`) as reservations: the scheduler puts the
         # task on a node that has them free.
@@ -218,6 +218,15 @@ class SwarmBackend(DockerBackend):
                 template, name=name, labels=labels, mode=ServiceMode("replicated", replicas=0),
                 endpoint_spec=EndpointSpec(mode="dnsrr"))
         return ContainerRef(created["ID"], name, labels)
+
+    def _image_id(self, image: str) -> str:
+        """The image's id: given a tag, each node's engine asks the image's registry for it first (no registry is
+        asked for an id); a node has the image by the same id when it was loaded or pulled there."""
+        with _engine():
+            try:
+                return str(self.client.api.inspect_image(image)["Id"])
+            except NotFound:
+                return image  # not on the manager: the node's engine finds it, or the task is rejected
 
     def _scale(self, container: ContainerRef, replicas: int) -> None:
         with _engine():
