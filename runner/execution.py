@@ -314,6 +314,9 @@ class JobExecution:
                 prepare_layout(host.layout, self.spec)
         self.stop.check()
         self._take_network()
+        if self.node_data is not None and self.network is not None and not (
+                self.spec.network_isolation or uses_vpc(self.spec)):
+            self.node_data.network = self.network.name
         if self.backend.has_image(image):
             # Created before staging: Docker syncs the page cache when it creates a container, and after
             # a large download that costs ~0.4 s per GiB of freshly written data.

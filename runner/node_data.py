@@ -90,6 +90,9 @@ class NodeData:
         self.image = image
         self.nodes: dict[str, str] = {}
         self.attempt = job.attempt
+        # The network the agents' tasks join to reach the S3 store: the job's overlay (every node's gateway bridge
+        # is its way out), or none for an isolated job's internal one (the node's default bridge then).
+        self.network = ""
         self._sidecars: list[AgentRun] = []
 
     # ---- where hosts run, and what they mount -------------------------------------------------------
@@ -130,9 +133,8 @@ class NodeData:
                                         run=str(self.attempt), always_model=always_model)
         labels = {**self.labels, LABEL_AGENT: role, LABEL_AGENT_HOST: host}
         labels.pop(LABEL_HOST, None)
-        # On no network of the job's: an agent reaches the S3 store, which an isolated job's network cannot.
         return ContainerSpec(
-            image=self.image, name=f"{resource_name(self.job.name)}-{host}-{role}", network="",
+            image=self.image, name=f"{resource_name(self.job.name)}-{host}-{role}", network=self.network,
             host=f"{host}-{role}", labels=labels, environment=environment, entrypoint=list(AGENT_ENTRYPOINT),
             command=agent_command(role, always_model=always_model), volumes=self._agent_volumes(host),
             node=self.nodes.get(host))

@@ -62,7 +62,8 @@ def test_a_two_host_job_runs_on_both_nodes_with_its_data_moved_on_each(
               'for i in $(seq 1 30); do ping -c1 -W1 $other >/dev/null 2>&1 && break; sleep 1; done; '
               'ping -c1 -W2 $other >/dev/null && echo "$h reached $other" > /opt/ml/model/reached-$h; st=$?; '
               'sleep 6; exit $st')
-    request = sh_job(name, script, InputDataConfig=[s3_channel("train", f"s3://{INPUT_BUCKET}/{name}/train/")],
+    request = sh_job(name, script, s3=s3,
+                     InputDataConfig=[s3_channel("train", f"s3://{INPUT_BUCKET}/{name}/train/")],
                      ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10})
     sm.create_training_job(**request)
     deadline = time.monotonic() + 180
@@ -77,7 +78,7 @@ def test_a_two_host_job_runs_on_both_nodes_with_its_data_moved_on_each(
     while len(ran_on) < 2:
         for host, service in services.items():
             try:
-                ran_on[host] = task_node(nodes.manager, service["ID"]).id
+                ran_on[host] = task_node(nodes.manager, service["ID"]).node_id
             except LookupError:
                 pass  # no task yet
         assert time.monotonic() < deadline
