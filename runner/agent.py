@@ -56,6 +56,7 @@ from runner.agent_protocol import (
     ALWAYS_MODEL_FLAG,
     ENV_VAR,
     WIPE_LABELS_VAR,
+    WIPE_NODE_VAR,
     AgentJob,
     Command,
     Event,
@@ -343,9 +344,16 @@ def _stop_inputs(providers: list[InputProvider]) -> None:
             log.exception("could not stop input %s", provider.channel.name)
 
 
-def wipe(labels: dict[str, str]) -> None:
-    """A job's volumes on this node (a swarm's other node: the server's engine cannot remove them there)."""
+def wipe(labels: dict[str, str], node: str) -> None:
+    """A job's volumes on this node (a swarm's other node: the server's engine cannot remove them there).
+
+    The socket mounted in is meant to be the node's own engine; one that is another node's (a machine whose
+    engine listens elsewhere) would find nothing to remove and say it was done, so that is an error."""
     client = docker.from_env()
+    engine_node = (client.info().get("Swarm") or {}).get("NodeID") or "none"
+    if engine_node != node:
+        raise RuntimeError(f"the engine at the mounted Docker socket is swarm node {engine_node}, not {node} "
+                           "where this task runs: its volumes cannot be removed from here")
     removed = []
     deadline = time.monotonic() + 30
     for volume in client.volumes.list(filters={"label": [f"{k}={v}" for k, v in labels.items()]}):
@@ -394,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> None:
         if args.command == Command.WIPE:
-            wipe(json.loads(os.environ[WIPE_LABELS_VAR]))
+            wipe(json.loads(os.environ[WIPE_LABELS_VAR]), os.environ[WIPE_NODE_VAR])
             return
         raw = os.environ.get(ENV_VAR)
         if not raw:

@@ -33,6 +33,8 @@ from typing import Any
 ENV_VAR = "SMLOCAL_AGENT_JOB"
 # `wipe`: the labels (JSON object) every volume to remove carries.
 WIPE_LABELS_VAR = "SMLOCAL_AGENT_WIPE_LABELS"
+# `wipe`: the swarm node id the task was placed on; the engine behind its socket must be that node's.
+WIPE_NODE_VAR = "SMLOCAL_AGENT_WIPE_NODE"
 # The agent in the service image: its venv's python is first on the PATH (Dockerfile).
 AGENT_ENTRYPOINT = ("python", "-m", "runner.agent")
 ALWAYS_MODEL_FLAG = "--always-model"

@@ -28,6 +28,7 @@ from runner.agent import agent_environment, volume_paths
 from runner.agent_protocol import (
     AGENT_ENTRYPOINT,
     WIPE_LABELS_VAR,
+    WIPE_NODE_VAR,
     Command,
     Event,
     Exit,
@@ -271,7 +272,7 @@ class NodeData:
             spec = ContainerSpec(
                 image=self.image, name=f"{resource_name(self.job.name)}-wipe", network="", host="wipe",
                 labels={**self.labels, LABEL_AGENT: Command.WIPE},
-                environment={WIPE_LABELS_VAR: json.dumps(volume_labels)},
+                environment={WIPE_LABELS_VAR: json.dumps(volume_labels), WIPE_NODE_VAR: node},
                 entrypoint=list(AGENT_ENTRYPOINT), command=agent_command(Command.WIPE),
                 mounts={DOCKER_SOCKET: DOCKER_SOCKET}, node=node)
             run = AgentRun("wipe", "wipe", self.backend.start(self.backend.create(spec)))

@@ -128,7 +128,8 @@ def service_image(test_images, request: pytest.FixtureRequest) -> str:  # noqa: 
     or taken from the last session when the tree did not change since)."""
     from tests.support.service_image import service_image as image_of_this_tree
 
-    return image_of_this_tree(test_images, request.config.cache)
+    # Without pytest's cache (-p no:cacheprovider) it is built every session.
+    return image_of_this_tree(test_images, getattr(request.config, "cache", None))
 
 
 # Servers a session fixture keeps on purpose (api_server); any other one still running when its test module

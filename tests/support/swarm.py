@@ -627,6 +627,12 @@ class SecondEngine:
         self._client = client
         rec.mnt_ns = os.stat(f"/proc/{rec.dockerd_pid}/ns/mnt").st_ino
         rec.save()
+        # On a machine of its own, the engine's socket is /var/run/docker.sock, and tasks that manage their
+        # node mount it (smlocal's volume wipe): in the engine's mount namespace that path is its own socket,
+        # never the test engine's. (Its containers' mounts are resolved in that namespace.)
+        if Path("/run/docker.sock").exists():
+            _run("nsenter", f"--mount=/proc/{rec.dockerd_pid}/ns/mnt", "mount", "--bind",
+                 str(base / "docker.sock"), "/run/docker.sock")
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of its dockerd log (the log goes with teardown)."""
