@@ -18,6 +18,8 @@
    trip (bench/simulated.py).
 8. A tuning job's cost per trial: its trials one at a time against the same training jobs created by hand,
    one after another (bench/tuning.py).
+9. A job on Docker Swarm (hosts as services, data moved by smlocal's agent on the node) against the same job on
+   the Docker backend (bench/swarm.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -40,7 +42,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from bench import checkpoint_sync, fuse_choice, simulated, streaming, tuning, warm_pools
+from bench import checkpoint_sync, fuse_choice, simulated, streaming, swarm, tuning, warm_pools
 from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -213,6 +215,7 @@ def main() -> None:
         fuse_rows = fuse_choice.compare(s3.endpoint)
     # Servers of its own, after the Docker one has stopped; its latency also against row 1's Docker job.
     rows += simulated.rows(docker_job_seconds=s)
+    rows += swarm.rows()
 
     cpu = platform.processor() or platform.machine()
     memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30

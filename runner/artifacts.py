@@ -96,22 +96,29 @@ def _tar(folders: Sequence[tuple[Path, str]], dest: Path, cancelled: Cancelled) 
                         skipped = entry.path + "/"
                     continue  # the earlier host's entry wins; folders of the same path merge
                 # Members sit at the top level, as in SageMaker's model.tar.gz.
-                info = tarfile.TarInfo(entry.path)
-                info.mtime, info.mode = int(entry.mtime), entry.mode
-                if entry.kind == "dir":
-                    info.type = tarfile.DIRTYPE
-                    tar.addfile(info)
-                elif entry.kind == "link":
-                    info.type, info.linkname = tarfile.SYMTYPE, entry.link_target
-                    tar.addfile(info)
-                else:
-                    f = entry.open()
-                    if f is None:
-                        continue
-                    with f:
-                        info.size = entry.size
-                        tar.addfile(info, f)
-                added[entry.path] = entry.kind == "dir"
+                if add_entry(tar, entry, entry.path):
+                    added[entry.path] = entry.kind == "dir"
+
+
+def add_entry(tar: tarfile.TarFile, entry: tree.Entry, name: str) -> bool:
+    """Add one walked entry as `name`: a folder, a link as a link (never resolved), a regular file with its
+    content; False when the file changed into something else since the walk saw it."""
+    info = tarfile.TarInfo(name)
+    info.mtime, info.mode = int(entry.mtime), entry.mode
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    elif entry.kind == "link":
+        info.type, info.linkname = tarfile.SYMTYPE, entry.link_target
+        tar.addfile(info)
+    else:
+        f = entry.open()
+        if f is None:
+            return False
+        with f:
+            info.size = entry.size
+            tar.addfile(info, f)
+    return True
 
 
 def _put_file(client: Minio, loc: S3Location, f: BinaryIO, size: int, cancelled: Cancelled) -> None:
@@ -121,7 +128,8 @@ def _put_file(client: Minio, loc: S3Location, f: BinaryIO, size: int, cancelled:
         raise UploadError(f"ClientError: Artifact upload to {loc} failed: {e.code}: {e.message}") from None
 
 
-def _put_path(client: Minio, loc: S3Location, path: Path, cancelled: Cancelled) -> None:
+def put_path(client: Minio, loc: S3Location, path: Path, cancelled: Cancelled = _never) -> None:
+    """Upload a file; UploadError (worded as a FailureReason) when S3 refuses, TransferCancelled on `cancelled()`."""
     with open(path, "rb") as f:
         _put_file(client, loc, f, os.fstat(f.fileno()).st_size, cancelled)
 
@@ -152,7 +160,7 @@ def upload_outputs(client: Minio, spec: JobSpec, layouts: Sequence[HostLayout], 
         if spec.output.compressed:
             tarball = hosts[0].staging_dir / f"{name}.tar.gz"
             _tar(folders, tarball, cancelled)
-            _put_path(client, out.child(f"{name}.tar.gz"), tarball, cancelled)
+            put_path(client, out.child(f"{name}.tar.gz"), tarball, cancelled)
             tarball.unlink()
         else:
             _put_tree_files(client, out.child("model" if name == "model" else "data"), folders, cancelled)

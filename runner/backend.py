@@ -76,6 +76,10 @@ class ContainerSpec:
     gpus: int = 0
     cpuset: str | None = None
     memory: int | None = None
+    # On a cluster (`Backend.stages_on_node`): named volumes (name -> container path) in place of `mounts`, made
+    # on the node that runs it, and that node (`Backend.place`).
+    volumes: dict[str, str] = field(default_factory=dict)
+    node: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,29 @@ class Backend(ABC):
 
     # What GET /health and the banner call it (`serve --backend`).
     name = "engine"
+    # False: a host's /opt/ml is a folder of the server's disk, bind-mounted. True (a cluster): the job's data moves
+    # on the node that runs each host, in volumes there, by smlocal's agent (runner.node_data).
+    stages_on_node = False
+
+    def place(self, hosts: list[str]) -> dict[str, str]:
+        """The node each host runs on (a cluster's); one engine has one node, which needs no name."""
+        return {}
+
+    def remove_volumes(self, labels: dict[str, str]) -> None:
+        """Remove the volumes carrying these labels (a cluster job's, on this node); none made elsewhere."""
+        return None
+
+    def volume_job_arns(self, labels: dict[str, str]) -> set[str]:
+        """The jobs (their ARNs) that have volumes carrying these labels on this node (a cluster's); none made here."""
+        return set()
+
+    def local_node(self) -> str | None:
+        """The id of the node this server's engine is (a cluster's); None for a lone engine."""
+        return None
+
+    def output(self, container: ContainerRef) -> bytes:
+        """Everything an exited container printed (stdout and stderr), without following it."""
+        raise NotImplementedError
 
     @abstractmethod
     def ping(self) -> None:

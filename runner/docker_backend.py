@@ -333,6 +333,13 @@ class DockerBackend(Backend):
             except NotFound:
                 raise ContainerGone(container.name) from None
 
+    def output(self, container: ContainerRef) -> bytes:
+        with _engine():
+            try:
+                return self.client.api.logs(container.id, stdout=True, stderr=True, stream=False)
+            except NotFound:
+                raise ContainerGone(container.name) from None
+
     def exec(self, container: ContainerRef, command: list[str], *, tty: bool, stdin: bool,
              environment: dict[str, str] | None = None) -> ExecSession:
         api = self.client.api

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from minio import Minio
 
@@ -33,7 +34,7 @@ from runner.backend import (
     resource_name,
 )
 from runner.environment import container_environment, cpu_count_mounts, instance_resources
-from runner.failure import failure_reason
+from runner.failure import algorithm_error, failure_reason
 from runner.folder_sync import FolderSync, SyncStatus
 from runner.host_address import container_s3_endpoint
 from runner.inputs import DataDownloadError, DownloadCancelled, InputContext, InputProvider, make_providers
@@ -43,6 +44,7 @@ from runner.log_follower import LogFollower
 from runner.metrics import MetricCollector, final_of_all
 from runner.mounts import remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
+from runner.node_data import AgentFailed, NodeData
 from runner.notices import no_s3_endpoint_notice, platform_notices
 from runner.policies import Detach, FailurePolicy, GracePolicy, InterruptPolicy, StopPolicy, StopRequested
 from runner.s3 import make_client, parse_s3_uri
@@ -179,6 +181,10 @@ class JobExecution:
         # The job runs again (a retry, a spot restart): persisted once this run is cleaned up, so the next
         # run's containers and folder are never those this cleanup removes.
         self._again: Callable[[], None] | None = None
+        # On a cluster the data moves on the nodes (runner.node_data), not through this machine's disk.
+        self.node_data = (NodeData(job, self.spec, settings, backend, layouts, self.labels,
+                                   settings.agent_image or "smlocal/service:dev")
+                          if backend.stages_on_node else None)
 
     @property
     def host_names(self) -> list[str]:
@@ -296,11 +302,21 @@ class JobExecution:
         if not image:
             raise _JobFailed("ClientError: smlocal runs TrainingImage containers only; "
                              f"AlgorithmName {self.spec.algorithm.algorithm_name!r} is not supported.")
-        make_private_dir(self.data_dir / "jobs")
-        for host in self.hosts:
-            prepare_layout(host.layout, self.spec)
+        if self.node_data is not None:
+            unreachable = [c.name for c in self.spec.channels if c.source_kind == "FileSystemDataSource"]
+            if unreachable:
+                raise _JobFailed(f"ClientError: channels {', '.join(unreachable)} name a FileSystemDataSource, a "
+                                 "folder of smlocal's machine that the nodes of the swarm cannot read.")
+            self.node_data.place()  # the trees are made on the nodes, by the agent (`stage`)
+        else:
+            make_private_dir(self.data_dir / "jobs")
+            for host in self.hosts:
+                prepare_layout(host.layout, self.spec)
         self.stop.check()
         self._take_network()
+        if self.node_data is not None and self.network is not None and not (
+                self.spec.network_isolation or uses_vpc(self.spec)):
+            self.node_data.network = self.network.name
         if self.backend.has_image(image):
             # Created before staging: Docker syncs the page cache when it creates a container, and after
             # a large download that costs ~0.4 s per GiB of freshly written data.
@@ -336,6 +352,9 @@ class JobExecution:
             self._enter(STARTING)  # the message changes back in place
 
     def _stage_inputs(self) -> None:
+        if self.node_data is not None:
+            self._stage_on_nodes()
+            return
         # SageMaker's "Downloading input data", and what is not served as asked (a FastFile channel without FUSE).
         notices = dict.fromkeys(p.notice for h in self.hosts for p in h.inputs if p.notice)
         self._enter(DOWNLOADING, "; ".join([DEFAULT_MESSAGES[DOWNLOADING], *notices]) if notices else None)
@@ -357,6 +376,23 @@ class JobExecution:
             raise _JobFailed(e.reason) from None
         self.stop.check()
 
+    def _stage_on_nodes(self) -> None:
+        """Every host's inputs staged on its node by the agent; a channel it cannot serve as asked is said."""
+        assert self.node_data is not None
+
+        def downloading(notices: list[str]) -> None:
+            self._enter(DOWNLOADING, "; ".join([DEFAULT_MESSAGES[DOWNLOADING], *notices]) if notices else None)
+            self._network_notices += tuple(notices)  # in the hosts' logs too, as with one engine
+
+        try:
+            self.node_data.stage(self.stop.cancelled, downloading)
+        except AgentFailed as e:
+            self.stop.check()
+            if e.platform:
+                raise RuntimeError(e.reason) from None
+            raise _JobFailed(e.reason) from None
+        self.stop.check()
+
     def _pull_image(self) -> None:
         image = self.spec.algorithm.image
         assert image is not None
@@ -370,12 +406,14 @@ class JobExecution:
 
     def _start_containers(self) -> None:
         self.stop.check()
+        if self.node_data is not None:
+            self.node_data.start_sidecars(self.stop.cancelled)  # Pipe FIFOs fed and folders synced on the nodes
         for host in self.hosts:
             assert host.container is not None
             host.container = self.backend.start(host.container)
         self.lifecycle.set_runner_state(self.arn, RUNNING)
         for host in self.hosts:
-            for provider in host.inputs:
+            for provider in host.inputs if self.node_data is None else ():
                 provider.start()
             assert host.container is not None and host.container.started_at is not None
             self._follow(host, self._stream_path(host.name, host.container.started_at), resume=False)
@@ -389,9 +427,12 @@ class JobExecution:
         self._make_syncs()
         for _, _, sync in self.syncs:
             sync.resume()
+        if self.node_data is not None:
+            self.node_data.adopt(self.backend.containers({LABEL_JOB_ARN: self.arn,
+                                                         LABEL_DATA_DIR: self.labels[LABEL_DATA_DIR]}))
         for host in self.hosts:
             host.container = containers[host.name]
-            for provider in host.inputs:
+            for provider in host.inputs if self.node_data is None else ():
                 provider.resume()
             mine = [s for s in streams if s.name.startswith(host.name + "-")]
             # Keep appending to the stream the previous process opened.
@@ -428,9 +469,14 @@ class JobExecution:
             self._finish_completed()
         else:
             assert failed.follower is not None and failed.exit_code is not None
-            reason = failure_reason(failed.layout, failed.exit_code, list(failed.follower.last_lines),
-                                    name_host=len(self.hosts) > 1)
-            self._upload_quietly()
+            if self.node_data is None:
+                reason = failure_reason(failed.layout, failed.exit_code, list(failed.follower.last_lines),
+                                        name_host=len(self.hosts) > 1)
+                self._upload_quietly()
+            else:  # the failure file is on the node: the agent's upload reads it
+                written = self._upload_quietly().get(failed.name)
+                reason = algorithm_error(failed.exit_code, list(failed.follower.last_lines),
+                                         failed.name if len(self.hosts) > 1 else None, written)
             self._end(FAILED, reason)
 
     def _watch(self) -> _Host | None:
@@ -483,21 +529,33 @@ class JobExecution:
         except StopRequested:
             pass  # stopped as it finished: still upload what it made, and end as the stop says
         try:
-            client = self._s3_client()
-            self._final_syncs()
-            artifacts.upload_outputs(client, self.spec, self._layouts(), always_model=True,
-                                     cancelled=self.stop.detaching)
+            if self.node_data is not None:
+                self.node_data.stop_sidecars()
+                self.node_data.upload(True, self.stop.detaching)
+            else:
+                client = self._s3_client()
+                self._final_syncs()
+                artifacts.upload_outputs(client, self.spec, self._layouts(), always_model=True,
+                                         cancelled=self.stop.detaching)
         except artifacts.TransferCancelled:
             raise Detach() from None
         except artifacts.UploadError as e:
             self._end(FAILED, e.reason)
             return
+        except AgentFailed as e:
+            if e.platform:
+                raise RuntimeError(e.reason) from None
+            self._end(FAILED, e.reason)
+            return
         self._end("Completed")
 
-    def _upload_quietly(self) -> None:
+    def _upload_quietly(self) -> dict[str, str]:
+        """What the algorithm left, saved; on a cluster, each host's failure file text (the agent reads it)."""
         # A failed or stopped job keeps its status even when saving its leftovers fails.
         self._sync_quietly()
         try:
+            if self.node_data is not None:
+                return self.node_data.upload(False, self.stop.detaching)
             client = self._s3_client()
             artifacts.upload_outputs(client, self.spec, self._layouts(), always_model=False,
                                      cancelled=self.stop.detaching)
@@ -505,6 +563,7 @@ class JobExecution:
             raise Detach() from None
         except Exception as e:
             log.warning("could not upload artifacts of %s: %s", self.job.name, e)
+        return {}
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -560,16 +619,8 @@ class JobExecution:
         addresses = host_addresses(self.network, self.host_names)
         endpoint_hosts = self._start_s3_gateway(name)
         for index, host in enumerate(self.hosts):
-            mounts = container_mounts(host.layout, self.spec)
-            read_only: set[str] = set()
-            for provider in host.inputs:
-                mounts.update(provider.mounts())
-                read_only |= provider.read_only_mounts()
-            cache = self._warm_pool_cache(host.name)
-            if cache is not None:
-                mounts[str(cache)] = CACHE_PATH
             resources = instance_resources(self.spec, self.settings, host.name, index, self.backend.gpus())
-            mounts.update(cpu_count_mounts(host.layout, resources))
+            mounts, read_only, volumes = self._host_mounts(host, resources)
             host.container = self.backend.create(ContainerSpec(
                 image=image, name=f"{name}-{host.name}", network=self.network.name, host=host.name,
                 labels={**host.labels, LABEL_NETWORK: self.network.name}, environment=dict(environment),
@@ -578,12 +629,33 @@ class JobExecution:
                 peers={**endpoint_hosts, **{h: a for h, a in addresses.items() if h != host.name}},
                 isolated=self.spec.network_isolation, read_only=read_only,
                 shm_size=resources.shm_size, gpus=resources.gpus, cpuset=resources.cpuset, memory=resources.memory,
+                volumes=volumes, node=self.node_data.nodes.get(host.name) if self.node_data is not None else None,
             ))
+
+    def _host_mounts(self, host: _Host, resources: Any) -> tuple[dict[str, str], set[str], dict[str, str]]:
+        """(bind mounts, their read-only container paths, named volumes) of a host's container. On a cluster its
+        folders are volumes on its node (runner.node_data); channels reach it through them."""
+        if self.node_data is not None:
+            return {}, set(), self.node_data.algorithm_volumes(host.name)
+        mounts = container_mounts(host.layout, self.spec)
+        read_only: set[str] = set()
+        for provider in host.inputs:
+            mounts.update(provider.mounts())
+            read_only |= provider.read_only_mounts()
+        cache = self._warm_pool_cache(host.name)
+        if cache is not None:
+            mounts[str(cache)] = CACHE_PATH
+        mounts.update(cpu_count_mounts(host.layout, resources))
+        return mounts, read_only, {}
 
     def _start_s3_gateway(self, name: str) -> dict[str, str]:
         """A VPC job's S3 gateway (runner.vpc), labelled as the job's: the names its hosts resolve to it. None for
         other jobs, or when it cannot be made: the job runs without it, and its log says why."""
         if not uses_vpc(self.spec):
+            return {}
+        if self.node_data is not None:
+            # The gateway is a container of this machine's engine; hosts on other nodes could not reach it.
+            self._network_notices = (no_s3_endpoint_notice("smlocal makes no S3 gateway on a swarm"),)
             return {}
         assert self.network is not None
         try:
@@ -638,6 +710,8 @@ class JobExecution:
 
     def _input_failure(self) -> str | None:
         """The FailureReason of a channel whose data broke off while the algorithm ran (Pipe)."""
+        if self.node_data is not None:
+            return self.node_data.input_failure()
         return next((p.failure for h in self.hosts for p in h.inputs if p.failure), None)
 
     def _record_terminating(self) -> float:
@@ -690,6 +764,11 @@ class JobExecution:
             self._on_backend_lost()
         except Exception as e:
             log.warning("could not remove the containers of %s: %s", self.job.name, e)
+        if self.node_data is not None:
+            try:
+                self.node_data.wipe()
+            except Exception as e:
+                log.warning("could not remove the volumes of %s: %s", self.job.name, e)
         remove_tree(self.root)
         # The next job's network, made now: made while this job's containers start or stop, it would
         # slow them down (the engine serializes network changes).
@@ -717,7 +796,7 @@ class JobExecution:
         """One FolderSync per host and synced folder (every host syncs its own folder to the one URI, as on
         SageMaker); each keeps what it sent in a state file outside the container's tree."""
         folders = self.spec.synced_folders()
-        if self.syncs or not folders:
+        if self.syncs or not folders or self.node_data is not None:  # on a cluster the sidecars sync
             return
         client = self._s3_client()
         for host in self.hosts:
@@ -738,6 +817,9 @@ class JobExecution:
 
     def _sync_quietly(self) -> None:
         # A job that failed, stopped or was interrupted keeps its status even when this last sync fails.
+        if self.node_data is not None:
+            self.node_data.stop_sidecars()  # their last sync, on the nodes
+            return
         try:
             self._final_syncs()
         except artifacts.TransferCancelled:

@@ -406,6 +406,9 @@ class Runner:
             for n in self.backend.networks(labels):
                 if n.name not in networks_in_use and n.labels.get(LABEL_JOB_ARN) not in kept:
                     self.backend.remove_network(n)
+        # A cluster job's volumes on this node (those on other nodes go with the job's own cleanup).
+        for arn in self.backend.volume_job_arns(labels) - kept:
+            self.backend.remove_volumes({LABEL_JOB_ARN: arn, LABEL_DATA_DIR: mine})
         kept_folders = {job_folder_name(j.name, j.region, j.account_id, j.creation_time) for j in active_jobs}
         jobs_dir = Path(self.settings.data_dir).resolve() / "jobs"
         if jobs_dir.is_dir():

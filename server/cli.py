@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from runner.backend import Backend
+from runner.backend import Backend, BackendUnavailable
 from runner.docker_backend import DockerBackend
 from runner.host_address import HOST_ALIAS, container_s3_endpoint, docker_bridge_gateway
 from runner.scheduler import Runner
 from runner.simulated_backend import SimulatedBackend
 from runner.subnets import SubnetRangeError, host_routes, resolve_job_subnets
+from runner.swarm_backend import NotAManager, SwarmBackend
 from runner.tuning.driver import Tuner
 from server import cli_views
 from server.app import create_app
@@ -37,7 +38,7 @@ from smlocal.core.store import SchemaTooNew, Store
 from smlocal.core.tuning.lifecycle import TuningLifecycle
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
-BACKENDS = ("docker", "simulated")
+BACKENDS = ("docker", "swarm", "simulated")
 console = Console()
 log = logging.getLogger("smlocal")
 
@@ -102,8 +103,19 @@ def serve(
         "(a limit), and refuse at CreateTrainingJob (ResourceLimitExceeded) an instance type larger than this "
         "machine.")] = False,
     backend: Annotated[str, _opt(
-        "BACKEND", "What runs the jobs: 'docker' (a Docker engine) or 'simulated' (no engine at all: each job "
-        "plays a script its smlocal:* tags or --simulate-rules set; docs/testing.md).")] = "docker",
+        "BACKEND", "What runs the jobs: 'docker' (a Docker engine), 'swarm' (the Docker Swarm this engine manages: "
+        "each host a service, its data moved on its node; docs/past-one-machine.md) or 'simulated' (no engine at "
+        "all: each job plays a script its smlocal:* tags or --simulate-rules set; docs/testing.md).")] = "docker",
+    swarm_init: Annotated[bool, _opt(
+        "SWARM_INIT", "With --backend swarm: make this engine a single-node swarm manager if it is not one "
+        "(`docker swarm init`, advertising --s3-advertise-address or 127.0.0.1).")] = False,
+    s3_advertise_address: Annotated[str | None, _opt(
+        "S3_ADVERTISE_ADDRESS", "An address of this machine every node of the swarm reaches: the embedded S3 store "
+        "also listens there, and the agents and training containers are given it. Default: the Docker bridge "
+        "gateway (one node).")] = None,
+    agent_image: Annotated[str, _opt(
+        "AGENT_IMAGE", "With --backend swarm: the image of smlocal's agent, which stages inputs and uploads "
+        "outputs on each node (`make images` builds it; every node needs it).")] = "smlocal/service:dev",
     simulate_rules: Annotated[Path | None, _opt(
         "SIMULATE_RULES", "A JSON or YAML file of rules scripting jobs by name, image or tag: their simulated "
         "outcome, Training time and log lines, and faults at CreateTrainingJob (docs/testing.md).")] = None,
@@ -125,6 +137,8 @@ def serve(
         raise typer.BadParameter(f"{backend!r} is not one of {', '.join(BACKENDS)}", param_hint="--backend")
     # Simulated jobs ask no engine anything: no bridge gateway, no engine networks, no S3 front for containers.
     simulated = backend == "simulated"
+    if backend == "swarm" and run_jobs:
+        _check_swarm(swarm_init, s3_advertise_address)
     rules = _simulate_rules(simulate_rules)
     roots = tuple(_local_root(path) for path in local_channel_root or ())
     file_systems = _file_systems(file_system or (), data_dir)
@@ -149,18 +163,25 @@ def serve(
         # Containers reach the store only through the bridge gateway; without jobs nobody needs it.
         embedded = embedded_store(s3_store, data_dir=data_dir, port=embedded_s3_port, access_key=s3_access_key,
                                   secret_key=s3_secret_key,
-                                  gateway=docker_bridge_gateway() if run_jobs and not simulated else None)
+                                  gateway=(s3_advertise_address or docker_bridge_gateway())
+                                  if run_jobs and not simulated else None)
         try:
             embedded.start()
         except StoreStartError as exc:
             console.print(f"[red]{exc}[/red]", highlight=False)
             raise typer.Exit(1) from None
         s3_endpoint = embedded.endpoint
+        if backend == "swarm" and not container_s3_endpoint:
+            # A swarm task has no host.docker.internal: it is given an address (this machine's, as every node
+            # reaches it).
+            container_s3_endpoint = f"http://{s3_advertise_address or docker_bridge_gateway()}:{embedded_s3_port}"
     front = None
     if embedded is None and s3_endpoint and run_jobs and not simulated and not container_s3_endpoint:
-        front = _start_s3_front(s3_endpoint, data_dir, embedded_s3_port)
+        front = _start_s3_front(s3_endpoint, data_dir, embedded_s3_port, s3_advertise_address)
         if front is not None:
-            container_s3_endpoint = front.endpoint_for(HOST_ALIAS)
+            # A swarm task has no host.docker.internal: it gets the front's address itself.
+            container_s3_endpoint = front.endpoint_for(
+                (s3_advertise_address or docker_bridge_gateway() or HOST_ALIAS) if backend == "swarm" else HOST_ALIAS)
     settings = Settings(
         host=host, port=port, data_dir=data_dir, db=db, region=region, account_id=account_id,
         access_key=access_key, secret_key=secret_key, s3_endpoint=s3_endpoint,
@@ -174,6 +195,7 @@ def serve(
         spot_interruptions_per_hour=spot_interruptions,
         enforce_instance_resources=enforce_instance_resources,
         backend=backend, simulate_rules=simulate_rules.resolve() if simulate_rules else None,
+        agent_image=agent_image,
     )
 
     try:
@@ -201,9 +223,10 @@ def serve(
         lock.release()
 
 
-def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int) -> S3Front | None:
-    """The S3-only address training containers get for a store smlocal does not run (server/s3/front.py)."""
-    gateway = docker_bridge_gateway()
+def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int, address: str | None = None) -> S3Front | None:
+    """The S3-only address training containers get for a store smlocal does not run (server/s3/front.py): on
+    `address` (--s3-advertise-address, what a swarm's nodes reach), else on the Docker bridge gateway."""
+    gateway = address or docker_bridge_gateway()
     if gateway is None:
         return None  # no engine yet: containers cannot run, and get the store's own address if they do
     try:
@@ -233,7 +256,28 @@ def _backend(settings: Settings, lifecycle: Lifecycle, rules: Rules | None) -> B
     """The simulated backend when asked for; None: the runner's own default, Docker."""
     if settings.backend == "simulated":
         return SimulatedBackend(settings.data_dir, lifecycle, rules)
+    if settings.backend == "swarm":
+        return SwarmBackend(stop_grace_seconds=settings.stop_grace_seconds)
     return None
+
+
+def _check_swarm(init: bool, advertise: str | None) -> None:
+    """`--backend swarm` needs an engine that manages a swarm: made one with --swarm-init, else refused with how."""
+    swarm = SwarmBackend()
+    try:
+        swarm.check_manager()
+        return
+    except NotAManager as e:
+        problem = str(e)
+    except BackendUnavailable as e:
+        console.print(f"[red]smlocal: --backend swarm: {escape(str(e))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if not init:
+        console.print(f"[red]smlocal: --backend swarm: {escape(problem)}. Make it one with `docker swarm init` "
+                      "(other engines join it with `docker swarm join`), or pass --swarm-init.[/red]",
+                      soft_wrap=True)
+        raise typer.Exit(2)
+    swarm.init_swarm(advertise or "127.0.0.1")
 
 
 def _job_subnets(requested: str | None, simulated: bool = False) -> str:
@@ -315,7 +359,10 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
         auth = f"[red]UNAUTHENTICATED[/red] (any signature accepted from anyone who reaches {escape(settings.host)})"
     engine = ("simulated (no container engine; scripts from smlocal:* tags"
               + (f" and {escape(str(settings.simulate_rules))})" if settings.simulate_rules else ")")
-              if settings.backend == "simulated" else f"in Docker, networks from {settings.job_subnets}")
+              if settings.backend == "simulated" else
+              f"on the Docker Swarm this engine manages (agent {escape(settings.agent_image)}), overlay networks "
+              f"from {settings.job_subnets}" if settings.backend == "swarm"
+              else f"in Docker, networks from {settings.job_subnets}")
     jobs = (f"{settings.max_concurrent_jobs} at once, {engine}"
             if settings.run_jobs else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
     if settings.run_jobs and engine_problem:

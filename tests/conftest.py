@@ -12,9 +12,9 @@ from tests.support.census import NETWORKS, SERVERS
 from tests.support.s3server import S3Server, start_s3_server
 from tests.support.smlocal import SmlocalServer, module_server
 
-# The runner tests' fixtures (docker_engine, runner_server, s3) for every test module; only this, the
-# top-level conftest, may load plugins.
-pytest_plugins = ["tests.support.runner_jobs"]
+# The runner tests' fixtures (docker_engine, runner_server, s3) and the swarm tests' (swarm_single,
+# swarm_two_nodes) for every test module; only this, the top-level conftest, may load plugins.
+pytest_plugins = ["tests.support.runner_jobs", "tests.support.swarm"]
 # pytest rewrites a plugin's asserts, not a helper module's: pipe_jobs' status checks (ended) keep the detailed
 # failure messages they had in a test module.
 pytest.register_assert_rewrite("tests.support.pipe_jobs")
@@ -120,6 +120,16 @@ def test_images():  # noqa: ANN201 - a docker client
     client = docker_client()
     ensure_test_images(client)
     return client
+
+
+@pytest.fixture(scope="session")
+def service_image(test_images, request: pytest.FixtureRequest) -> str:  # noqa: ANN001 - a docker client
+    """The id of smlocal/service:dev as this working tree builds it (tests/support/service_image.py: built once,
+    or taken from the last session when the tree did not change since)."""
+    from tests.support.service_image import service_image as image_of_this_tree
+
+    # Without pytest's cache (-p no:cacheprovider) it is built every session.
+    return image_of_this_tree(test_images, getattr(request.config, "cache", None))
 
 
 # Servers a session fixture keeps on purpose (api_server); any other one still running when its test module

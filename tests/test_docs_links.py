@@ -13,7 +13,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # The pages the README's "Where to go next" table sends a newcomer to.
 DOCS_PAGES = ("s3-store.md", "sdk-and-script-mode.md", "logs-and-console.md", "configuration.md",
               "how-a-job-runs.md", "long-jobs.md", "input-modes.md", "testing.md", "tuning.md", "benchmarks.md",
-              "architecture.md")
+              "architecture.md", "past-one-machine.md")
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^#{1,6} (.*?)\s*#*\s*$")

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -38,10 +35,9 @@ from tests.support.docker_env import BUSYBOX_IMAGE, REPO_ROOT, host_address_for_
 from tests.support.jobs import job_request, wait_for_status
 from tests.support.logs import stream_files
 from tests.support.s3server import S3Server
+from tests.support.service_image import SERVICE_IMAGE
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-service-image.sh"
-SERVICE_IMAGE = "smlocal/service:dev"  # the tag compose's `image:` names and the script builds
 TRAIN_IMAGE = "smlocal-test/service-train:1"
 SERVICE_PORT = 8080
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -119,17 +115,6 @@ def test_compose_file_runs_the_service_as_this_test_does() -> None:
 
 
 # ---- images ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def service_image(test_images: docker.DockerClient) -> str:
-    """smlocal/service:dev rebuilt from the working tree (once per session, ~75 s); returns its id."""
-    env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=1200, check=False)
-    assert result.returncode == 0, f"{BUILD_SCRIPT} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    # By id: another session rebuilding the tag meanwhile must not change what this one runs.
-    return str(test_images.images.get(SERVICE_IMAGE).id)
 
 
 @pytest.fixture(scope="session")

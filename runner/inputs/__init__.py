@@ -43,6 +43,6 @@ def make_providers(context: InputContext) -> dict[str, list[InputProvider]]:
     for channel in context.spec.channels:
         kind = SOURCE_PROVIDERS.get(channel.source_kind) or PROVIDERS.get(channel.input_mode, FileInput)
         # Only the hosts that get the channel (InstanceGroupNames): the others have no folder, FIFO or mount for it.
-        for provider in kind.for_hosts(channel, context.channel_hosts(channel), context):
+        for provider in kind.for_hosts(channel, context.local_hosts(channel), context):
             providers[provider.host].append(provider)
     return providers

@@ -26,9 +26,12 @@ class _SharedStaging:
             if self._done:
                 return
             spec = self.context.spec
-            hosts = self.context.channel_hosts(self.channel)
-            stage_channel(self.channel, [self.context.layout(h).channel_dir(self.channel.name) for h in hosts],
-                          self.context.s3, spec.region, spec.role_arn, cancelled, self.context.local_roots)
+            here = set(self.context.local_hosts(self.channel))
+            # A host whose tree is elsewhere (another node's) keeps its place in the shards, and gets nothing here.
+            dirs = [self.context.layout(h).channel_dir(self.channel.name) if h in here else None
+                    for h in self.context.channel_hosts(self.channel)]
+            stage_channel(self.channel, dirs, self.context.s3, spec.region, spec.role_arn, cancelled,
+                          self.context.local_roots)
             self._done = True
 
 

@@ -183,14 +183,22 @@ def check_prefix_has_objects(client: Minio, uri: str, region: str, role: str) ->
     raise _no_objects(uri, loc.bucket, region, role)
 
 
-def _plan(objects: list[S3Object], channel_dirs: list[Path], sharded: bool) -> list[_Transfer]:
+def _hosts_of(index: int, channel_dirs: Sequence[Path | None], sharded: bool) -> list[Path]:
+    """The folders the `index`th object (or file) goes to: every host's, or (sharded) one host's in turn; a host
+    whose folder is None (its tree is on another node) keeps its turn and gets nothing here."""
+    dirs = [channel_dirs[index % len(channel_dirs)]] if sharded else channel_dirs
+    return [d for d in dirs if d is not None]
+
+
+def _plan(objects: list[S3Object], channel_dirs: Sequence[Path | None], sharded: bool) -> list[_Transfer]:
     """Where each object goes: every host's channel folder, or (sharded) round-robin over the key-sorted list."""
     if sharded:
         objects = shard_order(objects)
     transfers = []
     for index, obj in enumerate(objects):
-        dirs = [channel_dirs[index % len(channel_dirs)]] if sharded else channel_dirs
-        transfers.append(_Transfer(obj.bucket, obj.key, tuple(_dest(d, obj.relative, obj.uri) for d in dirs)))
+        dirs = _hosts_of(index, channel_dirs, sharded)
+        if dirs:
+            transfers.append(_Transfer(obj.bucket, obj.key, tuple(_dest(d, obj.relative, obj.uri) for d in dirs)))
     return transfers
 
 
@@ -264,10 +272,10 @@ def local_files(uri: str, roots: LocalChannelRoots) -> list[tuple[PurePosixPath,
     raise DataDownloadError(f'ClientError: Data download failed: local path "{source}" does not exist.')
 
 
-def _copy_local(uri: str, channel_dirs: list[Path], sharded: bool, roots: LocalChannelRoots) -> None:
+def _copy_local(uri: str, channel_dirs: Sequence[Path | None], sharded: bool, roots: LocalChannelRoots) -> None:
     # Sharded: round-robin over the files in name order (a single file goes to the first host).
     for index, (below, path) in enumerate(local_files(uri, roots)):
-        for channel_dir in [channel_dirs[index % len(channel_dirs)]] if sharded else channel_dirs:
+        for channel_dir in _hosts_of(index, channel_dirs, sharded):
             _copy_file(path, channel_dir.joinpath(*below.parts))
 
 
@@ -324,10 +332,11 @@ def _make_tree_readable(root: Path) -> None:
             os.chmod(os.path.join(dirpath, f), READABLE_FILE)
 
 
-def stage_channel(channel: ChannelSpec, channel_dirs: list[Path], client_factory: Callable[[], Minio],
+def stage_channel(channel: ChannelSpec, channel_dirs: Sequence[Path | None], client_factory: Callable[[], Minio],
                   region: str, role: str, cancelled: Callable[[], bool],
                   local_roots: LocalChannelRoots | None = None) -> None:
-    """Download one channel into the given folders (one per host); raises DataDownloadError with the FailureReason.
+    """Download one channel into the given folders (one per host of the channel, in host order; None for a host
+    whose tree is not on this machine: its shard is skipped); raises DataDownloadError with the FailureReason.
 
     Each object is downloaded once and copied to every other host that gets it. `file://` channels are
     copied only from under `local_roots` (none given: none allowed)."""
@@ -346,7 +355,8 @@ def stage_channel(channel: ChannelSpec, channel_dirs: list[Path], client_factory
         objects = list_objects(client, s3.uri, s3.data_type, region, role)
         _download_all(client, _plan(objects, channel_dirs, s3.sharded), cancelled)
     for channel_dir in channel_dirs:
-        _make_tree_readable(channel_dir)
+        if channel_dir is not None:
+            _make_tree_readable(channel_dir)
 
 
 def download_objects(client: Minio, objects: list[S3Object], channel_dir: Path, cancelled: Callable[[], bool]) -> None:

@@ -65,9 +65,15 @@ class InputContext:
         return next(layout for layout in self.layouts if layout.host == host)
 
     def channel_hosts(self, channel: ChannelSpec) -> list[str]:
-        """The hosts of this run that get `channel`, in host order."""
+        """The hosts of the job that get `channel`, in host order, whether their trees are in `layouts` or not:
+        a ShardedByS3Key channel is dealt out among all of them."""
+        return self.spec.channel_hosts(channel)
+
+    def local_hosts(self, channel: ChannelSpec) -> list[str]:
+        """Those of `channel_hosts` whose tree this context has (`layouts`), the hosts providers are made for:
+        all of them on one machine; on a cluster a node's agent has its own host's tree only (runner.agent)."""
         mine = {layout.host for layout in self.layouts}
-        return [host for host in self.spec.channel_hosts(channel) if host in mine]
+        return [host for host in self.channel_hosts(channel) if host in mine]
 
 
 class InputProvider(ABC):

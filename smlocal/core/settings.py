@@ -70,11 +70,13 @@ class Settings:
     # Containers get their instance type's vCPUs (a cpuset) and memory limit, and a job whose instance type
     # this machine cannot hold is ResourceLimitExceeded at CreateTrainingJob (smlocal.core.instance_types).
     enforce_instance_resources: bool = False
-    # What runs the jobs' containers: `docker`, or `simulated` (no engine: runner.simulated_backend plays each job's
-    # script, smlocal.core.simulation).
+    # What runs the jobs' containers: `docker`, `swarm` (runner.swarm_backend), or `simulated` (no engine:
+    # runner.simulated_backend plays each job's script, smlocal.core.simulation).
     backend: str = "docker"
     # `--simulate-rules`: the rules file scripting jobs (outcomes, CreateTrainingJob faults); None: tags only.
     simulate_rules: Path | None = None
+    # `--backend swarm`: the image of smlocal's agent, which moves a job's data on the node of each host.
+    agent_image: str | None = None
 
     @property
     def db_path(self) -> str:
