@@ -9,7 +9,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,17 @@ def split_docker_timestamp(frame: bytes) -> tuple[int | None, bytes]:
     # datetime keeps microseconds; docker sends nanoseconds.
     iso = f"{base}.{fraction[:6].ljust(6, '0')}{'+00:00' if zone == 'Z' else zone}"
     return int(datetime.fromisoformat(iso).timestamp() * 1000), frame[m.end():]
+
+
+def remove_quietly(remove: Callable[[], object], what: str) -> None:
+    """Remove something of a job's: gone already is fine, any other refusal is logged (cleanup goes on)."""
+    with _engine():
+        try:
+            remove()
+        except NotFound:
+            pass
+        except APIError as e:
+            log.warning("could not remove %s: %s", what, e)
 
 
 def _label_filter(labels: dict[str, str]) -> list[str]:
@@ -367,13 +378,7 @@ class DockerBackend(Backend):
                     log.warning("could not remove container %s: %s", container.name, e)
 
     def remove_network(self, network: NetworkRef) -> None:
-        with _engine():
-            try:
-                self.client.api.remove_network(network.id)
-            except NotFound:
-                pass
-            except APIError as e:
-                log.warning("could not remove network %s: %s", network.name, e)
+        remove_quietly(lambda: self.client.api.remove_network(network.id), f"network {network.name}")
 
     def containers(self, labels: dict[str, str]) -> list[ContainerRef]:
         api = self.client.api

@@ -56,7 +56,14 @@ from runner.backend import (
     NetworkRef,
     SubnetTaken,
 )
-from runner.docker_backend import DockerBackend, _engine, _label_filter, parse_docker_time, split_docker_timestamp
+from runner.docker_backend import (
+    DockerBackend,
+    _engine,
+    _label_filter,
+    parse_docker_time,
+    remove_quietly,
+    split_docker_timestamp,
+)
 from runner.node_data import LABEL_NODE
 
 log = logging.getLogger("smlocal.runner")
@@ -353,13 +360,7 @@ class SwarmBackend(DockerBackend):
                             stdin=stdin, environment=environment)
 
     def remove(self, container: ContainerRef) -> None:
-        with _engine():
-            try:
-                self.client.api.remove_service(container.id)
-            except NotFound:
-                pass
-            except APIError as e:
-                log.warning("could not remove service %s: %s", container.name, e)
+        remove_quietly(lambda: self.client.api.remove_service(container.id), f"service {container.name}")
 
     def containers(self, labels: dict[str, str]) -> list[ContainerRef]:
         found = []

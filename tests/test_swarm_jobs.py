@@ -127,6 +127,14 @@ def test_a_job_runs_as_swarm_services_with_its_inputs_staged_and_its_model_uploa
         "Volumes"], 30, "its volumes removed")
 
 
+def _run_two_hosts(sm: Any, name: str, script: str) -> None:
+    """`script` on two hosts, run to Completed."""
+    sm.create_training_job(**sh_job(name, script, ResourceConfig={
+        "InstanceType": "ml.m5.large", "InstanceCount": 2, "VolumeSizeInGB": 10}))
+    job = wait_for_status(sm, name, FINAL, timeout=180)
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+
+
 def test_two_hosts_find_each_other_by_name_on_the_overlay(sm: Any, s3: Any, unique_name: Callable[[str], str]
                                                           ) -> None:
     name = unique_name("swarm-two")
@@ -135,11 +143,7 @@ def test_two_hosts_find_each_other_by_name_on_the_overlay(sm: Any, s3: Any, uniq
               'ping -c1 -W2 $other && echo "$h reached $other" > /opt/ml/model/reached-$h; st=$?; '
               # Still there while the other looks for it.
               'sleep 5; exit $st')
-    request = sh_job(name, script, ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 2,
-                                                   "VolumeSizeInGB": 10})
-    sm.create_training_job(**request)
-    job = wait_for_status(sm, name, FINAL, timeout=180)
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    _run_two_hosts(sm, name, script)
     files = model_files(s3, name)
     assert files["reached-algo-1"] == b"algo-1 reached algo-2\n"
     assert files["reached-algo-2"] == b"algo-2 reached algo-1\n"
@@ -148,11 +152,7 @@ def test_two_hosts_find_each_other_by_name_on_the_overlay(sm: Any, s3: Any, uniq
 def test_two_hosts_merge_into_one_model(sm: Any, s3: Any, unique_name: Callable[[str], str]) -> None:
     name = unique_name("swarm-merge")
     script = 'echo "from $(hostname)" > /opt/ml/model/from-$(hostname); echo shared-$(hostname) > /opt/ml/model/shared'
-    request = sh_job(name, script, ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 2,
-                                                   "VolumeSizeInGB": 10})
-    sm.create_training_job(**request)
-    job = wait_for_status(sm, name, FINAL, timeout=180)
-    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    _run_two_hosts(sm, name, script)
     files = model_files(s3, name)
     assert files["from-algo-1"] == b"from algo-1\n" and files["from-algo-2"] == b"from algo-2\n"
     assert files["shared"] == b"shared-algo-1\n"  # algo-1 wins, as on one engine
