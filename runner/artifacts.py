@@ -23,6 +23,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from runner import tree
+from runner.failure import UPLOAD_DISK_FULL, disk_full, disk_full_reason
 from runner.layout import WRITABLE_DIR, WRITABLE_FILE, HostLayout
 from runner.s3 import S3Location, parse_s3_uri
 from smlocal.core.jobspec import JobSpec, job_output_uri
@@ -159,9 +160,15 @@ def upload_outputs(client: Minio, spec: JobSpec, layouts: Sequence[HostLayout], 
             continue
         if spec.output.compressed:
             tarball = hosts[0].staging_dir / f"{name}.tar.gz"
-            _tar(folders, tarball, cancelled)
-            put_path(client, out.child(f"{name}.tar.gz"), tarball, cancelled)
-            tarball.unlink()
+            try:
+                _tar(folders, tarball, cancelled)
+                put_path(client, out.child(f"{name}.tar.gz"), tarball, cancelled)
+            except OSError as e:
+                if disk_full(e):
+                    raise UploadError(disk_full_reason(UPLOAD_DISK_FULL, e)) from None
+                raise
+            finally:
+                tarball.unlink(missing_ok=True)
         else:
             _put_tree_files(client, out.child("model" if name == "model" else "data"), folders, cancelled)
 

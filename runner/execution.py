@@ -87,6 +87,9 @@ KILL_WAIT_SECONDS = 30.0
 LOG_DRAIN_SECONDS = 10.0
 # A job waiting for a free network tries again this often (a release by this server wakes it at once).
 NETWORK_RETRY_SECONDS = 2.0
+# A job's end that could not be written (a full disk) is tried again this many times, this far apart.
+END_TRIES = 5
+END_RETRY_SECONDS = 2.0
 # The phases whose StatusMessage changes in place: Starting (waiting for a network, then not) and
 # Training (the image download, then the algorithm).
 _MESSAGE_CHANGES_IN_PLACE = (STARTING, TRAINING)
@@ -166,6 +169,7 @@ class JobExecution:
             settings, on_failure=lambda reason: self.wake.set()))
         self.hosts = [_Host(layout, job_labels(job.name, job.arn, layout.host, label), providers[layout.host])
                       for layout in layouts]
+        self.shutdown = shutdown
         self.stop = StopPolicy(self.wake, shutdown)
         self.interrupt = InterruptPolicy(self.wake)
         self.failures = FailurePolicy()
@@ -739,8 +743,21 @@ class JobExecution:
     def _end_safely(self, end: Callable[[], None]) -> None:
         try:
             end()
-        except Exception:
-            log.exception("could not record the end of training job %s", self.job.name)
+            return
+        except Exception as e:
+            # Most often a full disk, which the job's own data may have filled: its containers and folders go
+            # first, then its end is written again (the store gave its reserve up for it), a few times.
+            log.warning("could not record the end of training job %s (%s): it is written again once the job's "
+                        "folders are removed", self.job.name, e)
+        self._cleanup()
+        for attempt in range(END_TRIES):
+            try:
+                end()
+                return
+            except Exception:
+                if attempt == END_TRIES - 1 or self.shutdown.wait(END_RETRY_SECONDS):
+                    log.exception("could not record the end of training job %s", self.job.name)
+                    return
 
     def _stop_inputs(self) -> None:
         for host in self.hosts:

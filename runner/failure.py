@@ -6,6 +6,7 @@ last lines after it (they usually show the traceback), all within the 1024 chara
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 from runner import tree
@@ -15,6 +16,22 @@ MAX_REASON = 1024
 # Bytes read from the failure file at most: the container controls its size (and its type).
 FAILURE_FILE_LIMIT = 4 * MAX_REASON
 TAIL_LINE_LIMIT = 300
+
+# SageMaker's words when the instance's volume fills up while it downloads the inputs or packs the model
+# (FailureReasons users quote: "ClientError: Data download failed:Insufficient disk space",
+# "ClientError: Artifact upload failed:Insufficient disk space").
+DOWNLOAD_DISK_FULL = "ClientError: Data download failed:Insufficient disk space"
+UPLOAD_DISK_FULL = "ClientError: Artifact upload failed:Insufficient disk space"
+
+
+def disk_full(e: BaseException) -> bool:
+    """`e` says the file system (or the user's quota on it) has no room left."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_reason(phrase: str, e: OSError) -> str:
+    """SageMaker's phrase, then where: the file the write failed on is smlocal's, not the user's."""
+    return f"{phrase} ({e.strerror}: smlocal's data dir is on a file system that is full)"
 
 
 def read_failure_file(layout: HostLayout) -> str | None:

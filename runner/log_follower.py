@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 
 from runner.backend import Backend, ContainerRef, LogChunk
+from runner.failure import disk_full
 from runner.metrics import MetricCollector
 from smlocal.core.logstore import LogStreamWriter, read_events
 
@@ -93,6 +94,7 @@ class LogFollower:
         self._already_written: Counter[str] = Counter()
         self._stream = None
         self._closed = False
+        self._lines_lost = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"smlocal-logs-{container.name}", daemon=True)
 
@@ -146,7 +148,16 @@ class LogFollower:
             if ts < self._since_ms or self._already_written[line] > 0:
                 self._already_written[line] -= 1
                 return
-        self._writer.write(ts, line)
+        try:
+            self._writer.write(ts, line)
+        except OSError as e:
+            # A full disk loses the stream's lines for a while, not the job's end: they still feed the
+            # metrics and FailureReason's tail (which usually says why the disk filled).
+            if not disk_full(e):
+                raise
+            if not self._lines_lost:
+                log.warning("%s: log lines are not kept while the data dir's file system is full", self._container.name)
+            self._lines_lost = True
         self.last_lines.append(line)
         self._metrics.feed(ts, line)
 

@@ -32,7 +32,7 @@ from smlocal.core.file_systems import FileSystems
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.local_channels import LocalChannelRoots
 from smlocal.core.settings import Settings, machine
-from smlocal.core.store import Store
+from smlocal.core.store import DiskFull, Store
 from smlocal.core.tuning.lifecycle import TuningLifecycle
 
 log = logging.getLogger("smlocal.server")
@@ -151,6 +151,11 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
             return await run_in_threadpool(handle, route, body, ctx, request_id)
         except ApiError as error:
             return route.wire.error_response(error, request_id, route.service)
+        except DiskFull:
+            # AWS's answer when it cannot take a request for now (SDKs retry it with backoff).
+            return route.wire.error_response(ApiError(
+                "ServiceUnavailable", "The request cannot be served now: smlocal's data dir has no room left. "
+                "Free some room and try again.", 503), request_id, route.service)
         except Exception:  # noqa: BLE001 - a client must get AWS's error shape, never a stack trace
             log.exception("request %s failed", request_id)
             return route.wire.error_response(

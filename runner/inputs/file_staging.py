@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from minio import Minio
 from minio.error import S3Error
 
+from runner.failure import DOWNLOAD_DISK_FULL, disk_full, disk_full_reason
 from runner.inputs.errors import DataDownloadError, DownloadCancelled
 from runner.layout import READABLE_DIR, READABLE_FILE, HostLayout
 from runner.s3 import S3Location, parse_s3_uri
@@ -288,6 +289,10 @@ def _fetch(client: Minio, bucket: str, key: str, dest: Path, cancelled: Callable
                 if cancelled():
                     raise DownloadCancelled()
                 f.write(chunk)
+    except BaseException:
+        # Half an object is no use to anyone, and on a full disk it holds the room the job's end needs.
+        dest.unlink(missing_ok=True)
+        raise
     finally:
         response.close()
         response.release_conn()
@@ -309,6 +314,8 @@ def _download_all(client: Minio, transfers: list[_Transfer], cancelled: Callable
                 f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {e.code}: {e.message}"
             ) from None
         except OSError as e:
+            if disk_full(e):
+                raise DataDownloadError(disk_full_reason(DOWNLOAD_DISK_FULL, e)) from None
             raise DataDownloadError(
                 f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {e}"
             ) from None

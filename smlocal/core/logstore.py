@@ -194,4 +194,7 @@ class LogStreamWriter:
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the last lines did not fit (a full disk); the file is closed all the same

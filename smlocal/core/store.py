@@ -31,7 +31,10 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from smlocal.core.space_reserve import SpaceReserve
 
 log = logging.getLogger("smlocal.store")
 
@@ -368,12 +371,29 @@ def _backup(path: Path, version: int) -> Path:
     return target
 
 
+class DiskFull(Exception):
+    """A write was refused for want of room on the database's file system. If `retry`, the reserve was
+    given up for it and the same write will fit when tried again."""
+
+    def __init__(self, retry: bool) -> None:
+        super().__init__("the database's file system is full")
+        self.retry = retry
+
+
+def _is_full(e: OperationalError) -> bool:
+    orig = e.orig
+    return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(orig)
+
+
 class Store:
     def __init__(self, db: str | Path) -> None:
         url = _sqlite_url(db)
         path = _file_of(url)
+        self._reserve: SpaceReserve | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._reserve = SpaceReserve(path.parent)
+            self._reserve.balance()  # kept from the start, not from the first write
         self.engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
         )
@@ -411,9 +431,19 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One serialized unit of work (holds the write lock): committed on success, rolled back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """One serialized unit of work (holds the write lock): committed on success, rolled back on error.
+
+        On a full file system DiskFull: the reserve is given up the first time (`retry`), so a job's end
+        written again fits."""
+        if self._reserve is not None:
+            self._reserve.balance()
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except OperationalError as e:
+            if not _is_full(e):
+                raise
+            raise DiskFull(retry=self._reserve is not None and self._reserve.release()) from e
 
     @contextmanager
     def read(self) -> Iterator[Session]:
