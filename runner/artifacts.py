@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -25,7 +26,7 @@ from minio.error import S3Error
 from runner import tree
 from runner.failure import UPLOAD_DISK_FULL, disk_full, disk_full_reason
 from runner.layout import WRITABLE_DIR, WRITABLE_FILE, HostLayout
-from runner.s3 import S3Location, parse_s3_uri
+from runner.s3 import BROKEN_MIDWAY, TRANSFER_ERRORS, TRANSFER_TRIES, S3Location, parse_s3_uri, unreachable
 from smlocal.core.jobspec import JobSpec, job_output_uri
 
 # Folders of the tree that are uploaded, relative to /opt/ml.
@@ -123,10 +124,21 @@ def add_entry(tar: tarfile.TarFile, entry: tree.Entry, name: str) -> bool:
 
 
 def _put_file(client: Minio, loc: S3Location, f: BinaryIO, size: int, cancelled: Cancelled) -> None:
-    try:
-        client.put_object(loc.bucket, loc.key, _CancellableReader(f, cancelled), size)  # type: ignore[arg-type]
-    except S3Error as e:
-        raise UploadError(f"ClientError: Artifact upload to {loc} failed: {e.code}: {e.message}") from None
+    start = f.tell()
+    for attempt in range(TRANSFER_TRIES):
+        try:
+            client.put_object(loc.bucket, loc.key, _CancellableReader(f, cancelled), size)  # type: ignore[arg-type]
+            return
+        except S3Error as e:
+            raise UploadError(f"ClientError: Artifact upload to {loc} failed: {e.code}: {e.message}") from None
+        except BROKEN_MIDWAY as e:
+            # Broken off mid-object (the store restarted): the object again, from its start, a few times.
+            if attempt == TRANSFER_TRIES - 1:
+                raise UploadError(f"ClientError: Artifact upload to {loc} failed: {unreachable(e)}") from None
+            time.sleep(2 ** attempt)
+            f.seek(start)
+        except TRANSFER_ERRORS as e:  # no answer, even after the client's own retries
+            raise UploadError(f"ClientError: Artifact upload to {loc} failed: {unreachable(e)}") from None
 
 
 def put_path(client: Minio, loc: S3Location, path: Path, cancelled: Cancelled = _never) -> None:

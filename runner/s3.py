@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import certifi
+import urllib3
 from minio import Minio
+from urllib3.util import Retry, Timeout
 
 from smlocal.core.settings import Settings
+
+# A store that does not answer (the embedded one restarting, back within a second or two; an external one
+# being restarted) is tried again with backoff, about 40 s in all (0, 1, 2, 4, 8, 8, 8, 8 s), before a
+# transfer fails. minio's own default gives up after ~6 s, and waits 5 minutes to connect to an address
+# that never answers.
+STORE_RETRIES = Retry(total=8, backoff_factor=0.5, backoff_max=8, status_forcelist=[500, 502, 503, 504])
+STORE_TIMEOUT = Timeout(connect=10, read=300)
+# A transfer whose connection broke mid-body (urllib3 retries only before a response) is started again
+# this many times in all.
+TRANSFER_TRIES = 3
+BROKEN_MIDWAY = (urllib3.exceptions.ProtocolError, urllib3.exceptions.UnrewindableBodyError)
+# What minio raises when the store does not answer at all (after STORE_RETRIES) or broke off.
+TRANSFER_ERRORS = (urllib3.exceptions.HTTPError,)
+
+
+def unreachable(e: BaseException) -> str:
+    """Why a transfer failed when the store did not answer, for a FailureReason."""
+    cause = getattr(e, "reason", None) or e
+    return f"the S3 store did not answer (tried again for about 40 s): {cause}"
 
 
 class S3NotConfigured(RuntimeError):
@@ -63,4 +86,7 @@ def make_client(settings: Settings, region: str) -> Minio:
         secret_key=settings.s3_secret_key,
         secure=parts.scheme == "https",
         region=region,
+        http_client=urllib3.PoolManager(
+            timeout=STORE_TIMEOUT, maxsize=10, retries=STORE_RETRIES, cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where()),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,9 +63,11 @@ class Background(Protocol):
 
 
 def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: JobRunner | None,
-               tuning: TuningLifecycle | None = None, tuner: Background | None = None) -> FastAPI:
+               tuning: TuningLifecycle | None = None, tuner: Background | None = None,
+               s3_health: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """The HTTP app over the parts `smlocal serve` built (server.cli, the composition root); `runner` None:
-    jobs are not run (--no-run-jobs). `tuner` drives the tuning jobs `tuning` holds."""
+    jobs are not run (--no-run-jobs). `tuner` drives the tuning jobs `tuning` holds. `s3_health`: the
+    embedded store's watchdog's report, when smlocal runs the store."""
     data_dir = Path(settings.data_dir).resolve()
     limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
                        local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir),
@@ -108,6 +110,11 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
 
     def health_report() -> dict[str, Any]:
         report: dict[str, Any] = {"service": "smlocal", "status": "ok"}
+        if s3_health is not None:
+            report["s3Store"] = s3_health()
+            if not report["s3Store"]["up"]:
+                report["status"] = "degraded"
+                report["problem"] = report["s3Store"]["problem"]
         if runner is None:
             report["runner"] = {"enabled": False}
             return report

@@ -29,7 +29,9 @@ from server.aws.regions import is_valid_region
 from server.datadir import DataDirInUse, DataDirLock, make_private
 from server.s3.base import STORE_KINDS, StoreStartError
 from server.s3.embedded import embedded_store
+from server.s3.files import FileStore
 from server.s3.front import S3Front, start_front
+from server.s3.watchdog import StoreWatchdog
 from smlocal.core.file_systems import FileSystemMapError, FileSystems, parse_mapping
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.settings import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
@@ -157,6 +159,7 @@ def serve(
         console.print(f"[red]smlocal: {escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
     embedded = None
+    watchdog: StoreWatchdog | None = None
     if not s3_endpoint:
         if s3_store not in STORE_KINDS:
             raise typer.BadParameter(f"--s3-store must be one of {', '.join(STORE_KINDS)}")
@@ -170,6 +173,9 @@ def serve(
         except StoreStartError as exc:
             console.print(f"[red]{exc}[/red]", highlight=False)
             raise typer.Exit(1) from None
+        if isinstance(embedded, FileStore):
+            watchdog = StoreWatchdog(embedded)
+            watchdog.start()
         s3_endpoint = embedded.endpoint
         if backend == "swarm" and not container_s3_endpoint:
             # A swarm task has no host.docker.internal: it is given an address (this machine's, as every node
@@ -210,12 +216,18 @@ def serve(
                   if settings.run_jobs else None)
         tuning = TuningLifecycle(store, lifecycle)
         application = create_app(settings, store, lifecycle, runner, tuning,
-                                 Tuner(tuning, lifecycle, store) if runner is not None else None)
-        _banner(settings, embedded.describe() if embedded else None,
+                                 Tuner(tuning, lifecycle, store) if runner is not None else None,
+                                 s3_health=watchdog.health if watchdog is not None else None)
+        store_line = embedded.describe() if embedded else None
+        if store_line and watchdog is not None:
+            store_line += "; restarted if it dies (/health counts the restarts)"
+        _banner(settings, store_line,
                 runner.check_engine() if runner is not None else None, _containers_s3(settings, front))
         uvicorn.run(application, host=host, port=port, log_level=log_level.lower(),
                     access_log=log_level.lower() == "debug")
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         if embedded is not None:
             embedded.stop()
         if front is not None:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from minio.error import S3Error
 from runner.failure import DOWNLOAD_DISK_FULL, disk_full, disk_full_reason
 from runner.inputs.errors import DataDownloadError, DownloadCancelled
 from runner.layout import READABLE_DIR, READABLE_FILE, HostLayout
-from runner.s3 import S3Location, parse_s3_uri
+from runner.s3 import BROKEN_MIDWAY, TRANSFER_ERRORS, TRANSFER_TRIES, S3Location, parse_s3_uri, unreachable
 from smlocal.core.jobspec import ChannelSpec, JobSpec
 from smlocal.core.local_channels import ROOT_FLAG, LocalChannelRoots, local_path
 
@@ -110,6 +111,8 @@ def _list_prefix(client: Minio, uri: str, loc: S3Location, region: str, role: st
         if e.code in ("NoSuchBucket", "AccessDenied", "NoSuchKey"):
             raise _no_objects(uri, loc.bucket, region, role) from None
         raise DataDownloadError(f"ClientError: Data download failed: {e.code}: {e.message} ({uri})") from None
+    except TRANSFER_ERRORS as e:
+        raise DataDownloadError(f"ClientError: Data download failed: {uri}: {unreachable(e)}") from None
     if not objects:
         raise _no_objects(uri, loc.bucket, region, role)
     return objects
@@ -128,6 +131,8 @@ def _list_manifest(client: Minio, uri: str, loc: S3Location, region: str, role: 
             f'ClientError: Data download failed: could not read the manifest file "{uri}": '
             f"{e.code}: {e.message}"
         ) from None
+    except TRANSFER_ERRORS as e:
+        raise DataDownloadError(f"ClientError: Data download failed: {uri}: {unreachable(e)}") from None
     except ValueError as e:
         raise DataDownloadError(
             f'ClientError: Data download failed: manifest "{uri}" is not JSON: {e}'
@@ -181,6 +186,8 @@ def check_prefix_has_objects(client: Minio, uri: str, region: str, role: str) ->
         if e.code in ("NoSuchBucket", "AccessDenied", "NoSuchKey"):
             raise _no_objects(uri, loc.bucket, region, role) from None
         raise DataDownloadError(f"ClientError: Data download failed: {e.code}: {e.message} ({uri})") from None
+    except TRANSFER_ERRORS as e:
+        raise DataDownloadError(f"ClientError: Data download failed: {uri}: {unreachable(e)}") from None
     raise _no_objects(uri, loc.bucket, region, role)
 
 
@@ -305,7 +312,15 @@ def _download_all(client: Minio, transfers: list[_Transfer], cancelled: Callable
         first = t.dests[0]
         first.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _fetch(client, t.bucket, t.key, first, cancelled)
+            for attempt in range(TRANSFER_TRIES):
+                try:
+                    _fetch(client, t.bucket, t.key, first, cancelled)
+                    break
+                except BROKEN_MIDWAY:
+                    # The connection broke mid-object (the store restarted): the object again, from its start.
+                    if attempt == TRANSFER_TRIES - 1:
+                        raise
+                    time.sleep(2 ** attempt)
             for dest in t.dests[1:]:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(first, dest)
@@ -313,6 +328,9 @@ def _download_all(client: Minio, transfers: list[_Transfer], cancelled: Callable
             raise DataDownloadError(
                 f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {e.code}: {e.message}"
             ) from None
+        except TRANSFER_ERRORS as e:
+            raise DataDownloadError(f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {unreachable(e)}"
+                                    ) from None
         except OSError as e:
             if disk_full(e):
                 raise DataDownloadError(disk_full_reason(DOWNLOAD_DISK_FULL, e)) from None

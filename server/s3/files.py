@@ -124,6 +124,11 @@ class FileStore:
         raise StoreStartError(f"the embedded S3 store (rclone) did not start (exit code {exit_code}); "
                               f"its log {self.log_path} ends with:\n{tail}")
 
+    def exit_code(self) -> int | None:
+        """None while rclone runs (or was stopped on purpose); its exit code once it has died."""
+        process = self.process
+        return None if process is None else process.poll()
+
     def _log_tail(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-2000:]
