@@ -89,6 +89,8 @@ class ContainerRef:
     labels: dict[str, str]
     state: str = "created"  # created | running | exited | paused | ... (the engine's words)
     started_at: float | None = None  # epoch seconds; None if it never started
+    finished_at: float | None = None  # epoch seconds, once it exited
+    exit_code: int | None = None  # once it exited
 
     @property
     def host(self) -> str | None:

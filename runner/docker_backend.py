@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import requests
@@ -195,9 +196,29 @@ class DockerBackend(Backend):
                     self._client = docker.from_env(max_pool_size=self._max_pool_size)
             return self._client
 
+    def _accepts_connections(self) -> bool:
+        """A new connection to the engine opens (not one of the pool's kept-alive ones, which a daemon that
+        is shutting down still answers on)."""
+        api = self.client.api
+        path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+        try:
+            if path:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(2)
+                    probe.connect(path)
+            else:
+                parts = urlsplit(api.base_url.replace("tcp://", "http://"))
+                socket.create_connection((parts.hostname, parts.port or 2375), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
     def ping(self) -> None:
         try:
             with _engine():
+                # Asked on a new connection too: a daemon shutting down still answers on the pool's old ones.
+                if not self._accepts_connections():
+                    raise BackendUnavailable("the Docker engine does not answer (it accepts no connection)")
                 self.client.ping()
         except BackendUnavailable:
             raise
@@ -314,14 +335,26 @@ class DockerBackend(Backend):
         with _engine():
             try:
                 code = int(self.client.api.wait(container.id, timeout=None)["StatusCode"])
-                # `docker rm -f` marks the container for removal before it kills it, so an exit that
-                # comes from a removal behind smlocal's back is told from the algorithm's own: a platform
-                # fault (RetryStrategy retries it), not an AlgorithmError.
-                if self.client.api.inspect_container(container.id)["State"].get("Status") == "removing":
-                    raise ContainerGone(container.name)
-                return code
             except NotFound:
                 raise ContainerGone(container.name) from None
+        try:
+            with _engine():
+                state = self.client.api.inspect_container(container.id)["State"]
+        except NotFound:
+            raise ContainerGone(container.name) from None
+        except BackendUnavailable:
+            state = {}
+        if code != 0 and (not state or not self._accepts_connections()):
+            # An engine that is shutting down (a restart, an upgrade) closes its listener first, then stops
+            # its containers, still answering on the connections it had: an exit seen then is the engine's
+            # doing. A platform fault (RetryStrategy retries it), not the algorithm's exit.
+            raise ContainerGone(f"{container.name} was stopped by the Docker engine shutting down (exit code "
+                                f"{code}): the engine restarted or went away while the job ran")
+        # `docker rm -f` marks the container for removal before it kills it, so an exit that comes from a
+        # removal behind smlocal's back is told from the algorithm's own: a platform fault, as above.
+        if state.get("Status") == "removing":
+            raise ContainerGone(container.name)
+        return code
 
     def signal(self, container: ContainerRef, sig: str) -> None:
         with _engine():
@@ -391,9 +424,12 @@ class DockerBackend(Backend):
                     continue
                 state = attrs.get("State") or {}
                 labels = dict((attrs.get("Config") or {}).get("Labels") or {})
+                exited = state.get("Status") == "exited"
                 found.append(ContainerRef(attrs["Id"], attrs.get("Name", "").lstrip("/"), labels,
                                           state.get("Status", "unknown"),
-                                          parse_docker_time(state.get("StartedAt") or "")))
+                                          parse_docker_time(state.get("StartedAt") or ""),
+                                          parse_docker_time(state.get("FinishedAt") or "") if exited else None,
+                                          state.get("ExitCode") if exited else None))
         return found
 
     def networks(self, labels: dict[str, str] | None = None) -> list[NetworkRef]:

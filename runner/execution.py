@@ -25,6 +25,7 @@ from runner.backend import (
     LABEL_JOB_ARN,
     Backend,
     BackendUnavailable,
+    ContainerGone,
     ContainerRef,
     ContainerSpec,
     ImageUnavailable,
@@ -89,6 +90,8 @@ LOG_DRAIN_SECONDS = 10.0
 NETWORK_RETRY_SECONDS = 2.0
 # A job's end that could not be written (a full disk) is tried again this many times, this far apart.
 END_TRIES = 5
+# An engine found gone some time after it stopped answering: its containers may have exited this much before.
+OUTAGE_SLACK_SECONDS = 5.0
 END_RETRY_SECONDS = 2.0
 # The phases whose StatusMessage changes in place: Starting (waiting for a network, then not) and
 # Training (the image download, then the algorithm).
@@ -177,6 +180,7 @@ class JobExecution:
         self._exits: list[_Host] = []  # in the order they happened
         self._exits_lock = threading.Lock()
         self.network: NetworkRef | None = None  # the job's network, once it has one
+        self.outage: tuple[float, float] | None = None  # the engine's last absence, when adopted after it
         self._network_notices: tuple[str, ...] = ()  # a VPC job without its S3 endpoint says why (runner.vpc)
         self._current = job  # the job as last written by this execution
         self._cleaned = False
@@ -436,12 +440,23 @@ class JobExecution:
                                                          LABEL_DATA_DIR: self.labels[LABEL_DATA_DIR]}))
         for host in self.hosts:
             host.container = containers[host.name]
+            if self._stopped_by_engine(host.container):
+                raise ContainerGone(f"{host.container.name} was stopped while the Docker engine was away (exit "
+                                    f"code {host.container.exit_code}): the engine restarted or went away while "
+                                    "the job ran")
             for provider in host.inputs if self.node_data is None else ():
                 provider.resume()
             mine = [s for s in streams if s.name.startswith(host.name + "-")]
             # Keep appending to the stream the previous process opened.
             started = host.container.started_at or time.time()
             self._follow(host, mine[-1].path if mine else self._stream_path(host.name, started), resume=True)
+
+    def _stopped_by_engine(self, container: ContainerRef) -> bool:
+        """A container that exited, not cleanly, while the engine was away (a restart stops them all)."""
+        if self.outage is None or container.finished_at is None or not container.exit_code:
+            return False
+        gone, back = self.outage
+        return gone - OUTAGE_SLACK_SECONDS <= container.finished_at <= back
 
     def _watch_and_finish(self) -> None:
         for host in self.hosts:
@@ -778,6 +793,8 @@ class JobExecution:
             self._remove_containers_and_network()
         except BackendUnavailable as e:
             log.warning("could not remove the containers of %s (%s): they go at the next recovery", self.job.name, e)
+            if self.network is not None:
+                self.networks.abandon(self.network.name)
             self._on_backend_lost()
         except Exception as e:
             log.warning("could not remove the containers of %s: %s", self.job.name, e)

@@ -116,6 +116,14 @@ class NetworkPool:
         for event in waiting:
             event.set()
 
+    def abandon(self, name: str) -> None:
+        """The job that took `name` ended while the engine did not answer: the pool no longer holds it, so
+        the sweep at the engine's return removes it with the job's containers."""
+        with self._lock:
+            network = self._in_use.pop(name, None)
+        if network is not None:
+            self.subnets.release(network.subnet)
+
     def refill(self) -> None:
         """Make the spare in the background, unless there is one (or one is on its way)."""
         with self._lock:

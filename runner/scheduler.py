@@ -72,6 +72,10 @@ class Runner:
         self._thread: threading.Thread | None = None
         # The engine's health, as last seen. Unknown (None) until the first check.
         self._engine_ok: bool | None = None
+        # When the engine was last found gone, and the last outage (gone, back) in epoch seconds: a job's
+        # container that exited in it was stopped by the engine, not by its algorithm (JobExecution.outage).
+        self._engine_lost_at: float | None = None
+        self._outage: tuple[float, float] | None = None
         self._engine_error: str | None = None
         self._engine_checked_at: float | None = None
         self._engine_lost = threading.Event()
@@ -202,6 +206,7 @@ class Runner:
 
     def _lost_engine(self) -> None:
         """An execution found the engine gone: check it, and recover once it is back."""
+        self._engine_lost_at = self._engine_lost_at or time.time()
         self._engine_lost.set()
         self._wake.set()
 
@@ -300,7 +305,11 @@ class Runner:
     def _set_engine(self, ok: bool, error: str | None) -> None:
         if ok and self._engine_ok is False:
             log.warning("the container engine answers again: taking up the jobs in flight")
+            if self._engine_lost_at is not None:
+                self._outage = (self._engine_lost_at, time.time())
+            self._engine_lost_at = None
         elif not ok and self._engine_ok is not False:
+            self._engine_lost_at = self._engine_lost_at or time.time()
             log.warning("%s. Jobs stay InProgress; smlocal retries with backoff (up to every %.0f s).",
                         error, BACKOFF_MAX)
         self._engine_ok, self._engine_error, self._engine_checked_at = ok, error, time.time()
@@ -382,6 +391,7 @@ class Runner:
                     found.setdefault(c.host, c)
             if execution.host_names and set(found) == set(execution.host_names):
                 kept.add(job.arn)
+                execution.outage = self._outage
                 self._launch(execution, lambda e=execution, c=found: e.run_adopted(c))
             else:
                 log.info("training job %s lost its containers when smlocal restarted", job.name)

@@ -596,6 +596,23 @@ class SecondEngine:
             (base / sub).mkdir(parents=True, exist_ok=True)
         # A key of its own: without it both engines read /etc/docker/key.json and report the same engine ID.
         (base / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(base / "key.json")}))
+        self._launch_dockerd()
+
+    def restart_daemon(self, down_seconds: float = 0.0) -> None:
+        """A real engine restart: dockerd stopped as a service manager stops it (SIGTERM: it stops its
+        containers, no live-restore), `down_seconds` without an engine, then started again on the same data."""
+        assert self._process is not None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        os.kill(self._process.pid, signal.SIGTERM)
+        self._process.wait(60)
+        time.sleep(down_seconds)
+        self._launch_dockerd()
+
+    def _launch_dockerd(self) -> None:
+        rec = self._record
+        base = Path(rec.base_dir)
         dockerd = [
             "dockerd", "--config-file", str(base / "daemon.json"), "--data-root", str(base / "data"),
             "--exec-root", str(base / "exec"), "--pidfile", str(base / "dockerd.pid"), "-H", self.base_url,
