@@ -43,13 +43,14 @@ from runner.layout import WRITABLE_DIR, HostLayout, container_mounts, job_root, 
 from runner.layout import prepare as prepare_layout
 from runner.log_follower import LogFollower
 from runner.metrics import MetricCollector, final_of_all
-from runner.mounts import remove_tree
+from runner.mounts import mounts_under, remove_tree
 from runner.networks import LABEL_NETWORK, NetworkPool, host_addresses
 from runner.node_data import AgentFailed, NodeData
 from runner.notices import no_s3_endpoint_notice, platform_notices
 from runner.policies import Detach, FailurePolicy, GracePolicy, InterruptPolicy, StopPolicy, StopRequested
 from runner.s3 import make_client, parse_s3_uri
 from runner.subnets import NoFreeSubnet, RangeTooSmall
+from runner.volumes import attach_volume, not_enforced_notice
 from runner.vpc import GatewayUnavailable, start_gateway, uses_vpc
 from smlocal.core.jobspec import JobSpec, SyncedFolder
 from smlocal.core.lifecycle import (
@@ -124,6 +125,7 @@ class _Host:
         self.exit_code: int | None = None
         self.error: Exception | None = None  # waiting failed: the container was removed, or the engine went away
         self.exited = threading.Event()
+        self.volume_notice: str | None = None  # VolumeSizeInGB is not enforced for it, and why (runner.volumes)
 
     @property
     def name(self) -> str:
@@ -318,7 +320,9 @@ class JobExecution:
             self.node_data.place()  # the trees are made on the nodes, by the agent (`stage`)
         else:
             make_private_dir(self.data_dir / "jobs")
+            make_private_dir(self.root)
             for host in self.hosts:
+                self._attach_volume(host)
                 prepare_layout(host.layout, self.spec)
         self.stop.check()
         self._take_network()
@@ -329,6 +333,21 @@ class JobExecution:
             # Created before staging: Docker syncs the page cache when it creates a container, and after
             # a large download that costs ~0.4 s per GiB of freshly written data.
             self._create_containers(image)
+
+    def _attach_volume(self, host: _Host) -> None:
+        """The host's folder on a file system of VolumeSizeInGB (runner.volumes), or a line saying why not."""
+        size = self.spec.volume_size_gb
+        if not size:
+            return
+        if not self.settings.enforce_volume_size:
+            host.volume_notice = not_enforced_notice(size, "smlocal serve runs with --no-enforce-volume-size")
+            return
+        folder = host.layout.job_root / host.name
+        if mounts_under(folder):
+            return  # a run again after a platform fault: the volume is there, with what the job left
+        why = attach_volume(folder, size)
+        if why is not None:
+            host.volume_notice = not_enforced_notice(size, why)
 
     def _take_network(self) -> None:
         """The job's network; while the subnet range has none free, the job waits in Starting and says so."""
@@ -707,7 +726,8 @@ class JobExecution:
         input_notices = tuple(dict.fromkeys(p.notice for p in host.inputs if p.notice))
         host.follower = LogFollower(self.backend, host.container, LogStreamWriter(stream), host.metrics,
                                     platform_notices(self.spec, host.name, self.backend.gpus())
-                                    + self._network_notices + input_notices)
+                                    + self._network_notices + input_notices
+                                    + ((host.volume_notice,) if host.volume_notice else ()))
         if resume:
             host.follower.resume_from_file()
         else:

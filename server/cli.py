@@ -100,6 +100,10 @@ def serve(
     spot_interruptions: Annotated[float, _opt(
         "SPOT_INTERRUPTIONS", "Drills: interrupt every managed spot job at random, RATE times per hour of "
         "Training on average (as `smlocal interrupt` does). 0: only on demand.")] = 0.0,
+    enforce_volume_size: Annotated[bool, _opt(
+        "ENFORCE_VOLUME_SIZE", "Give each host's /opt/ml a file system of ResourceConfig.VolumeSizeInGB (a sparse, "
+        "loop-mounted ext4; needs root and room for it in the data dir, else the host's log says it is not "
+        "enforced).")] = True,
     enforce_instance_resources: Annotated[bool, _opt(
         "ENFORCE_INSTANCE_RESOURCES", "Give each container its instance type's vCPUs (a cpuset) and memory "
         "(a limit), and refuse at CreateTrainingJob (ResourceLimitExceeded) an instance type larger than this "
@@ -199,7 +203,7 @@ def serve(
         file_systems=file_systems,
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs, job_subnets=job_range,
         spot_interruptions_per_hour=spot_interruptions,
-        enforce_instance_resources=enforce_instance_resources,
+        enforce_instance_resources=enforce_instance_resources, enforce_volume_size=enforce_volume_size,
         backend=backend, simulate_rules=simulate_rules.resolve() if simulate_rules else None,
         agent_image=agent_image,
     )

@@ -190,6 +190,7 @@ class JobSpec:
     vpc: bool = False  # VpcConfig: a private subnet with an S3 endpoint (runner.vpc)
     inter_container_encryption: bool = False  # EnableInterContainerTrafficEncryption (runner.notices)
     remote_debug: bool = False  # RemoteDebugConfig.EnableRemoteDebug: `smlocal shell` may enter its hosts
+    volume_size_gb: int | None = None  # ResourceConfig.VolumeSizeInGB: each host's /opt/ml (runner.volumes)
 
     @property
     def hosts(self) -> list[str]:
@@ -258,6 +259,7 @@ class JobSpec:
             environment={str(k): str(v) for k, v in (request.get("Environment") or {}).items()},
             channels=tuple(_channel(c, job_mode) for c in request.get("InputDataConfig") or []),
             instance_groups=_instance_groups(request.get("ResourceConfig") or {}),
+            volume_size_gb=(request.get("ResourceConfig") or {}).get("VolumeSizeInGB"),
             output=OutputSpec(output.get("S3OutputPath", ""), output.get("CompressionType", "GZIP") != "NONE"),
             checkpoint=CheckpointSpec(checkpoint["S3Uri"], checkpoint.get("LocalPath") or DEFAULT_CHECKPOINT_PATH)
             if checkpoint else None,

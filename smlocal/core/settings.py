@@ -70,6 +70,8 @@ class Settings:
     # Containers get their instance type's vCPUs (a cpuset) and memory limit, and a job whose instance type
     # this machine cannot hold is ResourceLimitExceeded at CreateTrainingJob (smlocal.core.instance_types).
     enforce_instance_resources: bool = False
+    # VolumeSizeInGB as a file system of that size per host, where smlocal can mount one (runner.volumes).
+    enforce_volume_size: bool = True
     # What runs the jobs' containers: `docker`, `swarm` (runner.swarm_backend), or `simulated` (no engine:
     # runner.simulated_backend plays each job's script, smlocal.core.simulation).
     backend: str = "docker"
