@@ -14,7 +14,7 @@ from collections import Counter, deque
 from runner.backend import Backend, ContainerRef, LogChunk
 from runner.failure import disk_full
 from runner.metrics import MetricCollector
-from smlocal.core.logstore import LogStreamWriter, read_events
+from smlocal.core.logstore import LogStreamWriter, is_cut_line, read_events
 
 log = logging.getLogger("smlocal.runner")
 
@@ -111,6 +111,8 @@ class LogFollower:
         for event in read_events(self._writer.path):
             if head and event["message"] == head[0]:
                 head.pop(0)
+            elif is_cut_line(event["message"]):
+                pass  # the platform's line where --max-log-bytes-per-host cut the stream, not the algorithm's
             else:
                 head = []
                 self._metrics.feed(event["timestamp"], event["message"])
@@ -149,6 +151,7 @@ class LogFollower:
                 self._already_written[line] -= 1
                 return
         try:
+            # Past --max-log-bytes-per-host the writer drops the line; it still counts below.
             self._writer.write(ts, line)
         except OSError as e:
             # A full disk loses the stream's lines for a while, not the job's end: they still feed the

@@ -12,7 +12,16 @@ from server.services.cloudwatch.provider import buckets, statistic
 from server.services.logs.filter import compile_filter
 from smlocal.core.errors import ApiError
 from smlocal.core.lifecycle import Lifecycle
-from smlocal.core.logstore import JobLogKey, LogStreamWriter, is_event_boundary, iter_events, last_event, stream_path
+from smlocal.core.logstore import (
+    JobLogKey,
+    LogStreamWriter,
+    is_cut_line,
+    is_event_boundary,
+    iter_events,
+    last_event,
+    read_events,
+    stream_path,
+)
 from smlocal.core.metric_series import MetricPoint, MetricSeriesWriter, points
 from smlocal.core.store import Store
 
@@ -36,6 +45,36 @@ def test_offsets_tail_and_boundaries(tmp_path: Path) -> None:
         f.write('{"timestamp": 5, "message": "half')
     assert last_event(path)["message"] == "xxx 2"
     assert last_event(tmp_path / "missing") is None
+
+
+def test_a_capped_stream_taken_up_again_keeps_to_its_cap(tmp_path: Path) -> None:
+    """A stream a restarted server writes on (a new writer on the same file) counts what is there: it is cut
+    at the cap once, and a writer that finds the cut line at the end adds nothing."""
+    cap = 8192
+    path = stream_path(tmp_path, JobLogKey.of("123456789012", "us-east-1", "job", 1.0), "algo-1", 1)
+    first = LogStreamWriter(path, cap)
+    for i in range(40):
+        first.write(1000 + i, f"before the restart {i:03d}")
+    first.close()
+    kept = path.stat().st_size
+    assert 0 < kept < cap // 2  # not cut yet
+    second = LogStreamWriter(path, cap)
+    for i in range(400):
+        second.write(2000 + i, f"after the restart {i:03d}")
+    second.close()
+    messages = [e["message"] for e in read_events(path)]
+    assert path.stat().st_size <= cap
+    assert [m for m in messages if is_cut_line(m)] == [messages[-1]]
+    assert messages[:40] == [f"before the restart {i:03d}" for i in range(40)]
+    written_after = messages[40:-1]
+    assert written_after == [f"after the restart {i:03d}" for i in range(len(written_after))]
+    # Stopped near the cap, not far before it: one more line would not have fitted with the cut line.
+    assert path.stat().st_size > cap - 2 * len(last_event(path)["message"]) - 200
+    cut_size = path.stat().st_size
+    third = LogStreamWriter(path, cap)
+    third.write(3000, "after a second restart")
+    third.close()
+    assert path.stat().st_size == cut_size
 
 
 @pytest.mark.parametrize(("pattern", "matching"), [
