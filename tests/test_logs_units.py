@@ -151,3 +151,71 @@ def test_metric_writer_batches_and_belongs_to_one_incarnation(tmp_path: Path) ->
     fresh.close()
     assert points(store, "123456789012", "us-east-1", "m") == [MetricPoint("algo-2", "loss", 6000, 1.5)]
     store.close()
+
+
+def _big_group(data_dir: Path, streams: int, events: int) -> tuple[Store, list[tuple[int, str, str]]]:
+    """A store with one job of `streams` hosts whose streams hold `events` events each, written as the runner
+    writes them, timestamps interleaved across streams with ties; and every (timestamp, stream, message) in
+    the order FilterLogEvents returns them."""
+    import json
+
+    store = Store(str(data_dir / "smlocal.db"))
+    job = Lifecycle(store).create(account_id="123456789012", region="us-east-1", name="big", request={}, tags=[])
+    key = JobLogKey.of("123456789012", "us-east-1", "big", job.creation_time)
+    expected = []
+    for s in range(streams):
+        path = stream_path(data_dir, key, f"algo-{s + 1}", 1_700_000_000)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(events):
+            ts = 1_700_000_000_000 + (i * streams + s * 7) // 3  # several events per millisecond
+            message = f"algo-{s + 1} step {i} loss={1 / (i + 1):.6f}"
+            rows.append(json.dumps({"timestamp": ts, "ingestionTime": ts, "message": message}) + "\n")
+            expected.append((ts, f"big/algo-{s + 1}-1700000000", i, message))
+        path.write_text("".join(rows))
+    expected.sort()
+    return store, [(ts, name, message) for ts, name, _, message in expected]
+
+
+def test_filter_log_events_pages_read_a_bounded_part_of_the_streams(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FilterLogEvents page merges the streams as it reads them: it reads about a batch per stream, not every
+    event, and holds about that much in memory; the next page starts where it stopped."""
+    import tracemalloc
+
+    import server.services.logs.provider as provider
+    from server.aws.context import RequestContext
+
+    streams, events = 16, 25_000
+    store, expected = _big_group(tmp_path, streams, events)
+    total_bytes = sum(p.stat().st_size for p in (tmp_path / "logs").rglob("algo-*"))
+    read = []
+    real_iter_events = provider.iter_events
+
+    def counting(path: Path, offset: int = 0):  # noqa: ANN202 - iter_events' own generator
+        for item in real_iter_events(path, offset):
+            read.append(1)
+            yield item
+
+    monkeypatch.setattr(provider, "iter_events", counting)
+    logs = provider.CloudWatchLogs(store, tmp_path)
+    ctx = RequestContext(region="us-east-1", account_id="123456789012")
+    params: dict = {"logGroupName": "/aws/sagemaker/TrainingJobs", "limit": 500}
+    got: list[tuple[int, str, str]] = []
+    for page_number in range(4):
+        read.clear()
+        tracemalloc.start()
+        page = logs.filter_log_events(ctx, params)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(page["events"]) == 500
+        got += [(e["timestamp"], e["logStreamName"], e["message"]) for e in page["events"]]
+        # A batch of each stream at most (64 KiB of ~100-byte lines), a few percent of the 400,000 events.
+        per_batch = provider.READ_BATCH_BYTES // 90 + 1
+        assert len(read) <= streams * per_batch + 500, (page_number, len(read))
+        assert len(read) < streams * events / 20
+        assert peak < total_bytes / 4, (peak, total_bytes)
+        params["nextToken"] = page["nextToken"]
+    # The pages are the start of the one order, with no event twice or missing.
+    assert got == expected[:len(got)]
+    store.close()
