@@ -3,7 +3,11 @@ jobs waiting for a slot (--max-waiting-jobs), through boto3 over real HTTP and r
 
 from __future__ import annotations
 
+import base64
+import json
+import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -11,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from smlocal.core.logstore import is_cut_line
-from tests.support.jobs import wait_for_status
+from tests.support.jobs import job_request, wait_for_status
 from tests.support.logs import stream_files
 from tests.support.runner_jobs import (
     FINAL,
@@ -27,11 +31,9 @@ from tests.support.smlocal import SmlocalServer
 GROUP = "/aws/sagemaker/TrainingJobs"
 CAP = 64 * 1024
 FILLER = "filler: the training log, repeated to fill the stream far past its cap"
-# About 3 MB of output, 45 times the cap, in well under a second; a metric line before it.
+# About 3 MB of output, 45 times the cap, in well under a second; a metric line before it. The lines after
+# it come just before the container exits.
 FLOOD = f'echo "loss=9.5"; yes "{FILLER}" | head -n 40000; '
-# The container lives on a little after its last line: Docker 20.10's followed output ends when the container
-# exits, losing what its reader had not got to yet (`docker logs` without --follow has all of it).
-LINGER = "; sleep 2"
 LOSS = [{"Name": "train:loss", "Regex": r"loss=([0-9.]+)"}]
 
 
@@ -74,7 +76,7 @@ def test_a_stream_past_its_cap_is_cut_and_its_lines_still_count(capped: SmlocalS
                                                                  unique_name: Callable[[str], str]) -> None:
     sm, logs = capped.client(), capped.client("logs")
     name = unique_name("log-cap")
-    sm.create_training_job(**sh_job(name, FLOOD + 'echo "loss=0.125"; echo "the last line"' + LINGER,
+    sm.create_training_job(**sh_job(name, FLOOD + 'echo "loss=0.125"; echo "the last line"',
                                     AlgorithmSpecification={"MetricDefinitions": LOSS}))
     job = wait_for_status(sm, name, FINAL, timeout=90)
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
@@ -91,7 +93,7 @@ def test_the_failure_reason_quotes_lines_past_the_cut(capped: SmlocalServer,
                                                       unique_name: Callable[[str], str]) -> None:
     sm, logs = capped.client(), capped.client("logs")
     name = unique_name("log-cap-fails")
-    sm.create_training_job(**sh_job(name, FLOOD + 'echo "fatal: the data ran out at row 7"' + LINGER + "; exit 3"))
+    sm.create_training_job(**sh_job(name, FLOOD + 'echo "fatal: the data ran out at row 7"; exit 3'))
     job = wait_for_status(sm, name, FINAL, timeout=90)
     assert job["TrainingJobStatus"] == "Failed"
     assert "exit code: 3" in job["FailureReason"] and "fatal: the data ran out at row 7" in job["FailureReason"]
@@ -106,7 +108,7 @@ def test_a_restarted_server_keeps_a_cut_stream_cut(smlocal_factory: Callable[...
     sm, logs = server.client(), server.client("logs")
     s3_client(server)
     name = unique_name("log-cap-restart")
-    sm.create_training_job(**sh_job(name, FLOOD + f'sleep 5; yes "{FILLER}" | head -n 2000; echo "loss=0.25"' + LINGER,
+    sm.create_training_job(**sh_job(name, FLOOD + f'sleep 5; yes "{FILLER}" | head -n 2000; echo "loss=0.25"',
                                     AlgorithmSpecification={"MetricDefinitions": LOSS}))
     wait_until(lambda: any(map(is_cut_line, log_messages(server, name))), 60, "the stream to be cut")
     # Killed mid-job: the restarted server adopts the container and takes the stream up again.
@@ -160,3 +162,91 @@ def test_jobs_past_the_waiting_cap_are_refused_and_not_stored(smlocal_factory: C
     for name in (first, refused):
         assert wait_for_status(sm, name, FINAL, timeout=60)["TrainingJobStatus"] == "Completed"
     settle(server, docker_engine)
+
+
+# ---- FilterLogEvents pages ------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def simulated_logs(tmp_path: Path) -> Iterator[SmlocalServer]:
+    """A simulated server (no engine: it writes the streams itself) whose jobs print 300 lines each, several
+    to a millisecond, on each of 3 hosts; 3 such jobs done."""
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [{"training-seconds": 0.1, "log": [
+        f"step {i} loss={1 / (i + 1):.5f}" for i in range(300)]}]}))
+    server = SmlocalServer(tmp_path / "data", None, ["--backend", "simulated", "--simulate-rules", str(rules),
+                                                     "--max-hosts-per-job", "3"]).start()
+    try:
+        sm = server.client()
+        s3_client(server)
+        names = [f"filter-merge-{i}" for i in range(3)]
+        for name in names:
+            sm.create_training_job(**job_request(name, ResourceConfig={
+                "InstanceType": "ml.m5.large", "InstanceCount": 3, "VolumeSizeInGB": 10}))
+        for name in names:
+            assert wait_for_status(sm, name, FINAL, timeout=60)["TrainingJobStatus"] == "Completed"
+        yield server
+    finally:
+        server.stop()
+
+
+def _reference(logs: Any) -> list[tuple[int, str, str]]:
+    """Every event of the group, each stream read whole through GetLogEvents, in FilterLogEvents' order:
+    timestamp, then stream name, then place in its stream."""
+    keyed = []
+    for stream in logs.describe_log_streams(logGroupName=GROUP)["logStreams"]:
+        name = stream["logStreamName"]
+        page = logs.get_log_events(logGroupName=GROUP, logStreamName=name, startFromHead=True, limit=1000)
+        position = 0
+        while page["events"]:
+            for event in page["events"]:
+                keyed.append((event["timestamp"], name, position, event["message"]))
+                position += 1
+            page = logs.get_log_events(logGroupName=GROUP, logStreamName=name, nextToken=page["nextForwardToken"])
+    return [(ts, name, message) for ts, name, _, message in sorted(keyed)]
+
+
+def _pages(logs: Any, limit: int, **params: Any) -> list[list[dict[str, Any]]]:
+    pages, token = [], None
+    while True:
+        page = logs.filter_log_events(logGroupName=GROUP, limit=limit, **params, **({"nextToken": token} if token
+                                                                                     else {}))
+        pages.append(page["events"])
+        token = page.get("nextToken")
+        if token is None:
+            return pages
+
+
+def test_filter_log_events_pages_merge_every_stream_in_order(simulated_logs: SmlocalServer) -> None:
+    logs = simulated_logs.client("logs")
+    reference = _reference(logs)
+    assert len({name for _, name, _ in reference}) == 9 and len(reference) == 9 * 300
+    # Timestamps are shared within and across streams: the order past the timestamp is the tie-break's.
+    assert len({ts for ts, _, _ in reference}) < len(reference) / 2
+
+    pages = _pages(logs, 97)
+    assert [len(p) for p in pages[:-1]] == [97] * (len(pages) - 1) and 0 < len(pages[-1]) <= 97
+    events = [e for page in pages for e in page]
+    assert [(e["timestamp"], e["logStreamName"], e["message"]) for e in events] == reference
+    assert len({e["eventId"] for e in events}) == len(events)
+    # The hosts of a job print at once: their streams interleave, not one after another (8 switches).
+    streams = [e["logStreamName"] for e in events]
+    assert sum(a != b for a, b in zip(streams, streams[1:], strict=False)) > 100
+
+    # With a pattern and a time window, the pages are the reference's matching part.
+    middle = reference[len(reference) // 2][0]
+    matching = [r for r in reference if "loss=0.00" in r[2] and r[0] >= middle]
+    pages = _pages(logs, 40, filterPattern='"loss=0.00"', startTime=middle)
+    assert [len(p) for p in pages[:-1]] == [40] * (len(pages) - 1)
+    assert [(e["timestamp"], e["logStreamName"], e["message"]) for page in pages for e in page] == matching
+
+    # A token is tied to its query, as CloudWatch's are.
+    first = logs.filter_log_events(logGroupName=GROUP, limit=5)
+    with pytest.raises(ClientError) as info:
+        logs.filter_log_events(logGroupName=GROUP, limit=5, filterPattern="loss", nextToken=first["nextToken"])
+    assert info.value.response["Error"]["Code"] == "InvalidParameterException"
+    # A crafted one that inflates to 50 MiB is refused, not inflated.
+    bomb = "z" + base64.urlsafe_b64encode(zlib.compress(b" " * (50 << 20))).decode()
+    with pytest.raises(ClientError) as info:
+        logs.filter_log_events(logGroupName=GROUP, limit=5, nextToken=bomb)
+    assert info.value.response["Error"]["Code"] == "InvalidParameterException"

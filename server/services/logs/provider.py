@@ -259,6 +259,8 @@ class CloudWatchLogs:
 # long the streams are, and no file stays open between batches (a group of thousands of streams would run out
 # of file descriptors).
 READ_BATCH_BYTES = 64 * 1024
+# A FilterLogEvents token inflated: room for the offsets of about 50,000 streams.
+MAX_TOKEN_BYTES = 4 * 1024 * 1024
 
 
 class _StreamReader:
@@ -435,11 +437,16 @@ def _decode_offsets_token(token: str | None, query: list[Any], streams: list[Log
     try:
         if not token.startswith("z"):
             raise ValueError(token)
-        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(token[1:].encode())))
+        # Inflated no further than a real token gets: a crafted one must not make the server hold gigabytes.
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.urlsafe_b64decode(token[1:].encode()), MAX_TOKEN_BYTES)
+        if inflate.unconsumed_tail:
+            raise ValueError("token too large")
+        data = json.loads(raw)
     except (ValueError, TypeError, zlib.error):
         raise _invalid(_BAD_TOKEN) from None
     offsets = data.get("s") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or data.get("q") != _fingerprint(*query) or not isinstance(offsets, dict) or not all(
+    if not isinstance(offsets, dict) or data.get("q") != _fingerprint(*query) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets.values()):
         raise _invalid(_BAD_TOKEN)
     # A stream gone since (its job deleted) is not searched; an offset must be where an event starts.
