@@ -383,7 +383,7 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
               f"on the Docker Swarm this engine manages (agent {escape(settings.agent_image)}), overlay networks "
               f"from {settings.job_subnets}" if settings.backend == "swarm"
               else f"in Docker, networks from {settings.job_subnets}")
-    jobs = (f"{settings.max_concurrent_jobs} at once, {engine}"
+    jobs = (f"{settings.max_concurrent_jobs} at once (and up to {settings.max_waiting_jobs} waiting), {engine}"
             if settings.run_jobs else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
     if settings.run_jobs and engine_problem:
         jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"
