@@ -724,7 +724,8 @@ class JobExecution:
         host.metrics = MetricCollector(definitions, sink=host.series.add if host.series is not None else None)
         # Input notices (a FastFile channel that fell back to File) come after the platform's own.
         input_notices = tuple(dict.fromkeys(p.notice for p in host.inputs if p.notice))
-        host.follower = LogFollower(self.backend, host.container, LogStreamWriter(stream), host.metrics,
+        host.follower = LogFollower(self.backend, host.container,
+                                    LogStreamWriter(stream, self.settings.max_log_bytes_per_host), host.metrics,
                                     platform_notices(self.spec, host.name, self.backend.gpus())
                                     + self._network_notices + input_notices
                                     + ((host.volume_notice,) if host.volume_notice else ()))

@@ -14,7 +14,7 @@ from collections import Counter, deque
 from runner.backend import Backend, ContainerRef, LogChunk
 from runner.failure import disk_full
 from runner.metrics import MetricCollector
-from smlocal.core.logstore import LogStreamWriter, read_events
+from smlocal.core.logstore import LogStreamWriter, is_cut_line, read_events
 
 log = logging.getLogger("smlocal.runner")
 
@@ -92,6 +92,8 @@ class LogFollower:
         self._since_ms: int | None = None
         # Lines already in the file at the resume instant; the engine's `since` is inclusive.
         self._already_written: Counter[str] = Counter()
+        self._seen_ts: int | None = None
+        self._seen_at: Counter[str] = Counter()
         self._stream = None
         self._closed = False
         self._lines_lost = False
@@ -111,6 +113,8 @@ class LogFollower:
         for event in read_events(self._writer.path):
             if head and event["message"] == head[0]:
                 head.pop(0)
+            elif is_cut_line(event["message"]):
+                pass  # the platform's line where --max-log-bytes-per-host cut the stream, not the algorithm's
             else:
                 head = []
                 self._metrics.feed(event["timestamp"], event["message"])
@@ -124,31 +128,51 @@ class LogFollower:
         self._thread.start()
 
     def _run(self) -> None:
-        assembler = LineAssembler()
         try:
-            stream = self._backend.logs(self._container, self._since_ms)
-            with self._lock:
-                if self._closed:
-                    stream.close()
-                    return
-                self._stream = stream
-            for chunk in stream:
-                for ts, line in assembler.feed(chunk, int(time.time() * 1000)):
-                    self._emit(ts, line)
-            for ts, line in assembler.flush():
-                self._emit(ts, line)
+            self._read(self._since_ms, flush=False)
+            if not self._closed:
+                # Docker (20.10) ends a followed output when the container exits, dropping what its reader had not
+                # got to yet: a container that printed megabytes just before lost its last lines, metrics and
+                # FailureReason's tail with them. Read once more from the last line seen (the output of an
+                # exited container is read to its end), skipping the lines already seen at that instant.
+                if self._seen_ts is not None:
+                    self._since_ms, self._already_written = self._seen_ts, Counter(self._seen_at)
+                self._read(self._since_ms, flush=True)
         except Exception as e:  # the container vanished or the engine went away: keep what we have
             if not self._closed:
                 log.warning("log stream of %s ended: %s", self._container.name, e)
         finally:
             self._writer.close()
 
+    def _read(self, since_ms: int | None, *, flush: bool) -> None:
+        """Emit the container's lines from `since_ms` on, following them until the engine ends the output. Without
+        `flush` an unfinished last line is left out: the next read, from an instant before it, gives it again."""
+        assembler = LineAssembler()
+        stream = self._backend.logs(self._container, since_ms)
+        with self._lock:
+            if self._closed:
+                stream.close()
+                return
+            self._stream = stream
+        for chunk in stream:
+            for ts, line in assembler.feed(chunk, int(time.time() * 1000)):
+                self._emit(ts, line)
+        if flush:
+            for ts, line in assembler.flush():
+                self._emit(ts, line)
+
     def _emit(self, ts: int, line: str) -> None:
+        # The newest instant seen and its lines: where a second read of the output starts.
+        if self._seen_ts is None or ts > self._seen_ts:
+            self._seen_ts, self._seen_at = ts, Counter()
+        if ts == self._seen_ts:
+            self._seen_at[line] += 1
         if self._since_ms is not None and ts <= self._since_ms:
             if ts < self._since_ms or self._already_written[line] > 0:
                 self._already_written[line] -= 1
                 return
         try:
+            # Past --max-log-bytes-per-host the writer drops the line; it still counts below.
             self._writer.write(ts, line)
         except OSError as e:
             # A full disk loses the stream's lines for a while, not the job's end: they still feed the

@@ -72,7 +72,9 @@ def create_app(settings: Settings, store: Store, lifecycle: Lifecycle, runner: J
     limits = JobLimits(max_hosts_per_job=settings.max_hosts_per_job,
                        local_roots=LocalChannelRoots.of(settings.local_channel_roots, settings.data_dir),
                        file_systems=FileSystems.of(settings.file_systems, settings.data_dir),
-                       machine=machine() if settings.enforce_instance_resources else None)
+                       machine=machine() if settings.enforce_instance_resources else None,
+                       max_concurrent_jobs=settings.max_concurrent_jobs if runner is not None else None,
+                       max_waiting_jobs=settings.max_waiting_jobs if runner is not None else None)
     # `smlocal shell`: ExecuteCommand and StartSession, and the WebSocket a session streams over.
     hosts = HostAccess(lifecycle, runner.exec_in_host if runner is not None else None)
     registry = ServiceRegistry([

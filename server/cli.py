@@ -34,7 +34,14 @@ from server.s3.front import S3Front, start_front
 from server.s3.watchdog import StoreWatchdog
 from smlocal.core.file_systems import FileSystemMapError, FileSystems, parse_mapping
 from smlocal.core.lifecycle import Lifecycle
-from smlocal.core.settings import Settings, default_max_concurrent_jobs, default_max_hosts_per_job
+from smlocal.core.logstore import MIN_LOG_BYTES_PER_HOST
+from smlocal.core.settings import (
+    DEFAULT_MAX_LOG_BYTES_PER_HOST,
+    DEFAULT_MAX_WAITING_JOBS,
+    Settings,
+    default_max_concurrent_jobs,
+    default_max_hosts_per_job,
+)
 from smlocal.core.simulation import Rules, RulesError
 from smlocal.core.store import SchemaTooNew, Store
 from smlocal.core.tuning.lifecycle import TuningLifecycle
@@ -81,6 +88,13 @@ def serve(
         "MAX_CONCURRENT_JOBS", "Jobs run at once; more wait in Starting.")] = None,
     max_hosts_per_job: Annotated[int | None, _opt(
         "MAX_HOSTS_PER_JOB", "Hosts (containers) one job may ask for; more is ResourceLimitExceeded.")] = None,
+    max_waiting_jobs: Annotated[int, _opt(
+        "MAX_WAITING_JOBS", "Jobs that may wait for a slot (past --max-concurrent-jobs) at once; CreateTrainingJob "
+        "past it is ResourceLimitExceeded.")] = DEFAULT_MAX_WAITING_JOBS,
+    max_log_bytes_per_host: Annotated[int, _opt(
+        "MAX_LOG_BYTES_PER_HOST", "Bytes one host's log stream file may hold: past them its lines are dropped "
+        "(they still feed metrics and FailureReason), after a last line saying where it was cut.")
+    ] = DEFAULT_MAX_LOG_BYTES_PER_HOST,
     local_channel_root: Annotated[list[Path] | None, _opt(
         "LOCAL_CHANNEL_ROOT", "A folder file:// channels may read from (repeatable; the env var takes a "
         "':'-separated list). None: file:// channels are refused.")] = None,
@@ -139,6 +153,11 @@ def serve(
         raise typer.BadParameter("must be 0 or more", param_hint="--spot-interruptions")
     if max_hosts_per_job is not None and max_hosts_per_job < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--max-hosts-per-job")
+    if max_waiting_jobs < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--max-waiting-jobs")
+    if max_log_bytes_per_host < MIN_LOG_BYTES_PER_HOST:
+        raise typer.BadParameter(f"must be at least {MIN_LOG_BYTES_PER_HOST} (room for the line saying where the "
+                                 "stream was cut)", param_hint="--max-log-bytes-per-host")
     if backend not in BACKENDS:
         raise typer.BadParameter(f"{backend!r} is not one of {', '.join(BACKENDS)}", param_hint="--backend")
     # Simulated jobs ask no engine anything: no bridge gateway, no engine networks, no S3 front for containers.
@@ -200,6 +219,7 @@ def serve(
         container_s3_endpoint=container_s3_endpoint,
         max_concurrent_jobs=max_concurrent_jobs or default_max_concurrent_jobs(),
         max_hosts_per_job=max_hosts_per_job or default_max_hosts_per_job(), local_channel_roots=roots,
+        max_waiting_jobs=max_waiting_jobs, max_log_bytes_per_host=max_log_bytes_per_host,
         file_systems=file_systems,
         stop_grace_seconds=stop_grace_seconds, run_jobs=run_jobs, job_subnets=job_range,
         spot_interruptions_per_hour=spot_interruptions,
@@ -379,7 +399,7 @@ def _banner(settings: Settings, embedded_s3: str | None, engine_problem: str | N
               f"on the Docker Swarm this engine manages (agent {escape(settings.agent_image)}), overlay networks "
               f"from {settings.job_subnets}" if settings.backend == "swarm"
               else f"in Docker, networks from {settings.job_subnets}")
-    jobs = (f"{settings.max_concurrent_jobs} at once, {engine}"
+    jobs = (f"{settings.max_concurrent_jobs} at once (and up to {settings.max_waiting_jobs} waiting), {engine}"
             if settings.run_jobs else "not run (--no-run-jobs)") + f"; up to {settings.max_hosts_per_job} hosts each"
     if settings.run_jobs and engine_problem:
         jobs += (f"\n[red]Docker         UNREACHABLE: {escape(engine_problem)}[/red]\n"

@@ -17,6 +17,7 @@ from tests.support.jobs import assert_completed_in_order, wait_recording
 from tests.support.logs import stream_files
 from tests.support.runner_jobs import (
     FINAL,
+    log_messages,
     s3_client,
     sh_job,
     wait_until,
@@ -245,6 +246,26 @@ def test_model_constraints_are_invalid_parameter_exceptions(runner_server: Smloc
     unserved = _raw(runner_server, "PutLogEvents", {})
     assert unserved.json()["__type"] == "UnknownOperationException"
     assert unserved.headers["content-type"].startswith("application/x-amz-json-1.1")
+
+
+# ---- a flood at the very end ---------------------------------------------------------------------
+
+
+def test_a_container_that_floods_and_exits_at_once_keeps_its_last_lines(
+        runner_server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str]) -> None:
+    """Docker ends a followed output when the container exits, dropping what smlocal had not read yet; the
+    follower reads the rest: every line once, and the metrics and the tail from the very last ones."""
+    name = unique_name("flood-exit")
+    filler = "filler line printed far faster than a log follower writes it down"
+    sm.create_training_job(**sh_job(name, f'yes "{filler}" | head -n 40000; echo "loss=0.125"; echo "the end"',
+                                    AlgorithmSpecification={"MetricDefinitions": [
+                                        {"Name": "loss", "Regex": r"loss=([0-9.]+)"}]}))
+    job, _ = wait_recording(sm, name, FINAL)
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert [(m["MetricName"], m["Value"]) for m in job["FinalMetricDataList"]] == [("loss", 0.125)]
+    messages = log_messages(runner_server, name)
+    assert messages[-2:] == ["loss=0.125", "the end"]
+    assert messages.count(filler) == 40000
 
 
 # ---- live -----------------------------------------------------------------------------------------

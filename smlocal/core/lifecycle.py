@@ -397,6 +397,15 @@ class Lifecycle:
             raise ApiError("ValidationException", "Requested resource not found.")
         return row
 
+    def queue_depth(self) -> tuple[int, int]:
+        """(jobs waiting for a runner, jobs a runner has taken and not finished): what --max-waiting-jobs counts."""
+        with self.store.read() as s:
+            queued = s.scalar(select(func.count()).select_from(JobRow).where(
+                JobRow.runner_state == QUEUED, JobRow.status == IN_PROGRESS)) or 0
+            active = s.scalar(select(func.count()).select_from(JobRow).where(
+                JobRow.runner_state.in_(UNFINISHED_RUNNER_STATES))) or 0
+        return queued, active
+
     # ---- runner side ----------------------------------------------------------------------
 
     def queued_jobs(self, limit: int) -> list[JobRecord]:

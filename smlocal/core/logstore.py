@@ -16,6 +16,7 @@ Each stream file holds one JSON line per event: `{"timestamp": <epoch ms>, "inge
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,11 @@ from pathlib import Path
 from typing import Any
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+# The last line of a stream cut at `--max-log-bytes-per-host`; what follows the cap is dropped.
+CUT_PREFIX = "smlocal: this log stream was cut at "
+# The smallest cap that leaves room for a few lines and the cut line.
+MIN_LOG_BYTES_PER_HOST = 4096
+log = logging.getLogger("smlocal.logs")
 _STREAM_RE = re.compile(r"^(?P<host>algo-\d+)-(?P<epoch>\d+)$")
 
 
@@ -175,22 +181,59 @@ def last_event(path: Path | str) -> dict[str, Any] | None:
         return None
 
 
-class LogStreamWriter:
-    """Appends events to one stream file; every event is flushed so readers see it live."""
+def cut_line(max_bytes: int) -> str:
+    return (f"{CUT_PREFIX}{max_bytes} bytes (--max-log-bytes-per-host); the rest of the output was dropped "
+            "(it still counts for metrics and FailureReason)")
 
-    def __init__(self, path: Path) -> None:
+
+def is_cut_line(message: str) -> bool:
+    return message.startswith(CUT_PREFIX)
+
+
+def _record(timestamp_ms: int, message: str) -> str:
+    return json.dumps({"timestamp": int(timestamp_ms), "ingestionTime": int(time.time() * 1000),
+                       "message": message}, ensure_ascii=False) + "\n"
+
+
+class LogStreamWriter:
+    """Appends events to one stream file; every event is flushed so readers see it live.
+
+    With `max_bytes` the file never grows past it: the event that would take it (with room kept for the cut
+    line) over the cap is replaced by the cut line, and every later one is dropped. A writer opened on a file
+    a previous server process wrote carries on from its size, and one that finds the cut line at its end
+    writes nothing more.
+    """
+
+    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._file = open(path, "a", encoding="utf-8")
+        self._size = os.fstat(self._file.fileno()).st_size
+        self.cut = False
+        if max_bytes is not None:
+            # 13-digit timestamps until the year 2286: the cut line's size is known now.
+            self._reserve = len(_record(int(time.time() * 1000), cut_line(max_bytes)).encode("utf-8"))
+            last = last_event(path) if self._size else None
+            self.cut = last is not None and is_cut_line(last["message"])
 
     def write(self, timestamp_ms: int, message: str) -> None:
-        line = json.dumps({"timestamp": int(timestamp_ms), "ingestionTime": int(time.time() * 1000),
-                           "message": message}, ensure_ascii=False)
+        line = _record(timestamp_ms, message)
         with self._lock:
-            if not self._file.closed:
-                self._file.write(line + "\n")
-                self._file.flush()
+            if self._file.closed or self.cut:
+                return
+            size = len(line.encode("utf-8"))
+            if self.max_bytes is not None and self._size + size + self._reserve > self.max_bytes:
+                # Set first: a line that does not fit (a full disk) is not tried again and again.
+                self.cut = True
+                log.warning("%s: the log stream reached %d bytes (--max-log-bytes-per-host): the rest is dropped",
+                            self.path.name, self.max_bytes)
+                line = _record(timestamp_ms, cut_line(self.max_bytes))
+                size = len(line.encode("utf-8"))
+            self._file.write(line)
+            self._file.flush()
+            self._size += size
 
     def close(self) -> None:
         with self._lock:

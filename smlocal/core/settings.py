@@ -6,6 +6,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# `--max-waiting-jobs`: jobs that may wait for a slot at once; CreateTrainingJob past it is ResourceLimitExceeded.
+DEFAULT_MAX_WAITING_JOBS = 100
+# `--max-log-bytes-per-host`: one host's log stream file stops growing here (generous: a runaway loop, not a
+# chatty job, is what it stops from filling the disk).
+DEFAULT_MAX_LOG_BYTES_PER_HOST = 1 << 30
+
 
 def _machine() -> tuple[int, float]:
     """This machine's cores and memory (GiB)."""
@@ -57,6 +63,10 @@ class Settings:
     max_concurrent_jobs: int = field(default_factory=default_max_concurrent_jobs)
     # Hosts (containers) one job may ask for; more is ResourceLimitExceeded at CreateTrainingJob.
     max_hosts_per_job: int = field(default_factory=default_max_hosts_per_job)
+    # Jobs that may wait for a slot (past max_concurrent_jobs) at once; one more is ResourceLimitExceeded.
+    max_waiting_jobs: int = DEFAULT_MAX_WAITING_JOBS
+    # Bytes one host's log stream file may hold; past them its lines are dropped (after a line saying so).
+    max_log_bytes_per_host: int = DEFAULT_MAX_LOG_BYTES_PER_HOST
     # Folders `file://` channels may name (resolved, absolute); none: `file://` channels are refused.
     local_channel_roots: tuple[Path, ...] = ()
     # FileSystemDataSource: file system id -> the folder standing for it (`--file-system`, smlocal.core.file_systems).

@@ -6,17 +6,20 @@ a stream (as on AWS, where SageMaker creates it with the first job's logs). Stre
 re-created job never shows the old job's lines. Timestamps are epoch milliseconds.
 
 GetLogEvents tokens carry the byte offset in the stream file (`f/<offset>/<stream fingerprint>`), so
-paging and live tailing read only what is new.
+paging and live tailing read only what is new. FilterLogEvents merges the streams as it reads them (one
+pending event per stream on a heap) and stops when its page is full; its token carries where each stream's
+next page starts, so no page reads what an earlier one returned or sorts more than one event per stream.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import json
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,43 +226,114 @@ class CloudWatchLogs:
         if start is not None and end is not None and end < start:
             raise _invalid("endTime must be greater than or equal to startTime.")
         query = ["filter", ctx.account_id, ctx.region, names, prefix, start, end, params.get("filterPattern")]
-        cursor = _decode_cursor_token(params.get("nextToken"), query)
 
         streams = self._streams(ctx, prefix or "")
         if names is not None:
             streams = [s for s in streams if s.log_stream_name in set(names)]
+        offsets = _decode_offsets_token(params.get("nextToken"), query, streams)
 
-        def events() -> Iterator[tuple[tuple[int, str, int], dict[str, Any]]]:
-            for stream in streams:
-                for event, after in iter_events(stream.path):
-                    ts = event["timestamp"]
-                    if (start is not None and ts < start) or (end is not None and ts >= end):
-                        continue
-                    key = (ts, stream.log_stream_name, after)
-                    if cursor is not None and key <= cursor:
-                        continue
-                    if matches(event["message"]):
-                        yield key, {**event, "logStreamName": stream.log_stream_name}
+        def keep(event: dict[str, Any]) -> bool:
+            ts = event["timestamp"]
+            return (start is None or ts >= start) and (end is None or ts < end) and matches(event["message"])
 
-        found = sorted(events(), key=lambda item: item[0])
-        page, size = [], 0
-        for key, event in found:
-            if len(page) >= limit or (page and size + _event_bytes(event) > MAX_PAGE_BYTES):
-                break
-            page.append((key, event))
-            size += _event_bytes(event)
+        page, readers = _merge_page([_StreamReader(s, offsets.get(s.log_stream_name, 0), keep) for s in streams],
+                                    limit)
         result: dict[str, Any] = {
             "events": [{
-                "logStreamName": e["logStreamName"], "timestamp": e["timestamp"], "message": e["message"],
+                "logStreamName": name, "timestamp": e["timestamp"], "message": e["message"],
                 "ingestionTime": e["ingestionTime"],
-                "eventId": f"{key[0]:013d}{zlib.crc32(key[1].encode()):010d}{key[2]:012d}",
-            } for key, e in page],
+                "eventId": f"{e['timestamp']:013d}{zlib.crc32(name.encode()):010d}{after:012d}",
+            } for e, name, after in page],
             "searchedLogStreams": [{"logStreamName": s.log_stream_name, "searchedCompletely": True}
                                    for s in streams],
         }
-        if len(page) < len(found):
-            result["nextToken"] = _encode_cursor_token(page[-1][0], query)
+        if any(r.head is not None for r in readers):
+            result["nextToken"] = _encode_offsets_token(
+                {r.name: r.resume_offset for r in readers if r.resume_offset}, query)
         return result
+
+
+# ---- FilterLogEvents: a streaming merge of the streams ---------------------------------------------
+
+# Each stream is read forward a batch at a time: a page holds its events plus one batch per stream, however
+# long the streams are, and no file stays open between batches (a group of thousands of streams would run out
+# of file descriptors).
+READ_BATCH_BYTES = 64 * 1024
+# A FilterLogEvents token inflated: room for the offsets of about 50,000 streams.
+MAX_TOKEN_BYTES = 4 * 1024 * 1024
+
+
+class _StreamReader:
+    """One stream's events that `keep` accepts, in file order from a byte offset; `head` is the next one."""
+
+    def __init__(self, stream: LogStream, offset: int, keep: Callable[[dict[str, Any]], bool]) -> None:
+        self.name = stream.log_stream_name
+        self._path = stream.path
+        self._keep = keep
+        self._position = offset  # just past what was read from the file
+        self._batch: deque[tuple[dict[str, Any], int, int]] = deque()
+        # (event, offset where it starts, offset just past it)
+        self.head: tuple[dict[str, Any], int, int] | None = None
+        self.events_read = 0
+
+    @property
+    def resume_offset(self) -> int:
+        """Where the next page reads this stream from: its pending event, else past everything read."""
+        return self.head[1] if self.head is not None else self._position
+
+    def key(self) -> tuple[int, str, int]:
+        """The merge order: timestamp, then stream name, then position in the stream (the eventId's parts)."""
+        assert self.head is not None
+        return self.head[0]["timestamp"], self.name, self.head[2]
+
+    def advance(self) -> bool:
+        """Move `head` to the next accepted event; False (and no head) at the end of the stream."""
+        while True:
+            if not self._batch and not self._read_batch():
+                self.head = None
+                return False
+            item = self._batch.popleft()
+            if self._keep(item[0]):
+                self.head = item
+                return True
+
+    def _read_batch(self) -> bool:
+        begin = start = self._position
+        events = iter_events(self._path, start)
+        try:
+            for event, after in events:
+                self._batch.append((event, start, after))
+                self.events_read += 1
+                start = after
+                if after - begin >= READ_BATCH_BYTES:
+                    break
+        finally:
+            events.close()  # the file is closed now, not when the generator is collected
+        self._position = start
+        return bool(self._batch)
+
+
+def _merge_page(readers: list[_StreamReader], limit: int
+                ) -> tuple[list[tuple[dict[str, Any], str, int]], list[_StreamReader]]:
+    """The first page of the readers' events merged in order (a heap of one head per stream), as (event,
+    stream name, offset past it); the readers are left on the first event the page had no room for."""
+    heap = [(r.key(), i) for i, r in enumerate(readers) if r.advance()]
+    heapq.heapify(heap)
+    page: list[tuple[dict[str, Any], str, int]] = []
+    size = 0
+    while heap:
+        _, i = heap[0]
+        reader = readers[i]
+        assert reader.head is not None
+        event, _, after = reader.head
+        if len(page) >= limit or (page and size + _event_bytes(event) > MAX_PAGE_BYTES):
+            break
+        heapq.heappop(heap)
+        page.append((event, reader.name, after))
+        size += _event_bytes(event)
+        if reader.advance():
+            heapq.heappush(heap, (reader.key(), i))
+    return page, readers
 
 
 # ---- reading a stream ---------------------------------------------------------------------------
@@ -351,18 +425,32 @@ def _decode_offset_token(token: str | None, query: list[Any]) -> int:
     return offset
 
 
-def _encode_cursor_token(cursor: tuple[int, str, int], query: list[Any]) -> str:
-    return _encode({"c": list(cursor), "q": _fingerprint(*query)})
+def _encode_offsets_token(offsets: dict[str, int], query: list[Any]) -> str:
+    """Where each stream's next page starts (streams at 0 left out), compressed: stream names share prefixes."""
+    data = json.dumps({"s": offsets, "q": _fingerprint(*query)}, separators=(",", ":")).encode()
+    return "z" + base64.urlsafe_b64encode(zlib.compress(data)).decode()
 
 
-def _decode_cursor_token(token: str | None, query: list[Any]) -> tuple[int, str, int] | None:
+def _decode_offsets_token(token: str | None, query: list[Any], streams: list[LogStream]) -> dict[str, int]:
     if token is None:
-        return None
-    data = _decode(token)
-    cursor = data.get("c")
-    if data.get("q") != _fingerprint(*query) or not isinstance(cursor, list) or len(cursor) != 3:
+        return {}
+    try:
+        if not token.startswith("z"):
+            raise ValueError(token)
+        # Inflated no further than a real token gets: a crafted one must not make the server hold gigabytes.
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.urlsafe_b64decode(token[1:].encode()), MAX_TOKEN_BYTES)
+        if inflate.unconsumed_tail:
+            raise ValueError("token too large")
+        data = json.loads(raw)
+    except (ValueError, TypeError, zlib.error):
+        raise _invalid(_BAD_TOKEN) from None
+    offsets = data.get("s") if isinstance(data, dict) else None
+    if not isinstance(offsets, dict) or data.get("q") != _fingerprint(*query) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in offsets.values()):
         raise _invalid(_BAD_TOKEN)
-    ts, name, offset = cursor
-    if not isinstance(ts, int) or not isinstance(name, str) or not isinstance(offset, int):
+    # A stream gone since (its job deleted) is not searched; an offset must be where an event starts.
+    paths = {s.log_stream_name: s.path for s in streams}
+    if any(name in paths and not is_event_boundary(paths[name], offset) for name, offset in offsets.items()):
         raise _invalid(_BAD_TOKEN)
-    return ts, name, offset
+    return offsets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from server.services.sagemaker.rules import (
     check_host_limit,
     check_instance_fit,
     check_local_channels,
+    check_waiting_limit,
 )
 from server.services.sagemaker.tagging import Tags, check_arn_scope, check_tag_keys
 from server.services.sagemaker.tuning import TuningOperations
@@ -44,6 +46,10 @@ class JobLimits:
     file_systems: FileSystems = field(default_factory=FileSystems)
     # `--enforce-instance-resources`: this machine's (cores, memory GiB) every instance of a job must fit.
     machine: tuple[int, float] | None = None
+    # `--max-concurrent-jobs` and `--max-waiting-jobs` of a server that runs jobs; None: nothing runs, so
+    # every job waits and none is refused for it (--no-run-jobs).
+    max_concurrent_jobs: int | None = None
+    max_waiting_jobs: int | None = None
 
 
 class Operations:
@@ -63,6 +69,9 @@ class Operations:
         self.tags = Tags(store)
         self.limits = limits or JobLimits()
         self.faults = faults or CreateFaults()
+        # Counting the waiting jobs and storing the new one are one step: two requests at once could both
+        # see room for one.
+        self._create_lock = threading.Lock()
 
     def handlers(self) -> dict[str, Callable[[RequestContext, dict[str, Any]], dict[str, Any]]]:
         return {
@@ -99,11 +108,20 @@ class Operations:
         # raised here stores nothing; a CapacityError gives the reason the job is created Failed with.
         failure_reason = self.faults.check(params)
         request = {k: v for k, v in params.items() if k != "Tags"}
-        job = self.lifecycle.create(
-            account_id=ctx.account_id, region=ctx.region, name=params["TrainingJobName"],
-            request=request, tags=params.get("Tags", []), failure_reason=failure_reason,
-        )
+        with self._create_lock:
+            if failure_reason is None:
+                self._check_waiting()
+            job = self.lifecycle.create(
+                account_id=ctx.account_id, region=ctx.region, name=params["TrainingJobName"],
+                request=request, tags=params.get("Tags", []), failure_reason=failure_reason,
+            )
         return {"TrainingJobArn": job.arn}
+
+    def _check_waiting(self) -> None:
+        limits = self.limits
+        if limits.max_waiting_jobs is None or limits.max_concurrent_jobs is None:
+            return
+        check_waiting_limit(*self.lifecycle.queue_depth(), limits.max_concurrent_jobs, limits.max_waiting_jobs)
 
     def describe_training_job(self, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
         out = describe(self.lifecycle.get(self._arn(ctx, params)))

@@ -213,6 +213,19 @@ def check_host_limit(params: dict[str, Any], limit: int) -> None:
                        "for this limit.")
 
 
+def check_waiting_limit(queued: int, active: int, max_concurrent: int, max_waiting: int) -> None:
+    """`--max-waiting-jobs`: a new job that would wait (no slot of --max-concurrent-jobs free for it) while
+    max_waiting jobs already wait is refused. A queued job a free slot is about to take does not wait."""
+    waiting = max(0, queued - max(0, max_concurrent - active))
+    if waiting >= max_waiting:
+        # AWS's quota wording (see check_host_limit), naming the flag that sets ours.
+        raise ApiError("ResourceLimitExceeded",
+                       f"The account-level service limit 'Number of training jobs waiting for an instance' is "
+                       f"{max_waiting} Jobs, with current utilization of {waiting} Jobs and a request delta of 1 "
+                       "Jobs. Please start smlocal with a higher --max-waiting-jobs to request an increase for "
+                       "this limit.")
+
+
 def check_instance_fit(params: dict[str, Any], cores: int, memory_gib: float) -> None:
     """Under `--enforce-instance-resources`: each instance of the job must fit this machine on its own (its hosts
     share the machine, but one of them larger than the machine could never get what it asks for; how many run
