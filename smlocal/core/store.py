@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -417,6 +418,7 @@ class Store:
         _configure_sqlite(self.engine)
         self._migrate(path)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._snapshots = threading.local()
         self._read_sessions = sessionmaker(self.engine.execution_options(smlocal_read=True),
                                            expire_on_commit=False)
 
@@ -470,21 +472,29 @@ class Store:
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """read()'s snapshot as the plain sqlite3 connection, for the API's hottest reads (DescribeTrainingJob):
-        a query through an ORM session costs ~0.3 ms of Python, the same SQL here ~10 µs (bench/api_load.py)."""
-        pooled = self.engine.raw_connection()
-        try:
+        """read()'s snapshot as a plain sqlite3 connection, for the API's hottest reads (DescribeTrainingJob):
+        a query through an ORM session costs ~0.3 ms of Python, the same SQL here ~10 µs (bench/api_load.py).
+
+        The connection is the calling thread's own, taken out of the pool once (closed when the thread ends): a
+        read on the event loop (server/app.py) must never wait for a pooled connection that writers hold."""
+        conn = getattr(self._snapshots, "conn", None)
+        if conn is None:
+            pooled = self.engine.raw_connection()  # made as the pool makes them: the same pragmas
             conn = pooled.driver_connection
             assert isinstance(conn, sqlite3.Connection)
-            conn.execute("BEGIN DEFERRED")
-            try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
+            pooled.detach()
+            self._snapshots.conn = conn
+        conn.execute("BEGIN DEFERRED")
+        try:
+            yield conn
         finally:
-            pooled.close()  # back to the pool
+            conn.execute("COMMIT")
 
     def close(self) -> None:
+        conn = getattr(self._snapshots, "conn", None)
+        if conn is not None:
+            conn.close()
+            del self._snapshots.conn
         self.engine.dispose()
 
 
