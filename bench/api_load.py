@@ -13,7 +13,9 @@ http.client connection per process (boto3's own per-call cost, about a milliseco
 Creates and describes are signed before the clock starts (a signature holds 15 minutes); a page's request
 depends on the page before, so list requests are signed as they go (~0.1 ms, against pages of tens of ms).
 Each process sends its next request when the last answer is read (a closed loop, CLIENTS requests in
-flight); requests/s is all answers over the phase's wall time, p50/p99 over every request's round trip.
+flight); requests/s is all answers over the phase's wall time, p50/p99 over every request's round trip, and the
+server process's CPU time per request (from /proc): on a shared machine the rate follows the CPU the server was
+given, its CPU per request much less so.
 Targets on 2 cores (issue 21): Describe >= 1,000 req/s, List p99 under 100 ms.
 
 No container engine is asked for anything. Alone: `python -m bench.api_load` (BENCH_LOAD_JOBS,
@@ -165,11 +167,21 @@ def _client(work: Work, ready: Any, results: Any) -> None:
     results.put((start, time.monotonic(), latencies))
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time process `pid` has used so far (user + system)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class Load:
     requests: int
     seconds: float
     latencies: list[float]
+    # The server process's CPU time over the phase: on a shared machine the rate follows the CPU the server was
+    # given, its CPU per request does not.
+    server_cpu: float
 
     @property
     def rate(self) -> float:
@@ -181,11 +193,13 @@ class Load:
 
     def summary(self) -> str:
         return (f"{self.rate:.0f} req/s, p50 {self.percentile(50) * 1000:.1f} ms, "
-                f"p99 {self.percentile(99) * 1000:.1f} ms")
+                f"p99 {self.percentile(99) * 1000:.1f} ms, "
+                f"server CPU {self.server_cpu / self.requests * 1e6:.0f} µs/req")
 
 
-def load(endpoint: str, kind: str, names: list[str], seconds: float = SECONDS) -> Load:
-    """CLIENTS processes doing `kind` at once: creates split `names` between them, the others pick from it."""
+def load(endpoint: str, pid: int, kind: str, names: list[str], seconds: float = SECONDS) -> Load:
+    """CLIENTS processes doing `kind` at once against the server process `pid`: creates split `names` between
+    them, the others pick from it."""
     # Spawned, not forked: the parent may hold threads (minio's pool in `make bench`) that a fork would copy
     # mid-flight.
     context = multiprocessing.get_context("spawn")
@@ -195,7 +209,9 @@ def load(endpoint: str, kind: str, names: list[str], seconds: float = SECONDS) -
                  for part in parts]
     for process in processes:
         process.start()
+    cpu_before = cpu_seconds(pid)  # the clients' preparing costs the server nothing
     answers = [results.get(timeout=600 + seconds) for _ in processes]
+    cpu = cpu_seconds(pid) - cpu_before
     for process in processes:
         process.join()
     errors = [latencies for _, _, latencies in answers if isinstance(latencies, str)]
@@ -203,16 +219,17 @@ def load(endpoint: str, kind: str, names: list[str], seconds: float = SECONDS) -
         raise RuntimeError(f"{kind} on {endpoint}: {errors[0]}")
     latencies = [seconds for _, _, found in answers for seconds in found]
     wall = max(end for _, end, _ in answers) - min(start for start, _, _ in answers)
-    return Load(len(latencies), wall, latencies)
+    return Load(len(latencies), wall, latencies, cpu)
 
 
 @contextmanager
-def servers() -> Iterator[tuple[str, str]]:
-    """(smlocal's endpoint, moto's endpoint), both on loopback, both stopped after."""
+def servers() -> Iterator[dict[str, tuple[str, int]]]:
+    """{"smlocal"|"moto": (endpoint, process id)}, both on loopback, both stopped after."""
     with tempfile.TemporaryDirectory() as data_dir, start_s3_server() as moto:
         smlocal = SmlocalServer(Path(data_dir), None, SERVE, NO_ENGINE).start()
+        assert smlocal.process is not None
         try:
-            yield smlocal.endpoint, moto.endpoint
+            yield {"smlocal": (smlocal.endpoint, smlocal.process.pid), "moto": (moto.endpoint, moto.process.pid)}
         finally:
             smlocal.stop()
 
@@ -222,11 +239,10 @@ def measure() -> dict[str, dict[str, Load]]:
     load from elsewhere on a shared machine falls on both alike."""
     names = [f"load-{i:05d}" for i in range(JOBS)]
     found: dict[str, dict[str, Load]] = {"smlocal": {}, "moto": {}}
-    with servers() as (smlocal, moto):
-        endpoints = {"smlocal": smlocal, "moto": moto}
+    with servers() as running:
         for kind in ("create", "describe", "list"):
-            for server, endpoint in endpoints.items():
-                found[server][kind] = load(endpoint, kind, names)
+            for server, (endpoint, pid) in running.items():
+                found[server][kind] = load(endpoint, pid, kind, names)
     return found
 
 
