@@ -2,7 +2,8 @@
 
 A provider offers `handlers()` (operation name -> callable taking the request context and the validated
 input) and may set `validation_error` (the error code the model walk's failures carry, as the service
-reports them) and `extra_required` (operation -> members the service requires beyond the model).
+reports them), `extra_required` (operation -> members the service requires beyond the model) and
+`on_event_loop` (operations served without a worker thread).
 Adding a service means adding a provider here, nothing in the protocol code.
 """
 
@@ -72,6 +73,11 @@ class Service:
 
     def extra_required(self, operation: str) -> tuple[str, ...]:
         return tuple(getattr(self.provider, "extra_required", {}).get(operation, ()))
+
+    def runs_on_event_loop(self, operation: str) -> bool:
+        """The provider's `on_event_loop`: operations quick enough, and never waiting on anything, to be served on
+        the event loop rather than handed to a worker thread (a handoff costs more CPU than they do)."""
+        return operation in getattr(self.provider, "on_event_loop", ())
 
     def serves(self, operation: str) -> bool:
         return operation in self.handlers

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from smlocal.core import warm_pools
 from smlocal.core.errors import ApiError
-from smlocal.core.store import JobRecord, JobRow, Store, TagRow, TransitionRow
+from smlocal.core.store import JobRecord, JobRow, Store, TagRow, TransitionRow, read_job
 
 log = logging.getLogger("smlocal.lifecycle")
 
@@ -383,8 +383,12 @@ class Lifecycle:
             s.delete(row)
 
     def get(self, arn: str) -> JobRecord:
-        with self.store.read() as s:
-            return JobRecord.from_row(self._get_row(s, arn))
+        # In plain SQL: DescribeTrainingJob is the API's most frequent call (clients poll it).
+        with self.store.snapshot() as conn:
+            job = read_job(conn, arn)
+        if job is None:
+            raise ApiError("ValidationException", "Requested resource not found.")
+        return job
 
     def exists(self, arn: str) -> bool:
         with self.store.read() as s:

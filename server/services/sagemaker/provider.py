@@ -56,6 +56,9 @@ class Operations:
     """The SageMaker provider: one method per served operation."""
 
     extra_required = {"CreateTrainingJob": CREATE_REQUIRED}
+    # Served on the event loop (server/app.py): a job and its transitions in plain SQL from a WAL snapshot on the
+    # loop thread's own connection (Store.snapshot), so nothing it does waits for a writer or the pool.
+    on_event_loop = frozenset({"DescribeTrainingJob"})
 
     def __init__(self, store: Store, lifecycle: Lifecycle, data_dir: Path | None = None,
                  limits: JobLimits | None = None, faults: CreateFaults | None = None,

@@ -40,6 +40,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     STOPPED: frozenset(),
 }
 
+# DescribeTrainingJob's TuningJobArn (TuningLifecycle.tuning_job_of).
+_TUNING_JOB_OF = (f"SELECT t.arn FROM {TuningJobRow.__tablename__} t JOIN {TrialRow.__tablename__} r "
+                  "ON r.tuning_job_id = t.id WHERE r.training_job_arn = ? LIMIT 1")
+
 # ObjectiveStatus of a trial.
 PENDING, SUCCEEDED = "Pending", "Succeeded"
 MINIMIZE, MAXIMIZE = "Minimize", "Maximize"
@@ -314,9 +318,10 @@ class TuningLifecycle:
 
     def tuning_job_of(self, training_job_arn: str) -> str | None:
         """The ARN of the tuning job that launched a training job (DescribeTrainingJob's TuningJobArn)."""
-        with self.store.read() as s:
-            return s.scalars(select(TuningJobRow.arn).join(TrialRow, TrialRow.tuning_job_id == TuningJobRow.id)
-                             .where(TrialRow.training_job_arn == training_job_arn)).first()
+        # In plain SQL: asked by every DescribeTrainingJob (Store.snapshot).
+        with self.store.snapshot() as conn:
+            found = conn.execute(_TUNING_JOB_OF, (training_job_arn,)).fetchone()
+        return found[0] if found else None
 
     # ---- driver side ----------------------------------------------------------------------------
 
