@@ -32,7 +32,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
         return {}
     try:
         params = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a body nested deeper than the decoder's stack (`{"a":{"a":...` ten thousand deep).
         raise ApiError("SerializationException", "Start of structure or map found where not expected.") from None
     if not isinstance(params, dict):
         raise ApiError("SerializationException", "Start of structure or map found where not expected.")
