@@ -50,6 +50,20 @@ def test_bad_json_is_serialization_exception(api_server):
         assert error_of(response)[0] == "SerializationException", body
 
 
+def test_a_number_no_integer_or_long_holds_is_a_serialization_exception(api_server):
+    """Found by tests/test_fuzz_api.py: ListTags' MaxResults has no maximum in the model, and 10**40 reached
+    SQLite (an InternalFailure)."""
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:training-job/none"
+    for target, body in (("SageMaker.ListTags", {"ResourceArn": arn, "MaxResults": 10**40}),
+                         ("SageMaker.ListTrainingJobs", {"MaxResults": 2**31}),
+                         ("Logs_20140328.GetLogEvents",
+                          {"logGroupName": "g", "logStreamName": "s", "limit": -(2**31) - 1}),
+                         ("Logs_20140328.FilterLogEvents", {"logGroupName": "g", "startTime": 2**63})):
+        response = post(api_server, target, body)
+        assert response.status_code == 400, (target, response.text)
+        assert error_of(response)[0] == "SerializationException", (target, response.text)
+
+
 def test_wrong_member_type_is_serialization_exception(api_server, unique_name):
     request = job_request(unique_name())
     request["StoppingCondition"]["MaxRuntimeInSeconds"] = "ten minutes"
