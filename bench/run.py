@@ -20,6 +20,8 @@
    one after another (bench/tuning.py).
 9. A job on Docker Swarm (hosts as services, data moved by smlocal's agent on the node) against the same job on
    the Docker backend (bench/swarm.py).
+10. A fuzz of the API from the service models, randomised and longer than the suite's: cases per second and
+   what it found, against plain valid requests over the same client (bench/api_fuzz.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -42,7 +44,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from bench import checkpoint_sync, fuse_choice, simulated, streaming, swarm, tuning, warm_pools
+from bench import api_fuzz, checkpoint_sync, fuse_choice, simulated, streaming, swarm, tuning, warm_pools
 from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -216,6 +218,7 @@ def main() -> None:
     # Servers of its own, after the Docker one has stopped; its latency also against row 1's Docker job.
     rows += simulated.rows(docker_job_seconds=s)
     rows += swarm.rows()
+    rows += api_fuzz.rows()
 
     cpu = platform.processor() or platform.machine()
     memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
