@@ -31,6 +31,7 @@ from tests.support.fuzz_cases import (
     plant_anchors,
 )
 from tests.support.raw_aws import RawClient, check_response
+from tests.support.served_operations import served_operations
 from tests.support.smlocal import SmlocalServer
 
 MODEL_CASES = 250
@@ -75,10 +76,12 @@ def send_and_check(client: RawClient, case: Case, ledger: Ledger) -> None:
 def test_model_drawn_requests_never_break_the_server(fuzz_server: SmlocalServer, anchors: Anchors) -> None:
     client, ledger = RawClient(fuzz_server.endpoint), Ledger()
     ledger.created.update(anchors.known["TrainingJobName"])
+    sent: set[tuple[str, str]] = set()
 
     @fuzz_settings(MODEL_CASES)
     @given(case=model_cases(anchors))
     def fuzz(case: Case) -> None:
+        sent.add((repr(case.served), case.protocol))
         send_and_check(client, case, ledger)
 
     try:
@@ -87,6 +90,10 @@ def test_model_drawn_requests_never_break_the_server(fuzz_server: SmlocalServer,
         client.close()
     assert_store_consistent(fuzz_server, ledger)
     nothing_written_beside(fuzz_server)
+    # The seeded cases reach every served operation, and CloudWatch in each of its three protocols.
+    assert {repr(op) for op in served_operations()} == {operation for operation, _ in sent}
+    assert {p for operation, p in sent if operation.startswith("cloudwatch.")} == {
+        "json", "query", "smithy-rpc-v2-cbor"}
 
 
 def test_byte_level_mutations_never_break_the_server(fuzz_server: SmlocalServer, anchors: Anchors) -> None:
@@ -105,10 +112,8 @@ def test_byte_level_mutations_never_break_the_server(fuzz_server: SmlocalServer,
     nothing_written_beside(fuzz_server)
 
 
-def test_the_fuzz_reaches_every_served_operation() -> None:
-    """The served list comes from the app's registry: it holds at least what smlocal is known to serve."""
-    from tests.support.served_operations import served_operations
-
+def test_the_served_operations_come_from_the_registry() -> None:
+    """The list the fuzz draws from is the app's registry's: it holds at least what smlocal is known to serve."""
     served: dict[str, set[str]] = {}
     for op in served_operations():
         served.setdefault(op.service, set()).add(op.name)
