@@ -51,10 +51,12 @@ NO_ANCHORS = Anchors()
 
 
 @st.composite
-def model_cases(draw: st.DrawFn, anchors: Anchors = NO_ANCHORS) -> Case:
-    """A request for a served operation, in one of its service's protocols, mostly valid per the model."""
-    served = draw(operations())
-    protocol = draw(st.sampled_from(served.protocols))
+def model_cases(draw: st.DrawFn, anchors: Anchors = NO_ANCHORS, served: ServedOperation | None = None,
+                protocol: str | None = None) -> Case:
+    """A request for a served operation (any, or `served`), in one of its service's protocols (or `protocol`),
+    mostly valid per the model."""
+    served = served or draw(operations())
+    protocol = protocol or draw(st.sampled_from(served.protocols))
     params = draw(any_input(served.operation, anchors.known, anchors.templates.get(served.name)))
     return Case(served, protocol, encode(served.model, served.name, protocol, params), params)
 
