@@ -22,6 +22,8 @@
    the Docker backend (bench/swarm.py).
 10. The API under load at 10,000 jobs (CreateTrainingJob, DescribeTrainingJob, ListTrainingJobs(100)) from a light
     SigV4 client in a few processes, against moto's server on the same load (bench/api_load.py).
+11. A fuzz of the API from the service models, randomised and longer than the suite's: cases per second and
+    what it found, against plain valid requests over the same client (bench/api_fuzz.py).
 
 It prints a Markdown table (paste it into the README) and writes it to bench/results/latest.md.
 Timings on a shared 2-core machine are noisy: read the ratios, not the seconds.
@@ -44,7 +46,7 @@ from urllib.parse import urlparse
 
 from minio import Minio
 
-from bench import api_load, checkpoint_sync, fuse_choice, simulated, streaming, swarm, tuning, warm_pools
+from bench import api_fuzz, api_load, checkpoint_sync, fuse_choice, simulated, streaming, swarm, tuning, warm_pools
 from runner.inputs.file_staging import CHUNK, DOWNLOAD_WORKERS
 from tests.support.docker_env import BUSYBOX_IMAGE, docker_client, ensure_test_images, host_address_for_containers
 from tests.support.jobs import job_request
@@ -220,6 +222,7 @@ def main() -> None:
     rows += swarm.rows()
     # Servers of its own (API only, and moto's), with nothing else running beside them.
     rows += api_load.rows()
+    rows += api_fuzz.rows()
 
     cpu = platform.processor() or platform.machine()
     memory_gib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30

@@ -43,10 +43,32 @@ def test_other_service_prefix_is_unknown(api_server):
 
 
 def test_bad_json_is_serialization_exception(api_server):
-    for body in ("{not json", "[1, 2]", "\"a string\""):
+    # Nested past the decoder's stack too (found by tests/test_fuzz_api.py: it was an InternalFailure).
+    for body in ("{not json", "[1, 2]", "\"a string\"", '{"a":' * 100_000):
         response = post(api_server, "SageMaker.ListTrainingJobs", body)
         assert response.status_code == 400, body
         assert error_of(response)[0] == "SerializationException", body
+
+
+def test_a_number_no_integer_or_long_holds_is_a_serialization_exception(api_server):
+    """Found by the fuzz (tests/test_fuzz_api.py, bench/api_fuzz.py): ListTags' MaxResults has no maximum in the
+    model, and 10**40 reached SQLite; a timestamp of 10**400 overflowed a float; NaN reached GetMetricData's
+    arithmetic. Each was an InternalFailure."""
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:training-job/none"
+    for target, body in (("SageMaker.ListTags", {"ResourceArn": arn, "MaxResults": 10**40}),
+                         ("SageMaker.ListTrainingJobs", {"MaxResults": 2**31}),
+                         ("Logs_20140328.GetLogEvents",
+                          {"logGroupName": "g", "logStreamName": "s", "limit": -(2**31) - 1}),
+                         ("Logs_20140328.FilterLogEvents", {"logGroupName": "g", "startTime": 2**63}),
+                         # Timestamps a date cannot hold, NaN and an infinity (not JSON, which Python reads).
+                         ("SageMaker.ListHyperParameterTuningJobs", '{"CreationTimeAfter": 1' + "0" * 400 + "}"),
+                         ("SageMaker.ListTrainingJobs", '{"CreationTimeBefore": 1e300}'),
+                         ("SageMaker.ListTrainingJobs", '{"CreationTimeBefore": 1e999}'),
+                         ("SageMaker.ListTrainingJobs", '{"CreationTimeBefore": NaN}'),
+                         ("SageMaker.ListTrainingJobs", '{"LastModifiedTimeAfter": -Infinity}')):
+        response = post(api_server, target, body)
+        assert response.status_code == 400, (target, response.text)
+        assert error_of(response)[0] == "SerializationException", (target, response.text)
 
 
 def test_wrong_member_type_is_serialization_exception(api_server, unique_name):

@@ -358,3 +358,25 @@ def test_checkpoint_paths_of_its_own_are_accepted(sm, unique_name, n, local_path
     checkpoints = {"S3Uri": "s3://bucket/ckpt", "LocalPath": local_path}
     request = job_request(unique_name(f"ckpt{n}"), CheckpointConfig=checkpoints)
     assert sm.create_training_job(**request)["TrainingJobArn"]
+
+
+# ---- tuning jobs -------------------------------------------------------------------------------------
+
+
+def test_a_warm_start_parent_without_a_name_is_a_validation_error(sm, unique_name):
+    """The model leaves the parent's name optional; SageMaker needs it (found by tests/test_fuzz_api.py: it was an
+    InternalFailure)."""
+    from tests.support.tuning import tuning_request
+
+    request = tuning_request("warm-start-without-a-parent")
+    warm = {"ParentHyperParameterTuningJobs": [{}], "WarmStartType": "IdenticalDataAndAlgorithm"}
+    code, message = _rejected_tuning(sm, request, warm)
+    assert code == "ValidationException"
+    assert message == ("1 validation error detected: Value null at 'warmStartConfig.parentHyperParameterTuningJobs.1."
+                       "member.hyperParameterTuningJobName' failed to satisfy constraint: Member must not be null")
+
+
+def _rejected_tuning(sm, request, warm) -> tuple[str, str]:  # noqa: ANN001
+    with pytest.raises(ClientError) as error:
+        sm.create_hyper_parameter_tuning_job(**request, WarmStartConfig=warm)
+    return error.value.response["Error"]["Code"], error.value.response["Error"]["Message"]

@@ -132,3 +132,12 @@ def test_errors_carry_the_query_codes() -> None:
     assert read(ApiError("InvalidParameterValueException", "bad"), cloudwatch)[0]["Code"] == "InvalidParameterValue"
     assert read(ApiError("InternalFailure", "oops", 500), iam) == (
         {"Type": "Receiver", "Code": "InternalFailure", "Message": "oops"}, 500)
+
+
+def test_characters_xml_cannot_hold_are_replaced_not_written() -> None:
+    """A form field may carry any UTF-8, control characters too (found by tests/test_fuzz_api.py): an error
+    that echoes one is still a document botocore reads, with U+FFFD where XML 1.0 has no character."""
+    body, status = error_document(ApiError("InvalidInput", "Invalid Entity Arn: a\x1fb\x00c\ufffe\td"), "r-1",
+                                  service("iam"))
+    parsed = create_parser("query").parse({"body": body, "headers": {}, "status_code": status}, None)
+    assert parsed["Error"]["Message"] == "Invalid Entity Arn: a\ufffdb\ufffdc\ufffd\td"

@@ -25,7 +25,7 @@ from smlocal.core.store import JobRecord
 # ---- S3 keys -> channel paths ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "..", "a/..", "/", "", "./."])
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "..", "a/..", "/", "", "./.", "a\x00b", "\x00"])
 def test_keys_that_would_escape_the_channel_are_rejected(key: str) -> None:
     with pytest.raises(ValueError):
         safe_relative_path(key)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error
 
 from runner.failure import DOWNLOAD_DISK_FULL, disk_full, disk_full_reason
 from runner.inputs.errors import DataDownloadError, DownloadCancelled
@@ -56,9 +56,10 @@ class _Transfer:
 
 
 def safe_relative_path(relative: str) -> PurePosixPath:
-    """A key's path below the channel folder; never absolute, never climbing out with `..`."""
+    """A key's path below the channel folder; never absolute, never climbing out with `..`, never with a NUL
+    byte (no file system takes one: a manifest can still list it)."""
     parts = [p for p in relative.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
+    if not parts or ".." in parts or "\x00" in relative:
         raise ValueError(relative)
     return PurePosixPath(*parts)
 
@@ -328,6 +329,14 @@ def _download_all(client: Minio, transfers: list[_Transfer], cancelled: Callable
             raise DataDownloadError(
                 f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {e.code}: {e.message}"
             ) from None
+        except InvalidResponseError as e:
+            # A store that refuses the key itself in words minio cannot read (rclone's 400 for a key such as
+            # `data//tmp/x` or one with a NUL, from a manifest): the key is the client's fault; a 5xx is not.
+            if getattr(e, "_code", 500) >= 500:
+                raise
+            raise DataDownloadError(
+                f"ClientError: Data download failed: s3://{t.bucket}/{t.key!r}: the store refused the key "
+                f"(HTTP {e._code})") from None
         except TRANSFER_ERRORS as e:
             raise DataDownloadError(f"ClientError: Data download failed: s3://{t.bucket}/{t.key}: {unreachable(e)}"
                                     ) from None

@@ -29,6 +29,6 @@ def decode_token(token: str | None, query: dict[str, Any]) -> int:
         same_query = data["q"] == _fingerprint(query)
     except (ValueError, KeyError, TypeError):
         raise ApiError("ValidationException", "Invalid pagination token.") from None
-    if not same_query or offset < 0:
+    if not same_query or not 0 <= offset < 2**63:  # a forged offset must not reach SQLite's OFFSET
         raise ApiError("ValidationException", "Invalid pagination token.")
     return offset

@@ -27,12 +27,18 @@ def content_type(service: Service | None) -> str:
     return f"application/x-amz-json-{version}"
 
 
+def _not_json(constant: str) -> Any:
+    # Python's decoder reads NaN and Infinity, which JSON does not have (and AWS's parsers refuse).
+    raise ValueError(f"{constant} is not JSON")
+
+
 def parse_body(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        params = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        params = json.loads(body, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a body nested deeper than the decoder's stack (`{"a":{"a":...` ten thousand deep).
         raise ApiError("SerializationException", "Start of structure or map found where not expected.") from None
     if not isinstance(params, dict):
         raise ApiError("SerializationException", "Start of structure or map found where not expected.")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 from xml.etree import ElementTree
 
+import regex
 from botocore.model import OperationModel, Shape, StructureShape
 from fastapi.responses import Response
 
@@ -46,6 +47,10 @@ _QUERY_CODES = {
 }
 
 _MISSING = object()
+# What XML 1.0 cannot hold, even as a character reference: most control characters, lone surrogates,
+# U+FFFE/U+FFFF. A request may carry them (a form field is any UTF-8), and an answer that echoes one
+# would be a document no client parses.
+_NOT_XML = regex.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
 
 
 # -- the request ------------------------------------------------------------------------------------
@@ -140,6 +145,11 @@ def _text(shape: Shape, value: Any) -> str:
     return str(value)
 
 
+def _add(parent: ElementTree.Element, name: str, text: str) -> None:
+    """A child element holding `text`, with what XML cannot hold replaced by U+FFFD."""
+    ElementTree.SubElement(parent, name).text = _NOT_XML.sub("\ufffd", text)
+
+
 def _element(parent: ElementTree.Element, name: str, shape: Shape, value: Any) -> None:
     kind = shape.type_name
     if kind == "structure":
@@ -160,7 +170,7 @@ def _element(parent: ElementTree.Element, name: str, shape: Shape, value: Any) -
             _element(entry, _serialized_name(shape.key, "key"), shape.key, key)
             _element(entry, _serialized_name(shape.value, "value"), shape.value, item)
     else:
-        ElementTree.SubElement(parent, name).text = _text(shape, value)
+        _add(parent, name, _text(shape, value))
 
 
 def _member(parent: ElementTree.Element, member_name: str, member: Shape, value: Any) -> None:
@@ -222,10 +232,10 @@ def error_document(error: ApiError, request_id: str, service: Service | None) ->
     code, fault, status = query_error(error, service)
     root = _root("ErrorResponse", service)
     detail = ElementTree.SubElement(root, "Error")
-    ElementTree.SubElement(detail, "Type").text = fault
-    ElementTree.SubElement(detail, "Code").text = code
-    ElementTree.SubElement(detail, "Message").text = error.message
-    ElementTree.SubElement(root, "RequestId").text = request_id
+    _add(detail, "Type", fault)
+    _add(detail, "Code", code)
+    _add(detail, "Message", error.message)
+    _add(root, "RequestId", request_id)
     return _document(root), status
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,27 @@ _JAVA_TYPE = {"string": "String", "integer": "Integer", "long": "Long", "boolean
               "list": "List", "map": "Map", "blob": "ByteBuffer"}
 
 
+_JAVA_RANGE = {"integer": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
+# The epoch seconds of years 1 to 9999, what a date can be here; past them a timestamp overflowed later, as
+# a NaN or an infinity (`1e999` in JSON, or CBOR's own) did in any float (found by the fuzz).
+_EPOCH_RANGE = (-62_135_596_800.0, 253_402_300_799.0)
+
+
+def _out_of_range(kind: str, path: str) -> ApiError:
+    return ApiError("SerializationException",
+                    f"NUMBER_VALUE can not be converted to {_JAVA_TYPE.get(kind, kind)} (at '{path}'): out of range")
+
+
+def _finite(value: int | float, kind: str, path: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _out_of_range(kind, path) from None
+    if not math.isfinite(number):
+        raise _out_of_range(kind, path)
+    return number
+
+
 def _type_error(value: Any, type_name: str, path: str) -> ApiError:
     found = _JSON_KIND.get(type(value), "VALUE")
     return ApiError("SerializationException",
@@ -198,22 +220,30 @@ def _coerce_scalar(shape: Shape, value: Any, path: str) -> Any:
     if kind == "string" and isinstance(value, str):
         return value
     if kind in ("integer", "long") and isinstance(value, int) and not isinstance(value, bool):
+        low, high = _JAVA_RANGE[kind]
+        if not low <= value <= high:
+            # What AWS's (Java) deserializer makes of a number no Integer or Long holds; unchecked, it reached
+            # SQLite as a LIMIT and failed there (found by the fuzz, tests/test_fuzz_api.py).
+            raise _out_of_range(kind, path)
         return value
     if kind in ("float", "double") and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(value, kind, path)
     if kind == "boolean" and isinstance(value, bool):
         return value
     if kind == "blob" and isinstance(value, (str, bytes)):  # base64 text in JSON, a byte string in CBOR
         return value
     if kind == "timestamp":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            seconds = _finite(value, kind, path)
+            if not _EPOCH_RANGE[0] <= seconds <= _EPOCH_RANGE[1]:
+                raise _out_of_range(kind, path)
+            return seconds
         if isinstance(value, dt.datetime):  # CBOR's tag 1 arrives decoded
             return value.timestamp()
         if isinstance(value, str):
             try:
                 return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
+            except (ValueError, OverflowError, OSError):
                 pass
     raise _type_error(value, kind, path)
 

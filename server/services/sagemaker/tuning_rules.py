@@ -186,8 +186,14 @@ def _check_warm_start(params: dict[str, Any], objectives: list[dict[str, str]], 
                       parents: Callable[[str], TuningJobRecord | None]) -> None:
     config = params["HyperParameterTuningJobConfig"]
     warm = params["WarmStartConfig"]
-    for entry in warm["ParentHyperParameterTuningJobs"]:
-        name = entry["HyperParameterTuningJobName"]
+    for i, entry in enumerate(warm["ParentHyperParameterTuningJobs"], 1):
+        name = entry.get("HyperParameterTuningJobName")
+        if name is None:
+            # Optional in the model, needed by SageMaker: a parent is named or it is nothing (found by the fuzz,
+            # tests/test_fuzz_api.py; it was an InternalFailure).
+            raise ApiError("ValidationException", "1 validation error detected: Value null at "
+                           f"'warmStartConfig.parentHyperParameterTuningJobs.{i}.member.hyperParameterTuningJobName' "
+                           "failed to satisfy constraint: Member must not be null")
         parent = parents(name)
         if parent is None:
             raise ApiError("ResourceNotFound", f"Amazon SageMaker can't find a tuning job with name {name}")
