@@ -91,9 +91,9 @@ LOG_DRAIN_SECONDS = 10.0
 NETWORK_RETRY_SECONDS = 2.0
 # A job's end that could not be written (a full disk) is tried again this many times, this far apart.
 END_TRIES = 5
+END_RETRY_SECONDS = 2.0
 # An engine found gone some time after it stopped answering: its containers may have exited this much before.
 OUTAGE_SLACK_SECONDS = 5.0
-END_RETRY_SECONDS = 2.0
 # The phases whose StatusMessage changes in place: Starting (waiting for a network, then not) and
 # Training (the image download, then the algorithm).
 _MESSAGE_CHANGES_IN_PLACE = (STARTING, TRAINING)
@@ -344,7 +344,7 @@ class JobExecution:
             return
         folder = host.layout.job_root / host.name
         if mounts_under(folder):
-            return  # a run again after a platform fault: the volume is there, with what the job left
+            return  # mounted already (by this job, whose run this is again): nothing to make
         why = attach_volume(folder, size)
         if why is not None:
             host.volume_notice = not_enforced_notice(size, why)
