@@ -185,6 +185,11 @@ class Backend(ABC):
         """The id of the node this server's engine is (a cluster's); None for a lone engine."""
         return None
 
+    def why_mounts_unseen(self) -> str | None:
+        """None if a file system smlocal mounts in a host's folder shows in the containers (the engine shares
+        smlocal's mount namespace), else why it would not (runner.volumes)."""
+        return None
+
     def output(self, container: ContainerRef) -> bytes:
         """Everything an exited container printed (stdout and stderr), without following it."""
         raise NotImplementedError

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import shutil
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +67,28 @@ def remove_quietly(remove: Callable[[], object], what: str) -> None:
             pass
         except APIError as e:
             log.warning("could not remove %s: %s", what, e)
+
+
+def _mount_namespace_problem(api: Any) -> str | None:
+    """Why the engine behind `api` would not see what smlocal mounts, or None if it shares smlocal's mount
+    namespace. A mount made in a host's folder after dockerd's namespace was made does not show there unless
+    the mount propagates, and a container would then see the empty folder beneath: so only an engine whose
+    process is found (its unix socket's peer) in this very namespace counts."""
+    path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+    if not path:
+        return "the container engine is reached over TCP, so smlocal cannot tell what it sees"
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(2)
+            probe.connect(path)
+            pid, _uid, _gid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                   struct.calcsize("3i")))
+        theirs, ours = os.readlink(f"/proc/{pid}/ns/mnt"), os.readlink("/proc/self/ns/mnt")
+    except OSError as e:
+        return f"smlocal cannot tell which mount namespace the container engine runs in ({e})"
+    if theirs != ours:
+        return "the container engine runs in another mount namespace, where a volume smlocal mounts would not show"
+    return None
 
 
 def _label_filter(labels: dict[str, str]) -> list[str]:
@@ -185,6 +209,7 @@ class DockerBackend(Backend):
         self._max_pool_size = max_pool_size
         self._lock = threading.Lock()
         self._gpus: int | None = None
+        self._mounts_unseen: str | None = None  # why_mounts_unseen's answer, once asked ("" : none)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -212,6 +237,13 @@ class DockerBackend(Backend):
         except OSError:
             return False
         return True
+
+    def why_mounts_unseen(self) -> str | None:
+        # Asked once: where dockerd runs does not change while smlocal does (a restart of it is a new process
+        # in the same place).
+        if self._mounts_unseen is None:
+            self._mounts_unseen = _mount_namespace_problem(self.client.api) or ""
+        return self._mounts_unseen or None
 
     def ping(self) -> None:
         try:

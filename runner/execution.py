@@ -345,7 +345,7 @@ class JobExecution:
         folder = host.layout.job_root / host.name
         if mounts_under(folder):
             return  # mounted already (by this job, whose run this is again): nothing to make
-        why = attach_volume(folder, size)
+        why = self.backend.why_mounts_unseen() or attach_volume(folder, size)
         if why is not None:
             host.volume_notice = not_enforced_notice(size, why)
 

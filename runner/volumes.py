@@ -8,7 +8,8 @@ measured on this project's machine, making, mounting and unmounting a 30 GiB one
 of disk, and it holds only what the job writes. (The model's tarball is packed beside the hosts' folders,
 not on their volumes.)
 
-It needs root (mount) and mkfs.ext4; and a data dir with room for the whole volume, since a sparse file
+It needs root (mount) and mkfs.ext4, an engine that sees smlocal's mounts (Backend.why_mounts_unseen); and a
+data dir with room for the whole volume, since a sparse file
 that cannot grow makes the file system fail with I/O errors rather than "no space". Where one of these is
 missing the host gets a plain folder, and the first line of its log says VolumeSizeInGB is not enforced
 and why. `remove_tree` (runner.mounts) unmounts the volume with the job's folder; the loop device goes

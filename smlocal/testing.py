@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +41,7 @@ from typing import Any
 import pytest
 
 from runner.backend import LABEL_DATA_DIR
+from runner.mounts import remove_tree
 from smlocal.core.rclone import die_with_parent
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
@@ -254,7 +254,8 @@ class Smlocal:
         self.stop()
         if self.runs_jobs and self.backend == "docker":
             remove_job_resources(self.data_dir)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        # Unmounting first what its jobs mounted below it (their volumes, FastFile's FUSE views).
+        remove_tree(self.data_dir)
 
 
 def remove_job_resources(data_dir: Path) -> None:

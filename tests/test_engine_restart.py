@@ -22,6 +22,7 @@ from tests.support.jobs import wait_recording
 from tests.support.runner_jobs import (
     BUSYBOX_IMAGE,
     FINAL,
+    log_messages,
     model_files,
     s3_client,
     sh_job,
@@ -81,6 +82,11 @@ def test_an_engine_restart_fails_the_job_as_a_platform_fault_and_leaves_nothing(
     sm.create_training_job(**sh_job(name, "echo up; sleep 60"))
     answers = _restart_while_training(own_engine, sm, name)
     assert answers, "the API was asked during the restart"
+    # This engine's mount namespace was made before the job's volume was mounted, and this machine's mounts do
+    # not propagate: smlocal finds that out and says so rather than give the container an empty folder.
+    assert log_messages(server, name)[0] == (
+        "smlocal: VolumeSizeInGB (10 GB) is not enforced for this host: the container engine runs in another "
+        "mount namespace, where a volume smlocal mounts would not show."), log_messages(server, name)
     job, seen = wait_recording(sm, name, FINAL, timeout=120)
     assert job["TrainingJobStatus"] == "Failed", (seen, job.get("FailureReason"))
     reason = job["FailureReason"]

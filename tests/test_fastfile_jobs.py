@@ -222,7 +222,10 @@ def test_without_fuse_the_channel_is_downloaded_and_the_job_says_so(
         assert log_messages(server, name) == [notice, "1", "2"]
         assert model_files(s3, name)["files"] == b"./a.csv\n./sub/b.csv\n"
         assert len(stream_files(server.data_dir, name)) == 1
-        assert nothing_mounted(server)
+        # No FUSE mount was made: the only mount is the host's volume (VolumeSizeInGB), which goes with the job.
+        assert rclone_mounts_of(server.data_dir) == []
+        assert [p.name for p in mounts_under(server.data_dir)] in ([], ["algo-1"])
+        assert wait_until(lambda: nothing_mounted(server), 30, "no mount left")
     finally:
         settle(server, docker_engine)
 
