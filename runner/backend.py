@@ -168,6 +168,9 @@ class Backend(ABC):
     # False: a host's /opt/ml is a folder of the server's disk, bind-mounted. True (a cluster): the job's data moves
     # on the node that runs each host, in volumes there, by smlocal's agent (runner.node_data).
     stages_on_node = False
+    # Whether a host's folder gets a file system of VolumeSizeInGB (runner.volumes): not for a backend whose
+    # "algorithm" writes nothing of a size a volume would bound (simulated: ~45 ms a host for nothing).
+    sizes_volumes = True
 
     def place(self, hosts: list[str]) -> dict[str, str]:
         """The node each host runs on (a cluster's); one engine has one node, which needs no name."""

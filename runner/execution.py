@@ -337,7 +337,7 @@ class JobExecution:
     def _attach_volume(self, host: _Host) -> None:
         """The host's folder on a file system of VolumeSizeInGB (runner.volumes), or a line saying why not."""
         size = self.spec.volume_size_gb
-        if not size:
+        if not size or not self.backend.sizes_volumes:
             return
         if not self.settings.enforce_volume_size:
             host.volume_notice = not_enforced_notice(size, "smlocal serve runs with --no-enforce-volume-size")

@@ -199,6 +199,7 @@ class _NoShell(ExecSession):
 
 class SimulatedBackend(Backend):
     name = NAME
+    sizes_volumes = False
 
     def __init__(self, data_dir: Path | str, lifecycle: Lifecycle, rules: Rules | None = None) -> None:
         self._lifecycle = lifecycle
