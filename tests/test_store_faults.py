@@ -13,7 +13,9 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,21 +45,34 @@ def _store_pid(server: SmlocalServer) -> int | None:
 
 
 def _hold(addresses: list[str], port: int) -> list[socket.socket] | None:
-    """Sockets bound (not listening) on the store's addresses: nothing can serve there, connections are
-    refused. None if something already listens there again."""
+    """Listen on the store's addresses, so nothing else can, and reset every connection at once: a store that
+    does not serve. None if something already listens there again."""
     held = []
     for address in addresses:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its old connections may linger
         try:
             sock.bind((address, port))
+            sock.listen(64)
         except OSError:
             sock.close()
             for s in held:
                 s.close()
             return None
         held.append(sock)
+    for sock in held:
+        threading.Thread(target=_reset_all, args=(sock,), daemon=True).start()
     return held
+
+
+def _reset_all(listener: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return  # closed: the hold is over
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, not a FIN
+        conn.close()
 
 
 @pytest.fixture()
@@ -104,6 +119,7 @@ def test_the_embedded_store_killed_as_a_job_stages_is_restarted_and_the_job_comp
         assert sm.describe_training_job(TrainingJobName=name)["TrainingJobStatus"] == "InProgress"
     finally:
         for sock in held:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes its accept(): a close alone would leave it listening
             sock.close()
     job, seen = wait_recording(sm, name, FINAL, timeout=180)
     assert job["TrainingJobStatus"] == "Completed", (seen, job.get("FailureReason"))
