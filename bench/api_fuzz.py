@@ -24,6 +24,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from bench.table import print_rows
 from tests.support.fuzz_cases import (
     OUTPUT_BUCKET,
     Anchors,
@@ -136,10 +137,7 @@ def rows(log: Callable[[str], None] = print) -> list[Row]:
 
 
 def main() -> None:
-    print("| measurement | smlocal | baseline (same run) | result |")
-    print("| --- | --- | --- | --- |")
-    for row in rows():
-        print("| " + " | ".join(row) + " |")
+    print_rows(rows())
     print(f"findings: {FINDINGS_FILE}")
 
 

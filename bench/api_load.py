@@ -42,6 +42,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from bench.table import print_rows
 from tests.support.jobs import job_request
 from tests.support.s3server import start_s3_server
 from tests.support.smlocal import SmlocalServer
@@ -263,10 +264,7 @@ def rows(found: dict[str, dict[str, Load]] | None = None) -> list[Row]:
 
 
 def main() -> None:
-    print("| measurement | smlocal | baseline (same run) | result |")
-    print("| --- | --- | --- | --- |")
-    for row in rows():
-        print("| " + " | ".join(row) + " |")
+    print_rows(rows())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.table import print_rows
 from tests.support.jobs import job_request
 from tests.support.smlocal import SmlocalServer
 
@@ -127,10 +128,7 @@ def rows(docker_job_seconds: float | None = None) -> list[Row]:
 
 
 def main() -> None:
-    print("| measurement | smlocal | baseline (same run) | result |")
-    print("| --- | --- | --- | --- |")
-    for row in rows():
-        print("| " + " | ".join(row) + " |")
+    print_rows(rows())
 
 
 if __name__ == "__main__":

@@ -69,12 +69,17 @@ def remove_quietly(remove: Callable[[], object], what: str) -> None:
             log.warning("could not remove %s: %s", what, e)
 
 
+def _socket_path(api: Any) -> str | None:
+    """The unix socket docker-py talks to the engine through; None over TCP."""
+    return getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+
+
 def _mount_namespace_problem(api: Any) -> str | None:
     """Why the engine behind `api` would not see what smlocal mounts, or None if it shares smlocal's mount
     namespace. A mount made in a host's folder after dockerd's namespace was made does not show there unless
     the mount propagates, and a container would then see the empty folder beneath: so only an engine whose
     process is found (its unix socket's peer) in this very namespace counts."""
-    path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+    path = _socket_path(api)
     if not path:
         return "the container engine is reached over TCP, so smlocal cannot tell what it sees"
     try:
@@ -225,7 +230,7 @@ class DockerBackend(Backend):
         """A new connection to the engine opens (not one of the pool's kept-alive ones, which a daemon that
         is shutting down still answers on)."""
         api = self.client.api
-        path = getattr(getattr(api, "_custom_adapter", None), "socket_path", None)
+        path = _socket_path(api)
         try:
             if path:
                 with socket.socket(socket.AF_UNIX) as probe:
