@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint docker images service-image bench clean sdk-venvs chromium fuse
+.PHONY: install run test test-setup lint docker images service-image bench clean sdk-venvs chromium fuse
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -59,8 +59,20 @@ chromium:
 fuse:
 	bash scripts/ensure-fuse.sh
 
-test: install images sdk-venvs chromium fuse
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# The tests run in TEST_WORKERS pytest-xdist processes (most of a test's time is spent waiting on containers
+# and servers, so more workers than cores pay; docs/testing-the-suite.md has the measurements), each given whole
+# modules, slowest first (tests/conftest.py). TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 6
+
+test:
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory test-setup && \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); \
+	status=$$?; \
+	echo "make test: $$(( $$(date +%s) - start )) s wall time in all (set-up and pytest), exit $$status"; \
+	exit $$status
+
+test-setup: install images sdk-venvs chromium fuse
 
 lint: install
 	$(VENV)/bin/ruff check server runner smlocal tests bench examples examples/sklearn/train

@@ -10,6 +10,9 @@
 #   PYTHON               interpreter used for `pip wheel` (default python3);
 #                        must be the same major.minor as the base image's python3
 #   SMLOCAL_SERVICE_TAG  image tag (default smlocal/service:dev)
+#   SMLOCAL_SOURCE_DIGEST
+#                        written into the image as label smlocal.source-digest (the tests
+#                        reuse an image whose label matches their tree: tests/support/service_image.py)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -71,8 +74,12 @@ build_start=${SECONDS}
 previous_id="$(docker image inspect --format '{{.Id}}' "${TAG}" 2>/dev/null || true)"
 # Classic builder: resolves FROM against local images without pulling, and
 # --network none proves the install needs nothing but the wheelhouse.
+labels=()
+if [[ -n "${SMLOCAL_SOURCE_DIGEST:-}" ]]; then
+    labels=(--label "smlocal.source-digest=${SMLOCAL_SOURCE_DIGEST}")
+fi
 DOCKER_BUILDKIT=0 docker build --network none \
-    --build-arg "BASE_IMAGE=${BASE_IMAGE}" \
+    --build-arg "BASE_IMAGE=${BASE_IMAGE}" "${labels[@]}" \
     -t "${TAG}" "${REPO_ROOT}"
 log "${TAG}: built in $((SECONDS - build_start))s (total $((SECONDS - start))s)"
 

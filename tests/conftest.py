@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.census import NETWORKS, SERVERS
+from tests.support.distribution import make_scheduler, slowest_first
 from tests.support.s3server import S3Server, start_s3_server
 from tests.support.smlocal import SmlocalServer, module_server
 
@@ -123,13 +125,12 @@ def test_images():  # noqa: ANN201 - a docker client
 
 
 @pytest.fixture(scope="session")
-def service_image(test_images, request: pytest.FixtureRequest) -> str:  # noqa: ANN001 - a docker client
+def service_image(test_images) -> str:  # noqa: ANN001 - a docker client
     """The id of smlocal/service:dev as this working tree builds it (tests/support/service_image.py: built once,
-    or taken from the last session when the tree did not change since)."""
+    or taken from the engine when the image under the tag was built from the same files)."""
     from tests.support.service_image import service_image as image_of_this_tree
 
-    # Without pytest's cache (-p no:cacheprovider) it is built every session.
-    return image_of_this_tree(test_images, getattr(request.config, "cache", None))
+    return image_of_this_tree(test_images)
 
 
 # Servers a session fixture keeps on purpose (api_server); any other one still running when its test module
@@ -150,11 +151,40 @@ def servers_end_with_their_module(request: pytest.FixtureRequest) -> Iterator[No
         " ".join(s.args) or "(no flags)" for s in left)
 
 
+def _in_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    NETWORKS.start()
+    # One sampler for the run: in the controller when pytest-xdist's workers run the tests.
+    if not _in_xdist_worker(session.config):
+        NETWORKS.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _in_xdist_worker(session.config):
+        session.config.workeroutput["smlocal_server_spans"] = SERVERS.spans()  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """A pytest-xdist worker finished: its servers join the census (the peak is over every worker's)."""
+    SERVERS.absorb(getattr(node, "workeroutput", {}).get("smlocal_server_spans", []))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    slowest_first(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` (as `make test` runs): whole modules, and the groups of tests/support/distribution.py."""
+    return make_scheduler(config, log) if config.getoption("dist") == "loadfile" else None
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _in_xdist_worker(terminalreporter.config):
+        return
     NETWORKS.stop()
     terminalreporter.write_sep("-", "smlocal census")
     terminalreporter.write_line(f"smlocal servers: {SERVERS.started} started, at most {SERVERS.peak} alive at once")

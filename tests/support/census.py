@@ -8,7 +8,9 @@ matter and the module-end check (conftest) can name a server a test left running
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from typing import Any
 
 from runner.backend import LABEL_MANAGED
@@ -17,25 +19,52 @@ SAMPLE_SECONDS = 0.5
 
 
 class ServerCensus:
+    """The servers started in this process, and the spans (start, stop) of those started in pytest-xdist's
+    workers, which each send theirs to the controller when they finish (`absorb`)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._live: dict[int, Any] = {}  # id(server) -> server
-        self.peak = 0
-        self.started = 0
+        self._since: dict[int, float] = {}  # id(server) -> when it started
+        self._spans: list[tuple[float, float]] = []  # servers that stopped: (started, stopped)
 
     def add(self, server: Any) -> None:
         with self._lock:
             self._live[id(server)] = server
-            self.started += 1
-            self.peak = max(self.peak, len(self._live))
+            self._since[id(server)] = time.time()
 
     def remove(self, server: Any) -> None:
         with self._lock:
-            self._live.pop(id(server), None)
+            if self._live.pop(id(server), None) is not None:
+                self._spans.append((self._since.pop(id(server)), time.time()))
 
     def live(self) -> list[Any]:
         with self._lock:
             return list(self._live.values())
+
+    def spans(self) -> list[tuple[float, float]]:
+        """Every server's (started, stopped); one still running counts as running for ever."""
+        with self._lock:
+            return [*self._spans, *((since, math.inf) for since in self._since.values())]
+
+    def absorb(self, spans: list[tuple[float, float]]) -> None:
+        with self._lock:
+            self._spans.extend((float(a), float(b)) for a, b in spans)
+
+    @property
+    def started(self) -> int:
+        return len(self.spans())
+
+    @property
+    def peak(self) -> int:
+        """The most servers alive at the same moment, in whichever processes they ran."""
+        events = sorted([(a, 1) for a, _ in self.spans()] + [(b, -1) for _, b in self.spans()],
+                        key=lambda e: (e[0], e[1]))  # a stop before a start at the same instant
+        alive = most = 0
+        for _, step in events:
+            alive += step
+            most = max(most, alive)
+        return most
 
 
 class NetworkSampler:

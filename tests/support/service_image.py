@@ -2,18 +2,18 @@
 
 The build takes over a minute, and the tag is shared by every checkout on the engine (another one may rebuild
 it from its own tree at any time). So the image is known by id, and by a digest of what goes into it (the
-packages the wheel holds, pyproject.toml, the Dockerfile, the build script, the base image's id): a session
-whose digest matches the last build's (kept in pytest's cache) uses that image if the engine still has it, and
-builds otherwise. Tests run the id, never the tag.
+packages the wheel holds, pyproject.toml, the Dockerfile, the build script, the base image's id), which the
+build writes into the image as a label: a session, or a fresh clone of the same tree, whose digest matches the
+label of the image under the tag uses that image, and builds otherwise. Tests run the id, never the tag.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
 import sys
-from typing import Any
 
 import docker
 import docker.errors
@@ -24,7 +24,9 @@ BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-service-image.sh"
 SERVICE_IMAGE = "smlocal/service:dev"  # the tag compose's `image:` names and the script builds
 # What the image is made of (scripts/build-service-image.sh wheels the project; the Dockerfile installs it).
 _SOURCES = ("runner", "server", "smlocal", "pyproject.toml", "Dockerfile", "scripts/build-service-image.sh")
-_CACHE_KEY = "smlocal/service-image"
+DIGEST_LABEL = "smlocal.source-digest"  # written by the build script from SMLOCAL_SOURCE_DIGEST
+# Not the build script's own lock file: the script takes that one while this is held.
+LOCK_FILE = "/tmp/smlocal-service-image-of-tree.lock"
 
 
 def tree_digest(client: docker.DockerClient) -> str:
@@ -44,9 +46,9 @@ def tree_digest(client: docker.DockerClient) -> str:
     return digest.hexdigest()
 
 
-def build_service_image(client: docker.DockerClient) -> str:
-    """Rebuild the tag from the working tree; the new image's id."""
-    env = {**os.environ, "PYTHON": sys.executable}
+def build_service_image(client: docker.DockerClient, digest: str) -> str:
+    """Rebuild the tag from the working tree, labelled with its digest; the new image's id."""
+    env = {**os.environ, "PYTHON": sys.executable, "SMLOCAL_SOURCE_DIGEST": digest}
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, env=env, capture_output=True,
                             text=True, timeout=1200, check=False)
     assert result.returncode == 0, f"{BUILD_SCRIPT} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -54,20 +56,16 @@ def build_service_image(client: docker.DockerClient) -> str:
     return str(client.images.get(SERVICE_IMAGE).id)
 
 
-def service_image(client: docker.DockerClient, cache: Any) -> str:
-    """The id of the service image of this tree: the last build's if the tree did not change since and the
-    engine still has it, else a new build. `cache` is pytest's (`config.cache`), or None to always build."""
-    digest = tree_digest(client)
-    known = cache.get(_CACHE_KEY, {}) if cache is not None else {}
-    image_id = known.get("id") if known.get("digest") == digest else None
-    if image_id:
+def service_image(client: docker.DockerClient) -> str:
+    """The id of the service image of this tree: the tagged image if its label holds this tree's digest, else a
+    new build. One caller at a time (pytest-xdist's workers each ask): the second finds the first one's build."""
+    digest = tree_digest(client)  # of the tree as it was before a build: a file changed meanwhile rebuilds next time
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            client.images.get(image_id)
-            return str(image_id)
+            tagged = client.images.get(SERVICE_IMAGE)
         except docker.errors.ImageNotFound:
-            pass
-    image_id = build_service_image(client)
-    # The digest of the tree as it was before the build: a file changed during the build means a build next time.
-    if cache is not None:
-        cache.set(_CACHE_KEY, {"digest": digest, "id": image_id})
-    return image_id
+            tagged = None
+        if tagged is not None and tagged.labels.get(DIGEST_LABEL) == digest:
+            return str(tagged.id)
+        return build_service_image(client, digest)

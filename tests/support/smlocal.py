@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +18,12 @@ from botocore.config import Config
 from server.services.smlocal.model import smlocal_session
 from smlocal.testing import free_port
 from tests.support.census import SERVERS
+
+# One session for every test client: a client made from it is ~10 ms of CPU, one made from a new session ~120 ms
+# (the session loads the service model again), and the suite makes thousands. smlocal's own service
+# (InterruptTrainingJob) has its model beside the AWS ones.
+_CLIENTS = boto3.session.Session(botocore_session=smlocal_session())
+_CLIENTS_LOCK = threading.Lock()
 
 # The embedded store's default keys (`--s3-access-key/--s3-secret-key`); the API accepts any signature.
 STORE_KEY = "minioadmin"
@@ -98,12 +105,12 @@ class SmlocalServer:
                access_key: str = STORE_KEY, secret_key: str = STORE_KEY, **config: Any) -> Any:
         # SageMaker, CloudWatch Logs and CloudWatch share smlocal's port; S3 is the store's.
         endpoint = self.s3_endpoint if service == "s3" else self.endpoint
-        # smlocal's own service (InterruptTrainingJob) has its model beside the AWS ones.
-        return boto3.session.Session(botocore_session=smlocal_session()).client(
-            service, endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=Config(retries={"max_attempts": 1}, **config),
-        )
+        with _CLIENTS_LOCK:  # a botocore session is not thread-safe; its clients are
+            return _CLIENTS.client(
+                service, endpoint_url=endpoint, region_name=region, aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                config=Config(retries={"max_attempts": 1}, **config),
+            )
 
     def cli_env(self, region: str = "us-east-1") -> dict[str, str]:
         """Environment for the aws CLI pointed at this server."""
