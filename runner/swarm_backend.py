@@ -281,9 +281,12 @@ class SwarmBackend(DockerBackend):
             if task is None and self._scaled_down(container.id):
                 return SIGTERM_EXIT_CODE  # stopped on another node: Swarm removed its task with the scale-down
             if task is not None and status.get("State") in ENDED_STATES:
-                code = (status.get("ContainerStatus") or {}).get("ExitCode")
-                if code is None:
-                    # Rejected (the image is not on the node, a mount failed): the platform's fault.
+                ran = status.get("ContainerStatus") or {}
+                code = ran.get("ExitCode")
+                if code is None or not ran.get("ContainerID"):
+                    # Never ran: rejected (the image is not on the node, a mount failed) or failed before its
+                    # container was made (its overlay network's subnet overlaps a network on the node, "fatal task
+                    # error"), which Swarm reports with exit code 0. The platform's fault, never a completed host.
                     raise RuntimeError(f"task of {container.name} {status.get('State')}: {status.get('Err')}")
                 return int(code)
             time.sleep(WAIT_POLL_SECONDS)

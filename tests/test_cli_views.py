@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import docker
+
 from tests.support.jobs import wait_recording
 from tests.support.runner_jobs import (
     FINAL,
@@ -38,9 +40,13 @@ def smlocal(server: SmlocalServer, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_logs_follow_prints_lines_as_they_come_and_ends_with_the_job(
-        runner_server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str]) -> None:
+        runner_server: SmlocalServer, sm: Any, s3: Any, unique_name: Callable[[str], str],
+        docker_engine: docker.DockerClient) -> None:
     name = unique_name("follow")
-    script = 'for i in 1 2 3 4; do echo "$(hostname) tick $i"; sleep 1; done'
+    # Each host trains on until the test has seen a line printed (it drops /tmp/go in): lines printed only at the
+    # end would never come, however slowly the CLI starts on a busy machine.
+    script = ('echo "$(hostname) tick 1"; while [ ! -e /tmp/go ]; do sleep 0.1; done; '
+              'for i in 2 3 4; do echo "$(hostname) tick $i"; sleep 0.2; done')
     sm.create_training_job(**sh_job(name, script, ResourceConfig=TWO_HOSTS))
     process = subprocess.Popen([SMLOCAL, "logs", name, "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=cli_env(runner_server))
@@ -57,6 +63,14 @@ def test_logs_follow_prints_lines_as_they_come_and_ends_with_the_job(
             statuses.append(status)
         return job["TrainingJobStatus"] in FINAL
 
+    wait_until(lambda: lines or ended(), 90, "a line printed while the job trains")
+    assert lines and not ended(), statuses
+    def both_hosts() -> list[Any]:
+        running = docker_engine.containers.list(filters={"label": f"smlocal.job-name={name}"})
+        return running if len(running) == 2 else []
+
+    for container in wait_until(both_hosts, 60, "both hosts running"):
+        container.exec_run(["touch", "/tmp/go"])
     wait_until(ended, 90, "the job to end")
     job = sm.describe_training_job(TrainingJobName=name)
     assert job["TrainingJobStatus"] == "Completed", (statuses, job.get("FailureReason"))

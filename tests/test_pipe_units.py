@@ -247,11 +247,14 @@ def test_an_ml_io_style_reader_gets_every_byte(pipe: Any) -> None:
 def test_a_fifo_swapped_for_something_else_is_never_written_to(pipe: Any, tmp_path: Path, swap: str) -> None:
     victim = tmp_path / "host-file"
     victim.write_bytes(b"precious")
-    pipe.fifo.unlink()
+    # Swapped in one rename: the writer prepare() started makes the FIFO again if it finds the name gone, so an
+    # unlink followed by a new link could lose the name to it in between.
+    swapped_in = tmp_path / "swapped-in"
     if swap == "symlink":
-        pipe.fifo.symlink_to(victim)
+        swapped_in.symlink_to(victim)
     else:
-        pipe.fifo.write_bytes(b"")
+        swapped_in.write_bytes(b"")
+    os.replace(swapped_in, pipe.fifo)
     pipe.start()
     pipe._writer.join(5)
     assert not pipe._writer.is_alive()  # the channel ends there

@@ -30,7 +30,7 @@ from tests.support.runner_jobs import (
     wait_until,
 )
 from tests.support.smlocal import SmlocalServer
-from tests.support.swarm import swarm_manager, swarm_state
+from tests.support.swarm import SWARM_JOB_SUBNETS, swarm_manager, swarm_state
 
 SERVER = "swarm_server"
 LABEL_DATA_DIR = "smlocal.data-dir"
@@ -45,7 +45,8 @@ def swarm(docker_engine: docker.DockerClient) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def swarm_server(swarm: None, service_image: str, module_smlocal_factory: Callable[..., SmlocalServer],
                  docker_engine: docker.DockerClient) -> Iterator[SmlocalServer]:
-    server = module_smlocal_factory("--backend", "swarm", "--stop-grace-seconds", "3", "--max-concurrent-jobs", "3")
+    server = module_smlocal_factory("--backend", "swarm", "--stop-grace-seconds", "3", "--max-concurrent-jobs", "3",
+                                    "--job-subnets", SWARM_JOB_SUBNETS)
     s3_client(server)
     yield server
     deadline = time.monotonic() + 60

@@ -23,7 +23,7 @@ from tests.support.runner_jobs import (
 )
 from tests.support.service_image import SERVICE_IMAGE
 from tests.support.smlocal import SmlocalServer
-from tests.support.swarm import TwoNodes, task_node, two_nodes
+from tests.support.swarm import SWARM_JOB_SUBNETS, TwoNodes, task_node, two_nodes
 
 SERVER = "two_node_server"
 
@@ -41,7 +41,7 @@ def two_node_server(nodes: TwoNodes, module_smlocal_factory: Callable[..., Smloc
     # The worker reaches this machine at the manager's address: the S3 store's front listens there.
     address = nodes.swarm.address.split(":")[0]
     server = module_smlocal_factory("--backend", "swarm", "--s3-advertise-address", address,
-                                    "--stop-grace-seconds", "3")
+                                    "--job-subnets", SWARM_JOB_SUBNETS, "--stop-grace-seconds", "3")
     s3_client(server)
     return server
 

@@ -342,8 +342,9 @@ def test_convergence_ends_the_tuning_job_and_is_reported(sm: Any) -> None:
 def test_trials_lost_to_the_platform_are_retryable_and_replaced(
         tuning_server: SmlocalServer, sm: Any, docker_engine: docker.DockerClient) -> None:
     name = "replaced"
+    # 20 s of training: both trials must still be running when the server is killed, on a busy machine too.
     sm.create_hyper_parameter_tuning_job(**tuning_request(
-        name, max_jobs=2, parallel=2, RandomSeed=13, definition={"static": {"epochs": "6", "pause": "1"}}))
+        name, max_jobs=2, parallel=2, RandomSeed=13, definition={"static": {"epochs": "20", "pause": "1"}}))
     wait_until(lambda: sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
                ["TrainingJobStatusCounters"].get("InProgress") == 2, 60, "two running trials")
     lost = [t["TrainingJobName"] for t in trials(sm, name)]

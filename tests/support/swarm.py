@@ -70,6 +70,10 @@ STATE_DIR = Path(os.environ.get("SMLOCAL_SWARM_TEST_STATE", "/tmp/smlocal-swarm-
 # (a /24) from the top. Outside smlocal's job subnets (10.213-10.249), Docker's default pools (172.17-31,
 # 192.168) and the swarm's default overlay pool's first blocks (10.0.x); checked against the host's routes and
 # addresses and the engine's networks before use.
+# The job range of the tests' swarm servers (`serve --job-subnets`): not the default one, from which the Docker
+# servers of other pytest-xdist workers make bridge networks at the same time. The manager accepts an overlay network
+# that overlaps a bridge; its tasks then fail on the node ("Pool overlaps with other one on this address space").
+SWARM_JOB_SUBNETS = "10.249.0.0/16"
 TEST_RANGE = IPv4Network(os.environ.get("SMLOCAL_SWARM_TEST_RANGE", "10.250.0.0/16"))
 VETH_PREFIX = 30
 GWBRIDGE_PREFIX = 24
