@@ -7,31 +7,20 @@ import logging
 import socket
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
 from runner.backend import Backend, BackendUnavailable
-from runner.docker_backend import DockerBackend
 from runner.host_address import HOST_ALIAS, container_s3_endpoint, docker_bridge_gateway
-from runner.scheduler import Runner
-from runner.simulated_backend import SimulatedBackend
 from runner.subnets import SubnetRangeError, host_routes, resolve_job_subnets
-from runner.swarm_backend import NotAManager, SwarmBackend
-from runner.tuning.driver import Tuner
 from server import cli_views
-from server.app import create_app
 from server.aws.regions import is_valid_region
 from server.datadir import DataDirInUse, DataDirLock, make_private
 from server.s3.base import STORE_KINDS, StoreStartError
-from server.s3.embedded import embedded_store
-from server.s3.files import FileStore
-from server.s3.front import S3Front, start_front
-from server.s3.watchdog import StoreWatchdog
 from smlocal.core.file_systems import FileSystemMapError, FileSystems, parse_mapping
 from smlocal.core.lifecycle import Lifecycle
 from smlocal.core.logstore import MIN_LOG_BYTES_PER_HOST
@@ -45,6 +34,13 @@ from smlocal.core.settings import (
 from smlocal.core.simulation import Rules, RulesError
 from smlocal.core.store import SchemaTooNew, Store
 from smlocal.core.tuning.lifecycle import TuningLifecycle
+
+if TYPE_CHECKING:
+    from server.s3.front import S3Front
+    from server.s3.watchdog import StoreWatchdog
+
+# The server's machinery (the runner, the app, uvicorn, the engines' SDKs, the S3 stores) is imported where
+# `serve` uses it, not here: `smlocal jobs`, `logs`, `stop` and `shell` start in half the time without it.
 
 app = typer.Typer(add_completion=False, help="A local, SageMaker-compatible training-job service.")
 BACKENDS = ("docker", "swarm", "simulated")
@@ -181,6 +177,15 @@ def serve(
     except DataDirInUse as exc:
         console.print(f"[red]smlocal: {escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
+    import uvicorn
+
+    from runner.scheduler import Runner
+    from runner.tuning.driver import Tuner
+    from server.app import create_app
+    from server.s3.embedded import embedded_store
+    from server.s3.files import FileStore
+    from server.s3.watchdog import StoreWatchdog
+
     embedded = None
     watchdog: StoreWatchdog | None = None
     if not s3_endpoint:
@@ -262,6 +267,8 @@ def serve(
 def _start_s3_front(s3_endpoint: str, data_dir: Path, port: int, address: str | None = None) -> S3Front | None:
     """The S3-only address training containers get for a store smlocal does not run (server/s3/front.py): on
     `address` (--s3-advertise-address, what a swarm's nodes reach), else on the Docker bridge gateway."""
+    from server.s3.front import start_front
+
     gateway = address or docker_bridge_gateway()
     if gateway is None:
         return None  # no engine yet: containers cannot run, and get the store's own address if they do
@@ -291,14 +298,20 @@ def _simulate_rules(path: Path | None) -> Rules | None:
 def _backend(settings: Settings, lifecycle: Lifecycle, rules: Rules | None) -> Backend | None:
     """The simulated backend when asked for; None: the runner's own default, Docker."""
     if settings.backend == "simulated":
+        from runner.simulated_backend import SimulatedBackend
+
         return SimulatedBackend(settings.data_dir, lifecycle, rules)
     if settings.backend == "swarm":
+        from runner.swarm_backend import SwarmBackend
+
         return SwarmBackend(stop_grace_seconds=settings.stop_grace_seconds)
     return None
 
 
 def _check_swarm(init: bool, advertise: str | None) -> None:
     """`--backend swarm` needs an engine that manages a swarm: made one with --swarm-init, else refused with how."""
+    from runner.swarm_backend import NotAManager, SwarmBackend
+
     swarm = SwarmBackend()
     try:
         swarm.check_manager()
@@ -322,6 +335,8 @@ def _job_subnets(requested: str | None, simulated: bool = False) -> str:
     if simulated:
         engine_networks, routes = [], []
     else:
+        from runner.docker_backend import DockerBackend
+
         routes = host_routes()
         try:
             engine_networks = DockerBackend().networks()

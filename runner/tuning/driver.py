@@ -20,9 +20,8 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.tuning.search import Search
 from smlocal.core.lifecycle import TERMINAL_STATUSES, Lifecycle, training_job_arn
 from smlocal.core.metric_series import points
 from smlocal.core.store import JobRecord, Store
@@ -40,6 +39,9 @@ from smlocal.core.tuning.lifecycle import (
 )
 from smlocal.core.tuning.limits import effective_max_jobs, target_reached
 from smlocal.core.tuning.trials import trial_name, trial_request
+
+if TYPE_CHECKING:  # optuna, which search imports, is ~0.15 s of every server start; loaded with the first tuning job
+    from runner.tuning.search import Search
 
 log = logging.getLogger("smlocal.tuning")
 
@@ -108,6 +110,8 @@ class Tuner:
                 found = self.tuning.find(job.account_id, job.region, parent["HyperParameterTuningJobName"])
                 if found is not None:
                     parents.append(found)
+            from runner.tuning.search import Search
+
             search = self._searches[job.arn] = Search(job, parents, lambda trial: self._values(job, trial))
         return search
 
