@@ -59,10 +59,10 @@ chromium:
 fuse:
 	bash scripts/ensure-fuse.sh
 
-# The tests run in TEST_WORKERS pytest-xdist processes (most of a test's time is spent waiting on containers
-# and servers, so more workers than cores pay; docs/testing-the-suite.md has the measurements), each given whole
-# modules, slowest first (tests/conftest.py). TEST_WORKERS=0 runs them in this one process.
-TEST_WORKERS ?= 6
+# The tests run in TEST_WORKERS pytest-xdist processes, each given whole modules, slowest first, and the modules that
+# share engine-wide state together (tests/support/distribution.py); TEST_WORKERS=0 runs them all in this process.
+# Measurements: docs/architecture.md, "smlocal's own suite".
+TEST_WORKERS ?= 4
 
 test:
 	@start=$$(date +%s); \
