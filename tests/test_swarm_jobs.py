@@ -16,7 +16,11 @@ from typing import Any
 
 import docker
 import pytest
+from docker.types import IPAMConfig, IPAMPool
 
+from runner.backend import ContainerSpec
+from runner.swarm_backend import SwarmBackend
+from tests.support.docker_env import BUSYBOX_IMAGE
 from tests.support.jobs import COMPLETED_PATH, assert_completed_in_order, wait_for_status, wait_recording
 from tests.support.runner_jobs import (
     FINAL,
@@ -30,7 +34,7 @@ from tests.support.runner_jobs import (
     wait_until,
 )
 from tests.support.smlocal import SmlocalServer
-from tests.support.swarm import SWARM_JOB_SUBNETS, swarm_manager, swarm_state
+from tests.support.swarm import SWARM_JOB_SUBNETS, free_subnet, swarm_manager, swarm_state, taken_subnets
 
 SERVER = "swarm_server"
 LABEL_DATA_DIR = "smlocal.data-dir"
@@ -177,6 +181,33 @@ def test_a_missing_input_prefix_fails_as_on_sagemaker(sm: Any, unique_name: Call
     job = wait_for_status(sm, name, FINAL, timeout=180)
     assert job["TrainingJobStatus"] == "Failed"
     assert job["FailureReason"].startswith("ClientError: "), job["FailureReason"]
+
+
+def test_a_task_that_never_ran_is_the_platforms_fault_not_an_exit_0(
+        swarm: None, docker_engine: docker.DockerClient, unique_name: Callable[[str], str]) -> None:
+    """The manager accepts an overlay network that overlaps a bridge of the node; the task then fails on the node
+    before its container is made ("fatal task error: Pool overlaps ..."), and Swarm reports it with exit code 0.
+    (Seen when another server made bridge networks from the same job range at the same time.)"""
+    name = unique_name("never-ran")[:48]  # and "-overlay": a network's name has 63 characters at most
+    labels = {"smlocal.test": name}
+    subnet = str(free_subnet(24, taken_subnets(docker_engine), from_top=True))
+    bridge = docker_engine.networks.create(f"{name}-bridge", driver="bridge", labels=labels, ipam=IPAMConfig(
+        pool_configs=[IPAMPool(subnet=subnet)]))
+    backend = SwarmBackend()
+    network = container = None
+    try:
+        network = backend.create_network(f"{name}-overlay", labels, subnet=subnet)
+        container = backend.create(ContainerSpec(image=BUSYBOX_IMAGE, name=name, network=network.name, host="algo-1",
+                                                 labels=labels, environment={}, entrypoint=["true"], command=None))
+        backend.start(container)
+        with pytest.raises(RuntimeError, match="overlaps"):
+            backend.wait(container)
+    finally:
+        if container is not None:
+            backend.remove(container)
+        if network is not None:
+            backend.remove_network(network)
+        bridge.remove()
 
 
 def test_stop_sends_sigterm_and_the_grace_saves_the_model(sm: Any, s3: Any, swarm_server: SmlocalServer,
