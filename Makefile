@@ -14,21 +14,27 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # The SageMaker Python SDKs, each in a venv of its own (they pin different boto3/pydantic ranges), for the
-# SDK tests. Built once; delete the folder to rebuild. The pins are the releases the tests were written on.
+# SDK tests. The pins are the releases the tests were written on. Like the images, each is built once per machine
+# and pin (under SDK_CACHE; ~2 minutes for both), and .venv-sdk2 and .venv-sdk3 are links to them, so a fresh
+# clone builds nothing. Delete the folder under SDK_CACHE to rebuild one.
 SDK2_PIN ?= sagemaker==2.257.7
 SDK3_PIN ?= sagemaker==3.27.0
+SDK_CACHE ?= $(HOME)/.cache/smlocal
+SDK2_VENV := $(SDK_CACHE)/venv-$(subst ==,-,$(SDK2_PIN))
+SDK3_VENV := $(SDK_CACHE)/venv-$(subst ==,-,$(SDK3_PIN))
 
-.venv-sdk2/.installed:
-	python3 -m venv .venv-sdk2
-	.venv-sdk2/bin/python -m pip install --quiet --upgrade pip
-	.venv-sdk2/bin/python -m pip install --quiet '$(SDK2_PIN)'
-	touch $@
+# One build at a time per venv (two checkouts may ask at once); `.installed` only once pip succeeded.
+$(SDK_CACHE)/venv-%/.installed:
+	mkdir -p $(SDK_CACHE)
+	flock $(SDK_CACHE)/.lock-$* sh -c 'test -f $@ || { rm -rf $(@D) && python3 -m venv $(@D) \
+		&& $(@D)/bin/python -m pip install --quiet --upgrade pip \
+		&& $(@D)/bin/python -m pip install --quiet "$(subst -,==,$*)" && touch $@; }'
 
-.venv-sdk3/.installed:
-	python3 -m venv .venv-sdk3
-	.venv-sdk3/bin/python -m pip install --quiet --upgrade pip
-	.venv-sdk3/bin/python -m pip install --quiet '$(SDK3_PIN)'
-	touch $@
+.venv-sdk2/.installed: $(SDK2_VENV)/.installed
+	rm -rf .venv-sdk2 && ln -s $(SDK2_VENV) .venv-sdk2
+
+.venv-sdk3/.installed: $(SDK3_VENV)/.installed
+	rm -rf .venv-sdk3 && ln -s $(SDK3_VENV) .venv-sdk3
 
 sdk-venvs: .venv-sdk2/.installed .venv-sdk3/.installed
 
@@ -61,12 +67,14 @@ fuse:
 
 # The tests run in TEST_WORKERS pytest-xdist processes, each given whole modules, slowest first, and the modules that
 # share engine-wide state together (tests/support/distribution.py); TEST_WORKERS=0 runs them all in this process.
-# Measurements: docs/architecture.md, "smlocal's own suite".
+# Measurements: docs/architecture.md, "smlocal's own suite". The project's modules are byte-compiled first: with
+# PYTHONDONTWRITEBYTECODE set (as on this machine) each of the ~190 servers the suite starts would compile them again.
 TEST_WORKERS ?= 4
 
 test:
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory test-setup && \
+	$(PY) -m compileall -q server runner smlocal > /dev/null && \
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); \
 	status=$$?; \
 	echo "make test: $$(( $$(date +%s) - start )) s wall time in all (set-up and pytest), exit $$status"; \
