@@ -58,8 +58,8 @@ class ServerCensus:
     @property
     def peak(self) -> int:
         """The most servers alive at the same moment, in whichever processes they ran."""
-        events = sorted([(a, 1) for a, _ in self.spans()] + [(b, -1) for _, b in self.spans()],
-                        key=lambda e: (e[0], e[1]))  # a stop before a start at the same instant
+        spans = self.spans()
+        events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])  # a stop first at the same instant
         alive = most = 0
         for _, step in events:
             alive += step
